@@ -1,0 +1,75 @@
+"""Params validation, project discovery, init scaffolding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vertical_dag.params import ParamsError, load_params, parse_params
+from vertical_dag.project import ProjectNotFound, find_project
+from vertical_dag.scaffold import project_dvc_yaml
+
+from .conftest import REPO, run_cli
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO / "params.yaml")
+    assert params.project.domain == "legal"
+    assert params.ingest.source("china_law").format == "jsonl"
+
+
+def test_repo_dvc_yaml_is_the_template():
+    assert (REPO / "dvc.yaml").read_text() == (REPO / "vertical_dag/templates/dvc.yaml").read_text()
+    generated = yaml.safe_load(project_dvc_yaml())
+    for stage in generated["stages"].values():
+        assert all(not str(d).startswith("vertical_dag/") for d in stage.get("deps", []))
+
+
+@pytest.mark.parametrize(
+    "data, key, words",
+    [
+        ({"ingest": {"max_doc_chars": -5}}, "ingest.max_doc_chars", "greater than 0"),
+        ({"ingest": {"min_doc_char": 5}}, "ingest.min_doc_char", "no such key"),
+        ({"project": {"domain": "astrology"}}, "project.domain", "one of"),
+        ({"ingest": {"sources": [{"name": "x", "query": "DELETE FROM t"}]}}, "ingest.sources.0.query", "SELECT"),
+        ({"ingest": {"min_doc_chars": 10, "max_doc_chars": 5}}, "ingest", "must be below"),
+    ],
+)
+def test_bad_params_name_the_key(data, key, words):
+    with pytest.raises(ParamsError) as err:
+        parse_params(data)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert key in msg and words in msg
+
+
+def test_bad_params_exit_2_before_touching_outputs(project: Path):
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("max_doc_chars: 2000000", "max_doc_chars: lots"))
+    proc = run_cli("run", "ingest", cwd=project, check=False)
+    assert proc.returncode == 2
+    assert "ingest.max_doc_chars = 'lots'" in proc.stderr
+    assert not (project / "data" / "ingested").exists()
+
+
+def test_invalid_yaml_names_the_line(project: Path):
+    (project / "params.yaml").write_text("ingest:\n  sources: [\n")
+    proc = run_cli("run", "ingest", cwd=project, check=False)
+    assert proc.returncode == 2 and "line" in proc.stderr
+
+
+def test_commands_work_from_a_subfolder(project: Path):
+    sub = project / "data" / "raw"
+    assert find_project(sub).root == project.resolve()
+    with pytest.raises(ProjectNotFound):
+        find_project(project.parent)
+
+
+def test_init_scaffolds_git_and_dvc(project: Path):
+    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".git", ".dvc", "data/raw"):
+        assert (project / name).exists(), name
+    load_params(project / "params.yaml")
+    proc = run_cli("init", str(project), cwd=project.parent, check=False)
+    assert proc.returncode != 0  # refuses to overwrite without --force

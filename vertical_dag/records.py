@@ -1,0 +1,156 @@
+"""The data contract: Arrow schemas for documents and the ledger, atomic writes, and per-part bookkeeping.
+
+Datasets are folders of Parquet *parts*. Ingest writes one part per raw file; later stages map each input
+part to an output part, so a new raw batch flows through as new parts and nothing old is rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DOC_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("batch", pa.string(), nullable=False),
+        pa.field("text", pa.large_string(), nullable=False),
+        pa.field("lang", pa.string()),
+        pa.field("meta", pa.string()),  # JSON object
+    ]
+)
+DOC_COLUMNS = DOC_SCHEMA.names
+
+LEDGER_ACTIONS = ("dropped", "quarantined", "redacted", "split", "flagged", "replaced")
+LEDGER_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string()),
+        pa.field("ref_doc_id", pa.string()),
+    ]
+)
+
+
+def make_doc_id(source: str, location: str) -> str:
+    """Stable id from where a record came from (source name + file + record key), not from its content."""
+    return hashlib.blake2b(f"{source}\x00{location}".encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    doc_id: str
+    stage: str
+    action: str
+    reason: str
+    detail: str = ""
+    ref_doc_id: str | None = None
+
+
+def ledger_table(entries: Iterable[LedgerEntry]) -> pa.Table:
+    rows = [asdict(e) for e in entries]
+    if not rows:
+        return LEDGER_SCHEMA.empty_table()
+    return pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA)
+
+
+def empty_docs(extra: pa.Schema | None = None) -> pa.Table:
+    schema = DOC_SCHEMA if extra is None else pa.unify_schemas([DOC_SCHEMA, extra])
+    return schema.empty_table()
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_parquet(table: pa.Table, path: Path | str, **kwargs: Any) -> None:
+    kwargs.setdefault("compression", "zstd")
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+
+
+def write_json(obj: Any, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, default=str) + "\n")
+
+
+def write_text(text: str, path: Path | str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def read_json(path: Path | str, default: Any = None) -> Any:
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- parts
+
+
+def list_parts(folder: Path | str) -> list[Path]:
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def read_parts(folder: Path | str, columns: list[str] | None = None) -> pa.Table:
+    parts = list_parts(folder)
+    if not parts:
+        return empty_docs()
+    tables = [pq.read_table(p, columns=columns) for p in parts]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def iter_batches(folder: Path | str, columns: list[str] | None = None, batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+    """Stream record batches over every part in `folder`, in part-name order, never holding all text at once."""
+    for part in list_parts(folder):
+        yield from pq.ParquetFile(part).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def count_rows(folder: Path | str) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in list_parts(folder))
+
+
+def read_ledger(folder: Path | str) -> pa.Table:
+    parts = list_parts(folder)
+    if not parts:
+        return LEDGER_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(p).cast(LEDGER_SCHEMA) for p in parts])
