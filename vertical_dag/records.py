@@ -75,6 +75,10 @@ def empty_docs(extra: pa.Schema | None = None) -> pa.Table:
 # ---------------------------------------------------------------- atomic writes
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
@@ -84,6 +88,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should get the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
