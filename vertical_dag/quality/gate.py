@@ -1,12 +1,35 @@
-"""Run a stage's quality gate and write its result to data/gates/<stage>.json and a short .md report."""
+"""Run a stage's quality gate and write its result to data/gates/<stage>.json and a short .md report.
+
+The runner (stages/context.py) calls `run_gate` after a stage wrote its metrics; a failed gate raises
+GateFailed there, so `vertical-dag run` exits 1 and `dvc repro` stops without recording the outputs.
+The Dagster adapter reads the same JSON (`load_gate_result`) and reports one asset check per
+`gate_check_names(stage)`.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import write_json, write_text
+from ..params import Params, load_params
+from ..project import Project
+from ..records import read_json, write_json, write_text
+from ..stages import STAGES
+from . import profile
+from .suites import checks_for, contamination_threshold, expected_fractions, gate_check_names
+
+__all__ = ["GateResult", "ExpectationResult", "run_gate", "validate_stage", "load_gate_result", "gate_check_names",
+           "gate_file"]
+
+log = logging.getLogger("vertical_dag.quality")
+
+# The stage whose output a data stage reads (ingest reads raw files: its input count comes from its metrics).
+INPUT_STAGE = {"dedup": "ingest", "normalize": "dedup", "split": "normalize"}
+DATA_STAGES = ("ingest", "dedup", "normalize", "split")
 
 
 @dataclass
@@ -17,6 +40,7 @@ class ExpectationResult:
     observed: Any
     bound: Any
     description: str = ""
+    expectation: str = ""  # the Great Expectations expectation type
 
 
 @dataclass
@@ -24,6 +48,7 @@ class GateResult:
     stage: str
     suite: str
     expectations: list[ExpectationResult] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def success(self) -> bool:
@@ -33,11 +58,12 @@ class GateResult:
         return [e for e in self.expectations if not e.success]
 
     def failure_message(self) -> str:
-        lines = [
-            f"{e.name}" + (f" on {e.column}" if e.column else "") + f": observed {e.observed!r}, bound {e.bound!r}"
+        """One line per failed expectation: check, GE expectation, column, observed value and bound."""
+        return "\n".join(
+            f"{e.name} ({e.expectation}{', column ' + e.column if e.column else ''}): "
+            f"observed {_short(e.observed)}; bound {e.bound}"
             for e in self.failed()
-        ]
-        return "\n".join(lines)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,23 +71,153 @@ class GateResult:
             "success": self.success,
             "suite": self.suite,
             "expectations": [asdict(e) for e in self.expectations],
+            "seconds": self.seconds,
         }
+
+
+def _short(v: Any, limit: int = 300) -> str:
+    s = json.dumps(v, ensure_ascii=False, default=str)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def gate_file(project: Project, stage: str) -> Path:
+    return project.gates_dir / f"{stage}.json"
+
+
+# ---------------------------------------------------------------- profile tables per stage
+
+
+def stage_tables(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The profile tables a stage's suite validates."""
+    if stage in DATA_STAGES:
+        return _data_tables(stage, project, params, metrics)
+    if stage == "pretrain":
+        return _pretrain_tables(metrics)
+    if stage == "evaluate":
+        return _evaluate_tables(metrics)
+    return {}
+
+
+def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> dict[str, Any]:
+    out = project.root / STAGES[stage].out
+    docs = profile.documents(out, pii=stage == "normalize", text_column=stage == "split")
+    if stage == "ingest":
+        rows_in = int(metrics.get("documents_in") or 0)
+    else:
+        rows_in = profile.count_docs(project.root / STAGES[INPUT_STAGE[stage]].out)
+    tables = {"documents": docs, "summary": profile.conservation(rows_in, out, metrics, rows_out=len(docs))}
+    if stage == "split":
+        if "split" not in docs:  # one file per split: the file name is the split
+            docs["split"] = docs["part"]
+        if "contamination" not in docs:
+            docs["contamination"] = _contamination(docs)
+        g = params.gates
+        tables["clusters"] = profile.clusters(docs)
+        tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
+                                                      g.split_fraction_sigmas)
+        log.info("split gate: contamination threshold %s", contamination_threshold(params))
+    tables["documents"] = docs.drop(columns=[c for c in ("text",) if c in docs])
+    return tables
+
+
+def _contamination(docs: Any) -> Any:
+    from .contamination import overlap, train_index
+
+    is_train = docs["split"] == "train"
+    index = train_index(docs.loc[is_train, "text"].tolist())
+    return [0.0 if t else overlap(text, index) for t, text in zip(is_train, docs["text"], strict=True)]
+
+
+def _pretrain_tables(metrics: dict[str, Any]) -> dict[str, Any]:
+    import pandas as pd
+
+    keys = ("val_perplexity_base", "val_perplexity_final")
+    vals = {k: profile._num(metrics.get(k)) for k in keys}
+    gain = vals[keys[0]] - vals[keys[1]] if None not in vals.values() else None
+    return {"metrics": profile.model_metrics(vals), "summary": pd.DataFrame([{**vals, "perplexity_gain": gain}])}
+
+
+def _evaluate_tables(metrics: dict[str, Any]) -> dict[str, Any]:
+    import pandas as pd
+
+    models = metrics.get("models") or {}
+    wanted = {"base": ("domain_bpc", "general_bpc", "task_accuracy"), "pretrained": ("domain_bpc", "general_bpc"),
+              "finetuned": ("task_accuracy",)}
+    vals = {f"{m}_{k}": profile._num((models.get(m) or {}).get(k)) for m, ks in wanted.items() for k in ks}
+
+    def diff(a: str, b: str) -> float | None:
+        return None if vals[a] is None or vals[b] is None else vals[a] - vals[b]
+
+    row = {
+        **vals,
+        "domain_bpc_gain": diff("base_domain_bpc", "pretrained_domain_bpc"),
+        "general_bpc_increase": diff("pretrained_general_bpc", "base_general_bpc"),
+        "task_accuracy_gain": diff("finetuned_task_accuracy", "base_task_accuracy"),
+    }
+    return {"metrics": profile.model_metrics(vals), "summary": pd.DataFrame([row])}
+
+
+# ---------------------------------------------------------------- running and writing
+
+
+def validate_stage(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> GateResult:
+    """Build the stage's profile tables and validate its suite with Great Expectations (nothing written)."""
+    started = time.perf_counter()
+    checks = checks_for(stage, params)
+    result = GateResult(stage=stage, suite=f"vertical_dag.{stage}")
+    if checks:
+        from .validate import run_checks
+
+        tables = stage_tables(stage, project, params, metrics)
+        result.expectations = [ExpectationResult(**r) for r in run_checks(result.suite, tables, checks)]
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def run_gate(ctx: Any, metrics: dict[str, Any]) -> GateResult:
+    """Validate the stage's outputs and always write the gate files (an empty passing gate for a stage
+    without a suite, since every DVC stage declares data/gates/<stage>.json as an output)."""
+    result = validate_stage(ctx.spec.name, ctx.project, ctx.params, metrics)
+    write_gate(result, ctx.project.gates_dir)
+    level = logging.INFO if result.success else logging.ERROR
+    ctx.log.log(level, "gate %s: %s (%d expectations, %.1f s); report in %s", result.stage,
+                "passed" if result.success else "FAILED", len(result.expectations), result.seconds,
+                ctx.project.rel(gate_file(ctx.project, result.stage).with_suffix(".md")))
+    return result
+
+
+def check_stage(project: Project, stage: str) -> GateResult:
+    """Re-run a stage's gate on its current outputs and metrics file (no stage run), writing the gate files."""
+    params = load_params(project.params_file)
+    metrics = read_json(project.metrics_file(stage), default={}) or {}
+    result = validate_stage(stage, project, params, metrics)
+    write_gate(result, project.gates_dir)
+    return result
 
 
 def write_gate(result: GateResult, gates_dir: Path) -> Path:
     path = gates_dir / f"{result.stage}.json"
     write_json(result.to_dict(), path)
-    rows = "\n".join(
-        f"| {'ok' if e.success else 'FAIL'} | {e.name} | {e.column or ''} | {e.observed} | {e.bound} |" for e in result.expectations
-    )
-    md = f"# Gate: {result.stage} ({'passed' if result.success else 'FAILED'})\n\n"
-    md += "| result | expectation | column | observed | bound |\n|---|---|---|---|---|\n" + rows + "\n"
-    write_text(md, path.with_suffix(".md"))
+    write_text(render_markdown(result), path.with_suffix(".md"))
     return path
 
 
-def run_gate(ctx: Any, metrics: dict[str, Any]) -> GateResult:
-    """Validate the stage's outputs; always writes the gate files (an empty passing gate when no suite exists)."""
-    result = GateResult(stage=ctx.spec.name, suite=f"{ctx.spec.name}_suite")
-    write_gate(result, ctx.project.gates_dir)
-    return result
+def render_markdown(result: GateResult) -> str:
+    status = "passed" if result.success else "FAILED"
+    lines = [f"# Quality gate `{result.stage}`: {status}", ""]
+    if not result.expectations:
+        lines.append("No suite for this stage: nothing to check.")
+        return "\n".join(lines) + "\n"
+    n_ok = sum(e.success for e in result.expectations)
+    lines += [f"{n_ok}/{len(result.expectations)} expectations met (suite `{result.suite}`, {result.seconds} s).", "",
+              "| | check | expectation | column | observed | bound |", "|---|---|---|---|---|---|"]
+    for e in result.expectations:
+        cells = ["ok" if e.success else "**FAIL**", e.name, e.expectation, e.column or "", _short(e.observed, 160), str(e.bound)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_gate_result(project: Project | Path | str, stage: str) -> dict[str, Any] | None:
+    """The last gate result of a stage as written to data/gates/<stage>.json (None if it never ran)."""
+    root = project.root if isinstance(project, Project) else Path(project)
+    return read_json(root / "data" / "gates" / f"{stage}.json", default=None)

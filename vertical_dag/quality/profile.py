@@ -1,0 +1,189 @@
+"""Profile tables: what the suites validate. One row per document of a stage's output, plus small summaries.
+
+Text never reaches Great Expectations: a document becomes its id, length, language, hashes, split and
+flags (e.g. which PII kinds are still in it). Cross-table facts (conservation, clusters across splits,
+split fractions, model metrics) become one small table each, so every check is a plain GE expectation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..records import list_parts, read_json, read_ledger
+
+SPLIT_NAMES = ("train", "validation", "test")
+# Ledger actions that remove a document from a stage's output (the rest annotate kept documents).
+REMOVING_ACTIONS = ("dropped", "quarantined")
+
+# Strict patterns, used only when the project's own PII detector (vertical_dag.text.pii) is absent.
+FALLBACK_PII = {
+    "EMAIL": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    "PHONE": re.compile(r"(?<!\d)(?:\+?86[- ]?)?1[3-9]\d{9}(?!\d)"),
+    "ID_CARD": re.compile(r"(?<![\dA-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
+    "BANK_CARD": re.compile(r"(?<!\d)(?:62|4\d|5[1-5])\d{14,17}(?!\d)"),
+    "IP": re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])"),
+}
+
+
+def pii_detector() -> Callable[[str], list[str]]:
+    """A function text -> PII kinds found in it: the project's redactor when present, strict regexes otherwise."""
+    try:
+        from ..text.pii import Redactor  # imported lazily: the gate works before (and without) it
+    except ImportError:
+        return lambda text: sorted(kind for kind, rx in FALLBACK_PII.items() if rx.search(text))
+    redactor = Redactor()
+    return lambda text: sorted(redactor.redact(text).counts)
+
+
+# ---------------------------------------------------------------- reading a stage's documents
+
+
+def doc_files(out: Path) -> list[Path]:
+    """The document files of a stage: <out>/parts/*.parquet, else the Parquet files directly in <out> (splits)."""
+    parts = list_parts(out / "parts")
+    if parts:
+        return parts
+    return sorted(p for p in out.glob("*.parquet") if not p.name.startswith("."))
+
+
+def count_docs(out: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in doc_files(out))
+
+
+def _read_docs(out: Path, want: list[str]) -> pa.Table:
+    tables = []
+    for path in doc_files(out):
+        names = pq.ParquetFile(path).schema_arrow.names
+        t = pq.read_table(path, columns=[c for c in want if c in names])
+        t = t.append_column("part", pa.array([path.stem] * t.num_rows, pa.string()))
+        tables.append(t)
+    if not tables:
+        return pa.table({c: pa.array([], pa.string()) for c in [*want, "part"]})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _hash_text(texts: pa.ChunkedArray) -> list[str]:
+    import hashlib
+
+    return [hashlib.blake2b(t.encode("utf-8"), digest_size=8).hexdigest() if t is not None else None for t in texts.to_pylist()]
+
+
+def documents(out: Path, *, pii: bool = False, text_column: bool = False) -> Any:
+    """One row per document of a stage's output, as a pandas DataFrame (text left out unless asked for)."""
+    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "split", "contamination"]
+    t = _read_docs(out, want)
+    text = t.column("text") if "text" in t.column_names else pa.chunked_array([pa.array([None] * t.num_rows, pa.string())])
+    cols: dict[str, Any] = {
+        "doc_id": t.column("doc_id") if "doc_id" in t.column_names else pa.nulls(t.num_rows, pa.string()),
+        "part": t.column("part"),
+        "n_chars": pc.fill_null(pc.utf8_length(text), 0) if t.num_rows else pa.array([], pa.int64()),
+    }
+    for c in ("source", "batch", "lang", "split", "contamination"):
+        if c in t.column_names:
+            cols[c] = t.column(c)
+    cols["text_hash"] = pa.array(_hash_text(text), pa.string())
+    cols["canonical_hash"] = t.column("canonical_hash") if "canonical_hash" in t.column_names else cols["text_hash"]
+    # Without near-duplicate clusters every document is its own cluster.
+    cols["cluster_id"] = pc.cast(t.column("cluster_id"), pa.string()) if "cluster_id" in t.column_names else cols["doc_id"]
+    if pii:
+        detect = pii_detector()
+        found = [",".join(detect(x)) if x else "" for x in text.to_pylist()]
+        cols["pii_found"] = pa.array([f or None for f in found], pa.string())
+    if text_column:
+        cols["text"] = text
+    df = pa.table(cols).to_pandas()
+    if "cluster_id" in df and df["cluster_id"].isna().any():  # unclustered rows stand alone
+        df["cluster_id"] = df["cluster_id"].fillna(df["doc_id"])
+    return df
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def ledger_counts(out: Path) -> dict[str, int]:
+    ledger = read_ledger(out / "ledger")
+    counts = {a: 0 for a in REMOVING_ACTIONS}
+    if ledger.num_rows:
+        vc = pc.value_counts(ledger.column("action")).to_pylist()
+        for row in vc:
+            if row["values"] in counts:
+                counts[row["values"]] = int(row["counts"])
+    return counts
+
+
+def conservation(rows_in: int, out: Path, metrics: dict[str, Any], rows_out: int | None = None) -> Any:
+    """One row: documents in, out, removed in the ledger, and the difference (0 when conserved)."""
+    import pandas as pd
+
+    counts = ledger_counts(out)
+    rows_out = count_docs(out) if rows_out is None else rows_out
+    row = {
+        "documents_in": rows_in,
+        "documents_out": rows_out,
+        "ledger_dropped": counts["dropped"],
+        "ledger_quarantined": counts["quarantined"],
+        "metrics_documents_out": metrics.get("documents_out"),
+    }
+    row["difference"] = rows_in - rows_out - counts["dropped"] - counts["quarantined"]
+    row["quarantine_rate"] = counts["quarantined"] / rows_in if rows_in else 0.0
+    row["drop_rate"] = counts["dropped"] / rows_in if rows_in else 0.0
+    return pd.DataFrame([row])
+
+
+def clusters(docs: Any) -> Any:
+    """One row per near-duplicate cluster: how many splits its documents landed in."""
+    import pandas as pd
+
+    if docs.empty:
+        return pd.DataFrame({"cluster_id": pd.Series([], dtype=str), "n_splits": pd.Series([], dtype=int), "splits": []})
+    g = docs.groupby("cluster_id")["split"]
+    out = pd.DataFrame({"n_splits": g.nunique(), "splits": g.agg(lambda s: ",".join(sorted(set(map(str, s)))))})
+    return out.reset_index()
+
+
+def split_fractions(docs: Any, expected: dict[str, float], tolerance: float, sigmas: float) -> Any:
+    """One row per split: observed vs expected fraction and the allowed deviation.
+
+    The allowance is the tolerance or `sigmas` binomial standard errors over the number of clusters
+    (what is actually assigned), whichever is larger, so a tiny corpus is not failed for sampling noise.
+    """
+    import pandas as pd
+
+    n_docs = len(docs)
+    n_units = max(1, docs["cluster_id"].nunique()) if n_docs else 1
+    rows = []
+    for name, want in expected.items():
+        got = float((docs["split"] == name).sum()) / n_docs if n_docs else 0.0
+        noise = sigmas * math.sqrt(want * (1 - want) / n_units)
+        rows.append({"split": name, "fraction": round(got, 6), "expected": want, "deviation": round(abs(got - want), 6),
+                     "allowed": round(max(tolerance, noise), 6)})
+    df = pd.DataFrame(rows)
+    df["excess"] = df["deviation"] - df["allowed"] if not df.empty else []
+    return df
+
+
+def model_metrics(metrics: dict[str, Any]) -> Any:
+    """Long table (metric, value) of the model numbers a gate needs; a missing number is a null value."""
+    import pandas as pd
+
+    return pd.DataFrame([{"metric": k, "value": _num(v)} for k, v in metrics.items()])
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    return read_json(path, default={}) or {}
