@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from vertical_dag.params import Params, parse_params
 from vertical_dag.project import Project
@@ -292,12 +293,17 @@ def write_raw(project: Path, n: int = 12) -> None:
     (folder / "batch1.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
+def set_gate(project: Path, **bounds: object) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    params.setdefault("gates", {}).update(bounds)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
 def test_dvc_repro_stops_at_a_failing_gate(project: Path) -> None:
     if not (Path(__file__).parents[1] / "vertical_dag/stages/ingest.py").exists():
         pytest.skip("the ingest stage is not in this tree")
     write_raw(project)
-    params = project / "params.yaml"
-    params.write_text(params.read_text() + "\ngates:\n  min_documents: 1000\n")
+    set_gate(project, min_documents=1000)
     proc = subprocess.run(["dvc", "repro", "ingest"], cwd=project, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
@@ -306,9 +312,26 @@ def test_dvc_repro_stops_at_a_failing_gate(project: Path) -> None:
     assert not (project / "dvc.lock").exists() or "ingest" not in (project / "dvc.lock").read_text()
     assert load_gate_result(project, "ingest")["success"] is False
     # with the bound met the same data passes and the stage is recorded
-    params.write_text(params.read_text().replace("min_documents: 1000", "min_documents: 1"))
+    set_gate(project, min_documents=1)
     proc = subprocess.run(["dvc", "repro", "ingest"], cwd=project, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert load_gate_result(project, "ingest")["success"] is True
     assert "ingest" in (project / "dvc.lock").read_text()
     run_cli("run", "ingest", cwd=project)  # idempotent rerun still passes
+
+
+def test_unreadable_outputs_fail_every_check(root: Path) -> None:
+    (root / "data/ingested/parts").mkdir(parents=True)
+    (root / "data/ingested/parts/b1.parquet").write_text("not parquet")
+    result = run("ingest", root, {"documents_in": 3})
+    assert not result.success and len(result.failed()) == len(gate_check_names("ingest"))
+    assert "error:" in result.failure_message()
+
+
+def test_gate_param_keys_exist_in_params() -> None:
+    from vertical_dag.params import GatesParams
+    from vertical_dag.quality.suites import SUITES, gate_param_keys
+
+    for stage in SUITES:
+        for key in gate_param_keys(stage):
+            assert key.split(".", 1)[1] in GatesParams.model_fields, key

@@ -168,8 +168,16 @@ def validate_stage(stage: str, project: Project, params: Params, metrics: dict[s
     if checks:
         from .validate import run_checks
 
-        tables = stage_tables(stage, project, params, metrics)
-        result.expectations = [ExpectationResult(**r) for r in run_checks(result.suite, tables, checks)]
+        try:
+            tables = stage_tables(stage, project, params, metrics)
+        except Exception as exc:  # unreadable outputs fail every check rather than leave an old gate file behind
+            log.exception("gate %s: could not build the profile tables", stage)
+            result.expectations = [
+                ExpectationResult(c.name, c.column, False, f"error: {type(exc).__name__}: {exc}", c.bound, c.description)
+                for c in checks
+            ]
+        else:
+            result.expectations = [ExpectationResult(**r) for r in run_checks(result.suite, tables, checks)]
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 

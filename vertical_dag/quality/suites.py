@@ -200,6 +200,24 @@ def gate_check_names(stage: str) -> list[str]:
     return [c.name for c in checks_for(stage, Params())]
 
 
+# The params.gates keys each stage's suite reads: list them as DVC params of that stage (e.g.
+# `params: [dedup, gates.min_duplicate_rate, ...]`) so changing a bound re-runs only the stages it concerns.
+GATE_PARAMS = {
+    "ingest": ["enabled", "min_documents", "max_quarantine_rate"],
+    "dedup": ["enabled", "min_documents", "min_duplicate_rate", "max_duplicate_rate"],
+    "normalize": ["enabled", "min_documents", "allowed_langs", "min_doc_chars", "max_doc_chars"],
+    "split": ["enabled", "min_documents", "split_fractions", "split_fraction_tolerance", "split_fraction_sigmas",
+              "max_contamination"],
+    "pretrain": ["enabled", "min_perplexity_gain"],
+    "evaluate": ["enabled", "min_domain_bpc_gain", "max_general_bpc_increase", "min_task_accuracy_gain"],
+}
+
+
+def gate_param_keys(stage: str) -> list[str]:
+    """Dotted params keys (gates.X) a stage's gate depends on."""
+    return [f"gates.{k}" for k in GATE_PARAMS.get(stage, ["enabled"])]
+
+
 def contamination_threshold(p: Params) -> float:
     """gates.max_contamination, else the split section's own threshold, else 0.5."""
     if p.gates.max_contamination is not None:

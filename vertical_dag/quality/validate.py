@@ -6,6 +6,7 @@ Great Expectations is imported here, inside the function, so nothing on the CLI 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from typing import Any
@@ -20,9 +21,12 @@ def run_checks(suite_name: str, tables: dict[str, Any], checks: list[Check]) -> 
     """Validate every check on its table; one dict per check (in check order) with success/observed/bound."""
     if not checks:
         return []
+    _quiet("great_expectations")
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    _quiet("great_expectations")  # its INFO lines would drown the stage's log
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -48,6 +52,11 @@ def run_checks(suite_name: str, tables: dict[str, Any], checks: list[Check]) -> 
     return [out[c.name] for c in checks]
 
 
+def _quiet(prefix: str) -> None:
+    for name in [prefix, *(n for n in logging.root.manager.loggerDict if n.startswith(prefix + "."))]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _select(df: Any, rows: dict[str, Any] | None) -> Any:
     if not rows:
         return df
@@ -66,7 +75,7 @@ def _summarise(check: Check, r: Any, df: Any) -> dict[str, Any]:
         observed: Any = f"error: {exc.get('exception_message')}"
     elif check.observed_columns:
         cols = [c for c in check.observed_columns if c in df]
-        rows = [{c: _plain(row[c]) for c in cols} for _, row in df.iterrows()]
+        rows = [{c: _plain(row[c]) for c in cols} for row in df.to_dict("records")]
         observed = rows[0] if len(rows) == 1 else rows
     elif "observed_value" in res:
         observed = _plain(res["observed_value"])
