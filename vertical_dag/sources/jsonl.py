@@ -1,0 +1,70 @@
+"""JSON Lines: one object per line, streamed line by line (a 200 MB file is never held as Python objects).
+
+Each bad line is its own BadRecord naming the line: invalid or truncated JSON, a line that is not an object,
+a missing text field, or bytes that are not valid in the file's encoding.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+from .base import BadRecord, ReadOptions, Record, record_from_mapping
+from .encoding import ascii_compatible, detect_file
+
+
+def _parse(line: bytes | str, location: str, opts: ReadOptions) -> Record:
+    try:
+        obj = orjson.loads(line)  # fast path; stdlib json below only to explain a failure in familiar words
+    except orjson.JSONDecodeError:
+        try:
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+        except UnicodeDecodeError as exc:
+            return BadRecord(location, "encoding_error", f"byte {exc.start}: not valid utf-8 ({exc.reason})")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            stripped = text.rstrip()
+            truncated = exc.pos >= len(stripped) or exc.msg.startswith("Unterminated string")
+            reason = "truncated_json" if truncated else "invalid_json"
+            return BadRecord(location, reason, f"{exc.msg} at column {exc.colno}")
+    if not isinstance(obj, dict):
+        return BadRecord(location, "not_an_object", f"line is a JSON {type(obj).__name__}, not an object")
+    return record_from_mapping(obj, location, opts)
+
+
+def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
+    enc = detect_file(path, opts.encodings)
+    if ascii_compatible(enc):
+        utf8 = enc in ("utf-8", "utf-8-sig")
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    line: bytes | str = raw if utf8 else raw.decode(enc)  # orjson checks UTF-8 itself
+                except UnicodeDecodeError as exc:
+                    yield BadRecord(str(lineno), "encoding_error", f"byte {exc.start}: not valid {enc} ({exc.reason})")
+                    continue
+                yield _parse(line, str(lineno), opts)
+        return
+    # UTF-16/32: lines can only be found after decoding.
+    with open(path, "rb") as fb, io.TextIOWrapper(fb, encoding=enc, errors="strict", newline=None) as f:
+        lineno = 0
+        while True:
+            try:
+                text = f.readline()
+            except UnicodeDecodeError as exc:
+                yield BadRecord(str(lineno + 1), "encoding_error", f"not valid {enc} ({exc.reason}); rest of file unread")
+                return
+            if not text:
+                return
+            lineno += 1
+            if text.strip():
+                yield _parse(text.lstrip("\ufeff"), str(lineno), opts)
