@@ -1,0 +1,112 @@
+"""One document's way through normalisation: clean -> redact PII -> quality filters -> language.
+
+Each step can end a document with a reason (the ledger's `reason`):
+  empty_after_cleaning, all_pii, too_short, too_long, digit_ratio, symbol_ratio, repeated_lines,
+  repeated_ngrams, top_ngram, lang_undetermined, lang_not_allowed.
+Quality rules look at the redacted text with its placeholders removed: the text the model will see, without
+letting `<PHONE>` tags count as letters or symbols.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .clean import CleanOptions, clean_text
+from .langid import UNDETERMINED, detect_language
+from .pii import Redactor, strip_placeholders
+from .quality import Thresholds, quality_reasons
+
+
+@dataclass(frozen=True)
+class NormalizerConfig:
+    clean: CleanOptions = CleanOptions()
+    thresholds: Thresholds = Thresholds()
+    pii_enabled: bool = True
+    pii_types: tuple[str, ...] = ("EMAIL", "ID_CARD", "BANK_CARD", "IP", "PHONE")
+    extra_patterns: dict[str, str] = field(default_factory=dict)
+    max_pii_char_frac: float = 0.8
+    allowed_languages: tuple[str, ...] = ()
+    min_lang_score: float = 0.4
+    drop_undetermined_language: bool = True
+
+
+@dataclass
+class DocResult:
+    text: str | None  # None: dropped
+    reason: str | None = None
+    detail: str = ""
+    lang: str | None = None
+    redactions: dict[str, int] = field(default_factory=dict)
+
+
+class Normalizer:
+    def __init__(self, config: NormalizerConfig):
+        self.config = config
+        self.redactor = Redactor(config.extra_patterns, types=config.pii_types) if config.pii_enabled else None
+
+    def process(self, texts: list[str | None]) -> list[DocResult]:
+        cfg = self.config
+        results = [DocResult(text=None) for _ in texts]
+        alive: list[int] = []
+        for i, raw in enumerate(texts):
+            cleaned = clean_text(raw or "", cfg.clean)
+            if not cleaned:
+                results[i].reason, results[i].detail = "empty_after_cleaning", f"{len(raw or '')} characters before cleaning"
+                continue
+            r = results[i]
+            r.text = cleaned
+            if self.redactor is not None:
+                red = self.redactor.redact(cleaned)
+                if red.counts:
+                    r.text, r.redactions = red.text, red.counts
+                    content = sum(1 for c in cleaned if not c.isspace())
+                    if red.chars / max(content, 1) > cfg.max_pii_char_frac:
+                        r.text, r.reason = None, "all_pii"
+                        r.detail = f"{red.chars}/{content} characters are PII: {json.dumps(red.counts, sort_keys=True)}"
+                        continue
+            alive.append(i)
+
+        measured = [strip_placeholders(results[i].text) if results[i].redactions else results[i].text for i in alive]
+        reasons = quality_reasons(measured, cfg.thresholds)
+        survivors = []
+        for i, text, reason in zip(alive, measured, reasons, strict=True):
+            if reason:
+                results[i].text, results[i].reason = None, reason
+                results[i].detail = _quality_detail(reason, cfg.thresholds)
+            else:
+                survivors.append((i, text))
+
+        allowed = set(cfg.allowed_languages)
+        for i, text in survivors:
+            guess = detect_language(text, min_score=cfg.min_lang_score)
+            r = results[i]
+            r.lang = guess.lang
+            if not allowed or guess.lang in allowed:
+                continue
+            if guess.lang == UNDETERMINED:
+                if not cfg.drop_undetermined_language:
+                    continue
+                r.reason = "lang_undetermined"
+            else:
+                r.reason = "lang_not_allowed"
+            r.text = None
+            r.detail = f"lang={guess.lang} score={guess.score:.2f} allowed={sorted(allowed)}"
+        return results
+
+
+_LIMITS = {
+    "too_short": "min_chars", "too_long": "max_chars", "digit_ratio": "max_digit_ratio",
+    "symbol_ratio": "max_symbol_ratio", "repeated_lines": "max_dup_line_frac",
+    "repeated_ngrams": "max_dup_ngram_frac_words/chars", "top_ngram": "max_top_ngram_frac_words/chars",
+}
+
+
+def _quality_detail(reason: str, t: Thresholds) -> str:
+    key = _LIMITS.get(reason, "")
+    if "/" in key:
+        base = key.split("/")[0].removesuffix("_words")
+        return f"{base}_words={getattr(t, base + '_words')} {base}_chars={getattr(t, base + '_chars')}"
+    value: Any = getattr(t, key, None)
+    return f"{key}={value}" if key else ""

@@ -1,0 +1,61 @@
+"""Stable, leak-free split assignment: a hash of the group key decides, nothing else.
+
+u = blake2b(seed, group key) read as a number in [0, 1); the split is the first whose cumulative fraction
+exceeds u. A document's split depends only on its own group key, so adding documents never moves an old one,
+and every document of a group (a near-duplicate cluster, or all articles of one law) lands in one split.
+
+With a metadata field as the group (e.g. law_name), the key of a whole near-duplicate cluster is taken from one
+representative document (the cluster's canonical document, whose doc_id is the cluster id when present, else
+the smallest doc_id), so a cluster never straddles two groups and hence never two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+SPLITS = ("train", "validation", "test")
+
+
+def unit_hash(seed: int, key: str) -> float:
+    digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign(seed: int, key: str, fractions: Sequence[float]) -> str:
+    u = unit_hash(seed, key)
+    acc = 0.0
+    for name, frac in zip(SPLITS, fractions, strict=True):
+        acc += frac
+        if u < acc:
+            return name
+    return next((n for n, f in zip(reversed(SPLITS), reversed(fractions), strict=True) if f > 0), SPLITS[0])
+
+
+def _meta_value(meta: str | None, field: str) -> str | None:
+    if not meta:
+        return None
+    try:
+        value = json.loads(meta).get(field)
+    except (ValueError, AttributeError):
+        return None
+    return None if value is None or value == "" else str(value)
+
+
+def group_keys(doc_ids: Sequence[str], cluster_ids: Sequence[str | None], metas: Sequence[str | None],
+               group_by: str) -> list[str]:
+    """The group key of every document: its cluster, or the metadata field of its cluster's representative."""
+    clusters = [c or d for c, d in zip(cluster_ids, doc_ids, strict=True)]
+    if group_by == "cluster_id":
+        return [f"cluster={c}" for c in clusters]
+    rep: dict[str, int] = {}
+    for i, (d, c) in enumerate(zip(doc_ids, clusters, strict=True)):
+        j = rep.get(c)
+        if j is None or (doc_ids[j] != c and (d == c or d < doc_ids[j])):
+            rep[c] = i
+    keys = []
+    for c in clusters:
+        value = _meta_value(metas[rep[c]], group_by)
+        keys.append(f"{group_by}={value}" if value is not None else f"cluster={c}")
+    return keys
