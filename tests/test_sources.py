@@ -73,6 +73,13 @@ def test_jsonl_invalid_utf8_line_is_an_encoding_error(tmp_path: Path):
     assert [(b.location, b.reason) for b in bad] == [("2", "encoding_error")]
 
 
+def test_json_array_file(tmp_path: Path):
+    path = write(tmp_path / "x.json", '[\n  {"id": "a", "text": "one"},\n  "oops",\n  {"text": "three"}\n]\n')
+    good, bad = records(path)
+    assert [(r.key, r.text) for r in good] == [("a", "one"), ("row:3", "three")]
+    assert [(b.location, b.reason) for b in bad] == [("row 2", "not_an_object")]
+
+
 @pytest.mark.parametrize("encoding", ["gb18030", "utf-16"])
 def test_jsonl_in_other_encodings(tmp_path: Path, encoding: str):
     lines = [json.dumps({"id": i, "text": t}, ensure_ascii=False) for i, t in enumerate(SIMPLIFIED.splitlines())]

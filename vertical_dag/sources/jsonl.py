@@ -1,7 +1,8 @@
 """JSON Lines: one object per line, streamed line by line (a 200 MB file is never held as Python objects).
 
 Each bad line is its own BadRecord naming the line: invalid or truncated JSON, a line that is not an object,
-a missing text field, or bytes that are not valid in the file's encoding.
+a missing text field, or bytes that are not valid in the file's encoding. A .json file that holds one
+array of objects is read as that array (it is loaded whole: such files are small by nature).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import orjson
 
-from .base import BadRecord, ReadOptions, Record, record_from_mapping
-from .encoding import ascii_compatible, detect_file
+from .base import BadRecord, FileRejected, ReadOptions, Record, record_from_mapping
+from .encoding import ascii_compatible, detect_file, read_sample
 
 
 def _parse(line: bytes | str, location: str, opts: ReadOptions) -> Record:
@@ -37,8 +38,24 @@ def _parse(line: bytes | str, location: str, opts: ReadOptions) -> Record:
     return record_from_mapping(obj, location, opts)
 
 
+def _read_array(path: Path, enc: str, opts: ReadOptions) -> Iterator[Record]:
+    """A .json file holding one array of objects (not JSON Lines): each element is a record, "row N"."""
+    try:
+        items = orjson.loads(path.read_bytes().decode(enc).lstrip("\ufeff"))
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FileRejected("invalid_json", f"not a JSON array: {exc}") from None
+    for i, obj in enumerate(items, 1):
+        if isinstance(obj, dict):
+            yield record_from_mapping(obj, f"row {i}", opts)
+        else:
+            yield BadRecord(f"row {i}", "not_an_object", f"item is a JSON {type(obj).__name__}, not an object")
+
+
 def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
     enc = detect_file(path, opts.encodings)
+    if path.suffix.lower() == ".json" and read_sample(path, 4096)[0].decode(enc, "ignore").lstrip("\ufeff \t\r\n").startswith("["):
+        yield from _read_array(path, enc, opts)
+        return
     if ascii_compatible(enc):
         utf8 = enc in ("utf-8", "utf-8-sig")
         with open(path, "rb") as f:

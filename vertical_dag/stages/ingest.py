@@ -41,7 +41,7 @@ from .context import StageContext
 STAGE = "ingest"
 STATE_VERSION = 1  # bump when the part layout changes: every file is re-read
 FLUSH_ROWS = 8192
-FLUSH_CHARS = 32 << 20
+FLUSH_CHARS = 8 << 20  # bounds memory: ~8 M characters of text buffered per part at a time
 EXAMPLES = 5
 
 
@@ -292,11 +292,13 @@ def _loose_file(rel: str, ledger: Path, part: Path) -> FileResult:
 
 
 def _remove_orphans(parts_dir: Path, ledger_dir: Path, names: set[str]) -> None:
-    """Parts no file in the state owns (left by an interrupted run or an older layout)."""
+    """Parts no file in the state owns, and temporaries, left by an interrupted run or an older layout."""
     for folder in (parts_dir, ledger_dir):
         for f in folder.glob("*.parquet"):
             if f.stem not in names:
                 f.unlink()
+        for f in folder.glob(".*.tmp"):
+            f.unlink(missing_ok=True)
 
 
 def _metrics(files: dict[str, dict], *, files_total: int, new: int, changed: int, removed: int, unchanged: int,
