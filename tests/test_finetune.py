@@ -1,0 +1,241 @@
+"""Supervised fine-tuning: exact response-only labels, packing isolation, task generation, full and LoRA runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from vertical_dag.modeling import sft
+from vertical_dag.modeling import tasks as T
+from vertical_dag.project import Project
+from vertical_dag.records import read_json, read_ledger
+from vertical_dag.stages.context import run_stage
+
+LAWS = [("中华人民共和国民法典", "民法商法", "现行有效"), ("中华人民共和国刑法", "刑法", "现行有效"),
+        ("中华人民共和国合同法", "民法商法", "已废止")]
+NUMS = "一二三四五六七八九十"
+
+
+def law_docs(n_per_law: int = 20) -> list[dict]:
+    rows = []
+    for li, (law, dept, status) in enumerate(LAWS):
+        for i in range(n_per_law):
+            no = f"第{NUMS[i % 10]}{'' if i < 10 else '十'}条"
+            body = f"为了保护{dept}关系当事人的合法权益，{law[7:]}规定第{i}项内容，当事人的合法权益受法律保护，维护秩序。"
+            meta = {"law_name": law, "article_no": no, "article_no_arabic": i + 1, "status": status,
+                    "law_department": dept, "chapter": "第一章 总则", "publish_date": "2020-05-28"}
+            split = "test" if i % 5 == 0 else "validation" if i % 5 == 1 else "train"
+            rows.append({"doc_id": f"d{li}_{i}", "source": "law", "uri": f"law.jsonl:{i}", "batch": "2020s",
+                         "text": f"{no}　{body}", "lang": "zh", "meta": json.dumps(meta, ensure_ascii=False), "split": split})
+    return rows
+
+
+def write_splits(root: Path, rows: list[dict]) -> None:
+    (root / "data/splits").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validation", "test"):
+        part = [r for r in rows if r["split"] == split]
+        pq.write_table(pa.Table.from_pylist(part), root / f"data/splits/{split}.parquet")
+
+
+def make_project(root: Path, tokenizer_dir: Path, *, finetune: dict | None = None, evaluate: dict | None = None,
+                 models: tuple[str, ...] = ("base", "pretrained")) -> Project:
+    """A project folder with splits, tiny base/pretrained models and small-run params."""
+    from vertical_dag.modeling.tiny import build_tiny_llama
+
+    root.mkdir(parents=True, exist_ok=True)
+    ft = {"max_steps": 6, "block_size": 256, "max_train_items": 40, "eval_items_per_task": 4, "lr": 3e-3,
+          "system_prompt": "你是法律助手。", "checkpoint_every": 3, **(finetune or {})}
+    ev = {"max_test_docs": 8, "max_test_tokens": 400, "max_general_tokens": 200, "max_task_items": 12,
+          "max_free_answer_items": 2, "bootstrap_samples": 200, "sample_max_new_tokens": 4,
+          "sample_prompts": ["《中华人民共和国刑法》第一条规定了什么？"], **(evaluate or {})}
+    params = {"project": {"name": "t", "domain": "legal"}, "finetune": ft, "evaluate": ev}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    write_splits(root, law_docs())
+    for i, name in enumerate(models):
+        build_tiny_llama(tokenizer_dir, root / f"data/models/{name}/model", seed=i, max_positions=512)
+    return Project(root)
+
+
+# ---------------------------------------------------------------- masking and packing
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+def test_labels_cover_exactly_the_response_tokens(tok):
+    msgs = [{"role": "user", "content": "《民法典》第一条规定了什么？"}, {"role": "assistant", "content": "为了保护民事主体的合法权益。"}]
+    ids, labels = sft.encode_chat(tok, msgs, "你是法律助手。")
+    full = tok.apply_chat_template(sft.with_system(msgs, "你是法律助手。"), tokenize=False)
+    assert ids == tok(full, add_special_tokens=False)["input_ids"]  # same tokens as rendering the whole chat
+    answer = tok("为了保护民事主体的合法权益。<|im_end|>", add_special_tokens=False)["input_ids"]
+    learned = [i for i, lab in enumerate(labels) if lab != sft.IGNORE]
+    assert learned == list(range(learned[0], learned[0] + len(answer)))  # one contiguous span
+    assert [ids[i] for i in learned] == answer and [labels[i] for i in learned] == answer
+    prompt = sft.prompt_ids(tok, msgs[:1], "你是法律助手。")
+    assert ids[: len(prompt)] == prompt and learned[0] == len(prompt)  # nothing of the prompt is a target
+
+
+def test_multi_turn_labels_every_assistant_turn(tok):
+    msgs = [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "first"},
+            {"role": "user", "content": "b?"}, {"role": "assistant", "content": "second"}]
+    ids, labels = sft.encode_chat(tok, msgs)
+    learned = tok.decode([lab for lab in labels if lab != sft.IGNORE])
+    assert learned == "first<|im_end|>second<|im_end|>"
+
+
+def test_fallback_layout_without_chat_template(tok):
+    from copy import deepcopy
+
+    plain = deepcopy(tok)
+    plain.chat_template = None
+    ids, labels = sft.encode_chat(plain, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "answer"}])
+    assert tok.decode([lab for lab in labels if lab != sft.IGNORE]) == "answer<|im_end|>"
+    assert "### Response:" in tok.decode(ids)
+
+
+def test_packed_examples_do_not_attend_to_each_other(tok, tokenizer_dir, tmp_path):
+    from vertical_dag.modeling.load import load_model_folder
+    from vertical_dag.modeling.tiny import build_tiny_llama
+
+    model, _ = load_model_folder(build_tiny_llama(tokenizer_dir, tmp_path / "m"))
+    model.eval()
+    a = sft.encode_chat(tok, [{"role": "user", "content": "甲"}, {"role": "assistant", "content": "乙"}])
+    b = sft.encode_chat(tok, [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}])
+    blocks = sft.pack([a, b], 128, tok.pad_token_id)
+    assert len(blocks) == 1 and blocks[0].position_ids[len(a[0])] == 0
+    batch = sft.collate(blocks)
+    assert (batch["labels"][0, len(a[0]) + len(b[0]):] == sft.IGNORE).all()  # padding is never a target
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        alone = model(input_ids=torch.tensor([b[0]]), use_cache=False).logits
+    assert torch.allclose(packed[0, len(a[0]):len(a[0]) + len(b[0])], alone[0], atol=1e-4)
+
+
+# ---------------------------------------------------------------- tasks and user records
+
+
+def test_tasks_are_corpus_facts_and_respect_splits():
+    docs = T.docs_from_rows(law_docs())
+    by_task = T.generate_tasks(docs, T.TASK_FUNCS, seed=1)
+    assert set(by_task) >= {"article_lookup", "law_department", "in_force", "heading_passage", "continuation", "fill_in"}
+    lookup = by_task["article_lookup"][0]
+    doc = next(d for d in docs if d.doc_id == lookup.doc_id)
+    assert lookup.prompt == f"《{doc.meta['law_name']}》{doc.meta['article_no']}规定了什么？"
+    assert lookup.response == T.article_body(doc)
+    for it in by_task["in_force"]:
+        d = next(x for x in docs if x.doc_id == it.doc_id)
+        assert it.response == ("现行有效" if d.meta["status"] == "现行有效" else "已失效")
+    for it in by_task["fill_in"]:
+        assert "____" in it.prompt and it.response in T.article_body(next(x for x in docs if x.doc_id == it.doc_id))
+    test_items = T.eval_sample({t: [i for i in v if i.split == "test"] for t, v in by_task.items()}, 3, seed=1)
+    assert test_items and all(i.split == "test" for i in test_items)
+    lookups = [i for i in test_items if i.task == "article_lookup"]
+    assert all(i.options and i.options[i.answer_index] == i.response and len(i.options) == 4 for i in lookups)
+    mixed, _ = T.mix({t: [i for i in v if i.split == "train"] for t, v in by_task.items()},
+                     {"article_lookup": 3.0, "in_force": 1.0}, 20, seed=1)
+    counts = {t: sum(1 for i in mixed if i.task == t) for t in ("article_lookup", "in_force")}
+    assert len(mixed) == 20 and counts == {"article_lookup": 15, "in_force": 5}
+
+
+@pytest.mark.parametrize("record,reason", [
+    ({"instruction": "", "output": "x"}, "missing instruction"),
+    ({"instruction": "q"}, "missing output"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, "start with a user turn"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}, "role"),
+    ({"question": "q", "choices": ["a", "b"], "answer": 5}, "answer must be"),
+    (["not", "an", "object"], "not a JSON object"),
+])
+def test_malformed_user_records_are_refused_with_a_reason(record, reason):
+    with pytest.raises(T.BadRecord, match=reason):
+        T.parse_user_record(record)
+
+
+# ---------------------------------------------------------------- training
+
+
+def _user_file(root: Path) -> None:
+    (root / "instructions").mkdir()
+    (root / "instructions/mine.jsonl").write_text("\n".join([
+        json.dumps({"instruction": "什么是民法？", "output": "民法是调整平等主体之间关系的法律。"}, ensure_ascii=False),
+        json.dumps({"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]}, ensure_ascii=False),
+        "{not json",
+        json.dumps({"instruction": "缺少答案"}, ensure_ascii=False),
+    ]) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_lora_and_full_train_a_tiny_model_into_a_standalone_checkpoint(method, tmp_path, tokenizer_dir):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    proj = make_project(tmp_path / "p", tokenizer_dir, finetune={
+        "method": method, "instruction_files": ["instructions/*.jsonl"], "task_weights": {
+            "user": 5.0, "article_lookup": 1.0, "law_department": 1.0, "in_force": 1.0, "fill_in": 1.0}})
+    _user_file(proj.root)
+    m = run_stage("finetune", proj, gate=False)
+    out = proj.root / "data/models/finetuned"
+    # conservation, and the malformed lines quarantined with file:line and a reason
+    assert m["documents_in"] == m["documents_out"] + m["dropped"] + m["quarantined"]
+    assert m["quarantined"] == 2 and m["drops_by_reason"]["bad_json"] == 1 and m["drops_by_reason"]["bad_record"] == 1
+    ledger = read_ledger(out / "ledger").to_pylist()
+    assert {r["doc_id"] for r in ledger if r["action"] == "quarantined"} == {"mine.jsonl:3", "mine.jsonl:4"}
+    assert m["train_items_by_task"]["user"] == 2
+    # trained: loss went down, curve written
+    assert m["steps"] == 6 and m["final_train_loss"] < m["first_train_loss"]
+    assert (out / "loss.csv").read_text().count("\n") == 7
+    # eval items only from test documents, never trained on
+    train_docs = {json.loads(x)["doc_id"] for x in (out / "tasks/train.jsonl").read_text().splitlines()}
+    eval_items = T.read_items(out / "tasks/eval.jsonl")
+    assert eval_items and all(i.split == "test" for i in eval_items) and not train_docs & {i.doc_id for i in eval_items}
+    # the checkpoint is a plain model: no adapter weights, reloads without peft, and differs from its start
+    with safe_open(str(out / "model/model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert not any("lora" in k for k in keys)
+        tuned = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    with safe_open(str(proj.root / "data/models/pretrained/model/model.safetensors"), "pt") as f:
+        start = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert not torch.equal(tuned, start)
+    reloaded = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    assert type(reloaded).__name__ == "LlamaForCausalLM"
+    assert m["trainable_parameters"] < 200_000 if method == "lora" else m["trainable_parameters"] > 1_000_000
+    # an unchanged re-run does not train again
+    again = run_stage("finetune", proj, gate=False)
+    assert again["skipped"] and again["final_train_loss"] == m["final_train_loss"]
+
+
+def test_training_resumes_after_a_crash(tmp_path, tok, tokenizer_dir):
+    from vertical_dag.modeling.load import load_model_folder
+    from vertical_dag.modeling.tiny import build_tiny_llama
+
+    folder = build_tiny_llama(tokenizer_dir, tmp_path / "m")
+    items = T.generate_tasks(T.docs_from_rows(law_docs(8)), ["in_force", "law_department"], seed=0)
+    ex = [sft.encode_chat(tok, it.chat()) for v in items.values() for it in v]
+    blocks = sft.pack(ex, 256, tok.pad_token_id)
+    cfg = sft.TrainConfig(method="full", max_steps=4, checkpoint_every=2, lr=1e-3, warmup_steps=0, fingerprint="x")
+    straight, r1 = sft.train(load_model_folder(folder)[0], blocks, cfg)
+
+    class Crash(Exception):
+        pass
+
+    def crash(row):
+        if row["step"] == 3:
+            raise Crash
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        sft.train(load_model_folder(folder)[0], blocks, cfg, checkpoint_dir=ckpt, on_step=crash)
+    assert read_json(ckpt / "meta.json")["step"] == 2
+    resumed, r2 = sft.train(load_model_folder(folder)[0], blocks, cfg, checkpoint_dir=ckpt)
+    assert r2.resumed_from == 2
+    assert [round(c["loss"], 4) for c in r2.curve] == [round(c["loss"], 4) for c in r1.curve]

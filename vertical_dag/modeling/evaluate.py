@@ -1,0 +1,200 @@
+"""Model evaluation: perplexity and bits per character, multiple choice by log-likelihood, free answers, bootstrap.
+
+Bits per character divide the total negative log-likelihood (in bits) by the characters scored, so models
+with different tokenizers compare fairly; perplexity is per token of each model's own tokenizer. A
+multiple-choice item is answered by the option with the highest log-likelihood per character after the
+prompt (the end-of-turn marker included, so "an answer that stops here" is what is scored). The prompt is
+run once and its KV cache reused for every option.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .generate import GenerationSettings, generate_ids, postprocess
+from .sft import end_of_turn, prompt_ids
+from .tasks import TaskItem
+
+LN2 = math.log(2)
+
+
+@dataclass
+class TextScore:
+    nll: float  # nats, summed
+    tokens: int
+    chars: int
+    docs: int
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def bpc(self) -> float:
+        return self.nll / LN2 / self.chars if self.chars else float("nan")
+
+
+@torch.no_grad()
+def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_tokens: int, block_size: int = 512,
+                batch_size: int = 4) -> TextScore:
+    """NLL of each text after a document separator, in windows of block_size, until max_tokens are scored.
+
+    A text is scored only whole (all its windows), so its characters and tokens match; the budget stops
+    before the text that would exceed it (the first text is always scored).
+    """
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    windows: list[list[int]] = []
+    chars = tokens = docs = 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        if docs and tokens + len(ids) > max_tokens:
+            break
+        seq = [sep, *ids] if sep is not None else ids
+        # windows overlap by one token so every token after the separator is predicted exactly once
+        for s in range(0, len(seq) - 1, block_size - 1):
+            windows.append(seq[s:s + block_size])
+        chars += len(text)
+        tokens += len(ids) if sep is not None else len(ids) - 1
+        docs += 1
+    windows.sort(key=len)
+    nll = 0.0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for i in range(0, len(windows), batch_size):
+        group = windows[i:i + batch_size]
+        width = max(len(w) for w in group)
+        x = torch.full((len(group), width), pad)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for j, w in enumerate(group):
+            x[j, :len(w)] = torch.tensor(w)
+            mask[j, :len(w)] = 1
+        logits = model(input_ids=x, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        target = x[:, 1:]
+        lp = -F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        nll -= float((lp * mask[:, 1:]).sum())
+    return TextScore(nll=nll, tokens=tokens, chars=chars, docs=docs)
+
+
+@torch.no_grad()
+def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequence[str]) -> list[float]:
+    """Log-likelihood per character of each option (+ end of turn) as the answer to `prompt`."""
+    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    last = out.logits[0, -1].float().log_softmax(-1)
+    eot = end_of_turn(tokenizer)
+    scores = []
+    for opt in options:
+        ids = tokenizer(opt + eot, add_special_tokens=False)["input_ids"]
+        total = float(last[ids[0]])
+        if len(ids) > 1:
+            cache = copy.deepcopy(out.past_key_values)
+            logits = model(input_ids=torch.tensor([ids[:-1]]), past_key_values=cache, use_cache=True).logits[0].float()
+            lp = logits.log_softmax(-1)
+            total += float(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+        scores.append(total / max(1, len(opt)))
+    return scores
+
+
+def rouge_l(pred: str, ref: str) -> float:
+    """ROUGE-L F1 over characters for CJK text, over words otherwise."""
+    def units(s: str) -> list[str]:
+        s = s.strip()
+        return list(s.replace(" ", "")) if any("\u4e00" <= c <= "\u9fff" for c in s) else s.lower().split()
+
+    a, b = units(pred), units(ref)
+    if not a or not b:
+        return 0.0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def _norm(s: str) -> str:
+    return "".join(s.split()).strip("。.!！?？,，;；:：\"'“”‘’「」").lower()
+
+
+@dataclass
+class ItemResult:
+    task: str
+    kind: str  # mc | free
+    correct: float  # 1/0 (mc, exact match)
+    rouge_l: float | None = None
+    predicted: str = ""
+    reference: str = ""
+
+
+def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system_prompt: str | None,
+                max_new_tokens: int = 32, max_free: int = 10) -> list[ItemResult]:
+    """Multiple choice by log-likelihood; free answers by greedy generation, exact match and ROUGE-L."""
+    results = []
+    free_done = 0
+    greedy = GenerationSettings(mode="greedy", max_new_tokens=max_new_tokens, repetition_penalty=1.0,
+                                system_prompt=system_prompt)
+    for it in items:
+        msgs = (it.messages[:-1] if it.messages else [{"role": "user", "content": it.prompt}])
+        ids = prompt_ids(tokenizer, msgs, system_prompt)
+        if it.options and it.answer_index is not None:
+            scores = option_logprobs(model, tokenizer, ids, it.options)
+            pick = int(np.argmax(scores))
+            results.append(ItemResult(it.task, "mc", float(pick == it.answer_index), None, it.options[pick], it.response))
+        elif free_done < max_free:
+            free_done += 1
+            raw = tokenizer.decode(generate_ids(model, tokenizer, ids, greedy), skip_special_tokens=False)
+            text, _ = postprocess(raw, tokenizer, [])
+            results.append(ItemResult(it.task, "free", float(_norm(text) == _norm(it.response)), rouge_l(text, it.response),
+                                      text, it.response))
+    return results
+
+
+def bootstrap_ci(values: Sequence[float], *, samples: int = 1000, confidence: float = 0.95, seed: int = 1234) -> list[float]:
+    """Percentile bootstrap interval of the mean."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(samples, v.size))].mean(axis=1)
+    a = (1 - confidence) / 2
+    return [round(float(np.quantile(means, a)), 4), round(float(np.quantile(means, 1 - a)), 4)]
+
+
+def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], **kw: Any) -> list[float]:
+    """Interval of mean(b - a) over the same items: is model b really better than model a?"""
+    return bootstrap_ci([y - x for x, y in zip(a, b, strict=True)], **kw)
+
+
+def summarize(results: Sequence[ItemResult], *, samples: int, confidence: float, seed: int) -> dict[str, Any]:
+    """Accuracy (+ CI) over all exact-scored items and per task; ROUGE-L for free answers."""
+    out: dict[str, Any] = {}
+    acc = [r.correct for r in results]
+    out["task_accuracy"] = round(float(np.mean(acc)), 4) if acc else None
+    out["task_accuracy_ci"] = bootstrap_ci(acc, samples=samples, confidence=confidence, seed=seed) if acc else None
+    out["task_items"] = len(acc)
+    tasks = sorted({r.task for r in results})
+    per: dict[str, Any] = {}
+    for t in tasks:
+        vals = [r.correct for r in results if r.task == t]
+        entry = {"accuracy": round(float(np.mean(vals)), 4), "n": len(vals),
+                 "ci": bootstrap_ci(vals, samples=samples, confidence=confidence, seed=seed)}
+        rl = [r.rouge_l for r in results if r.task == t and r.rouge_l is not None]
+        if rl:
+            entry["rouge_l"] = round(float(np.mean(rl)), 4)
+        per[t] = entry
+        out[f"acc_{t}"] = entry["accuracy"]
+    out["tasks"] = per
+    return out

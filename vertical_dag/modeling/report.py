@@ -1,0 +1,176 @@
+"""The evaluation report: one self-contained HTML page (matplotlib PNGs inlined as base64).
+
+Every number on the page is formatted from the same metrics dict that becomes metrics.json, so the page
+and `dvc metrics show` cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+MODELS = ("base", "pretrained", "finetuned")
+COLORS = {"base": "#8c8c8c", "pretrained": "#1f77b4", "finetuned": "#d62728"}
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """The one number format of the page (tests compare it with metrics.json)."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def read_curve(path: Path | None) -> list[tuple[float, float]]:
+    """(step, loss) pairs from a training CSV with 'step' and 'loss' (or 'train_loss') columns."""
+    if path is None or not Path(path).exists():
+        return []
+    out = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            loss = row.get("loss", row.get("train_loss"))
+            step = row.get("step", row.get("steps"))
+            try:
+                out.append((float(step), float(loss)))
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def _bars(metrics: dict[str, Any], keys: list[tuple[str, str]], title: str, ci_key: str | None = None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in MODELS if m in metrics["models"]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
+        vals = [metrics["models"][m].get(key) for m in models]
+        xs = [i for i, v in enumerate(vals) if v is not None]
+        ys = [vals[i] for i in xs]
+        err = None
+        if ci_key and key == "task_accuracy":
+            cis = [metrics["models"][models[i]].get(ci_key) for i in xs]
+            if all(c and None not in c for c in cis):
+                err = [[y - c[0] for y, c in zip(ys, cis, strict=True)], [c[1] - y for y, c in zip(ys, cis, strict=True)]]
+        ax.bar([models[i] for i in xs], ys, color=[COLORS[models[i]] for i in xs], yerr=err, capsize=4)
+        for x, y in zip(range(len(xs)), ys, strict=True):
+            ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", fontsize=8)
+        ax.set_title(label, fontsize=10)
+        if not xs:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def _curves(curves: dict[str, list[tuple[float, float]]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(5 * max(1, len(curves)), 3.2), squeeze=False)
+    for ax, (name, pts) in zip(axes[0], curves.items(), strict=False):
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
+        else:
+            ax.text(0.5, 0.5, "no curve recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"{name} loss", fontsize=10)
+        ax.set_xlabel("step")
+    return _png(fig)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _ci(ci: Any) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "n/a"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
+vertical-align:top;font-size:14px}th{background:#f3f3f3}.pass{color:#137333;font-weight:bold}
+.fail{color:#c5221f;font-weight:bold}.note{color:#555;font-size:13px}img{max-width:100%}"""
+
+
+def render_report(metrics: dict[str, Any], curves: dict[str, list[tuple[float, float]]]) -> str:
+    """The whole page, from the metrics dict (as written to metrics.json) and the training loss curves."""
+    models = [m for m in MODELS if m in metrics["models"]]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>{CSS}</style>"
+             "</head><body><h1>Evaluation report: base vs pretrained vs fine-tuned</h1>"]
+    gates = metrics.get("gates", {})
+    ok = all(g.get("success") for g in gates.values()) if gates else None
+    parts.append(f"<p>Model gates: <span class='{'pass' if ok else 'fail'}'>{'all pass' if ok else 'FAILING'}</span>. "
+                 f"<span class='note'>{html.escape(metrics.get('note', ''))}</span></p>")
+
+    rows = []
+    for key, label in [("domain_bpc", "domain bits/char"), ("domain_ppl", "domain perplexity"),
+                       ("general_bpc", "general bits/char"), ("general_ppl", "general perplexity"),
+                       ("task_accuracy", "task accuracy"), ("task_accuracy_ci", "task accuracy CI"),
+                       ("user_eval_accuracy", "user eval accuracy")]:
+        if not any(key in metrics["models"][m] for m in models):
+            continue
+        cells = [_ci(metrics["models"][m].get(key)) if key.endswith("_ci") else fmt(metrics["models"][m].get(key))
+                 for m in models]
+        rows.append([label, *cells])
+    parts.append("<h2>Headline</h2>" + _table(["metric", *models], rows))
+    parts.append(f"<p class='note'>Bits per character are comparable across tokenizers; perplexity is per token. "
+                 f"Intervals are {fmt(metrics.get('confidence'), 2)} percentile bootstrap intervals over "
+                 f"{metrics.get('bootstrap_samples')} resamples of the held-out items: overlapping intervals mean the "
+                 f"difference may be noise. Domain text: {metrics.get('domain_docs')} test documents; general text: "
+                 f"{html.escape(str(metrics.get('general_corpus') or 'none'))}.</p>")
+
+    parts.append("<h2>Model gates</h2>" + _table(
+        ["gate", "result", "observed", "bound", "what it checks"],
+        [[html.escape(n), f"<span class='{'pass' if g.get('success') else 'fail'}'>{'pass' if g.get('success') else 'FAIL'}</span>",
+          fmt(g.get("observed")), fmt(g.get("bound")), html.escape(g.get("description", ""))] for n, g in gates.items()]))
+
+    parts.append("<h2>Perplexity and accuracy</h2>")
+    parts.append(_bars(metrics, [("domain_bpc", "domain bits/char (lower is better)"),
+                                 ("general_bpc", "general bits/char (lower is better)")], "Language modelling"))
+    parts.append(_bars(metrics, [("task_accuracy", "held-out task accuracy")], "Tasks (with bootstrap CI)", "task_accuracy_ci"))
+
+    task_names = sorted({t for m in models for t in metrics["models"][m].get("tasks", {})})
+    if task_names:
+        rows = []
+        for t in task_names:
+            cells = []
+            for m in models:
+                e = metrics["models"][m].get("tasks", {}).get(t)
+                cells.append(f"{fmt(e['accuracy'])} {_ci(e.get('ci'))} (n={e['n']})"
+                             + (f"<br>ROUGE-L {fmt(e['rouge_l'])}" if "rouge_l" in e else "") if e else "n/a")
+            base = metrics.get("task_baselines", {}).get(t)
+            rows.append([html.escape(t), *cells, fmt(base)])
+        parts.append("<h2>Per task</h2>" + _table(["task", *models, "majority / chance"], rows))
+    if metrics.get("comparisons"):
+        parts.append("<h2>Paired differences</h2>" + _table(
+            ["comparison", "difference in accuracy", "CI"],
+            [[html.escape(k), fmt(v.get("diff")), _ci(v.get("ci"))] for k, v in metrics["comparisons"].items()]))
+
+    parts.append("<h2>Training loss</h2>" + _curves(curves))
+    samples = metrics.get("samples", [])
+    if samples:
+        rows = [[html.escape(s["prompt"]), *[html.escape(s.get(m, "") or "") for m in models]] for s in samples]
+        parts.append("<h2>Sample prompts</h2>" + _table(["prompt", *models], rows))
+    parts.append("</body></html>")
+    return "\n".join(parts)

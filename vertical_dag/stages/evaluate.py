@@ -1,0 +1,270 @@
+"""evaluate: base vs pretrained vs fine-tuned, side by side, with bootstrap intervals and the model gates.
+
+Reads the three model folders, data/splits/test.parquet, the held-out task items the finetune stage wrote
+(data/models/finetuned/tasks/eval.jsonl, made from test documents only), the user's eval JSONL files and an
+optional general-text corpus. Writes data/reports/eval/{report.html, metrics.json, samples.jsonl,
+plots/*.csv}. A failing model gate is written into the metrics and the report (the quality layer turns it
+into a failed gate); it is never hidden. An unchanged re-run reuses the previous results.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..modeling import tasks as T
+from ..records import atomic_path, read_json, write_json, write_text
+from .context import StageContext
+
+MODEL_DIRS = {"base": "data/models/base/model", "pretrained": "data/models/pretrained/model",
+              "finetuned": "data/models/finetuned/model"}
+EVAL_ITEMS = "data/models/finetuned/tasks/eval.jsonl"
+DEFAULT_SAMPLES_ZH = ["《中华人民共和国民法典》第一条规定了什么？", "下面这条规定属于哪个法律部门？\n公民的合法的私有财产不受侵犯。"]
+
+
+def read_general(path: Path, limit_chars: int = 400_000) -> list[str]:
+    """Paragraphs of general text from .txt/.md (one per line or blank-line separated), .jsonl or .parquet."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t][:5000]
+    texts, total = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if path.suffix == ".jsonl":
+                try:
+                    line = json.loads(line).get("text", "")
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+            line = line.strip()
+            if len(line) >= 20:
+                texts.append(line)
+                total += len(line)
+                if total > limit_chars:
+                    break
+    return texts
+
+
+def test_texts(root: Path, max_docs: int, seed: int) -> tuple[list[str], int]:
+    import pyarrow.parquet as pq
+
+    path = root / "data/splits/test.parquet"
+    if not path.exists():
+        return [], 0
+    texts = [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t and t.strip()]
+    n = len(texts)
+    random.Random(seed).shuffle(texts)
+    return texts[:max_docs], n
+
+
+def pick_items(items: list[T.TaskItem], limit: int) -> list[T.TaskItem]:
+    """Round-robin over tasks so a small limit still covers every task."""
+    by: dict[str, list[T.TaskItem]] = {}
+    for it in items:
+        by.setdefault(it.task, []).append(it)
+    out: list[T.TaskItem] = []
+    while len(out) < limit and any(by.values()):
+        for t in sorted(by):
+            if by[t] and len(out) < limit:
+                out.append(by[t].pop(0))
+    return out
+
+
+def baselines(items: list[T.TaskItem]) -> dict[str, float]:
+    """What guessing gets: the majority answer's share when a task's options are fixed, else 1/#options."""
+    out: dict[str, float] = {}
+    for t in sorted({it.task for it in items}):
+        group = [it for it in items if it.task == t and it.options]
+        if not group:
+            continue
+        if len({tuple(it.options) for it in group}) == 1:
+            out[t] = round(Counter(it.response for it in group).most_common(1)[0][1] / len(group), 4)
+        else:
+            out[t] = round(sum(1 / len(it.options) for it in group) / len(group), 4)
+    return out
+
+
+def _stamp(folder: Path) -> list:
+    if not folder.exists():
+        return []
+    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file())
+
+
+def find_loss_csv(folder: Path) -> Path | None:
+    for p in sorted(folder.glob("*.csv")) + sorted(folder.glob("*/*.csv")):
+        with open(p, newline="") as f:
+            header = f.readline()
+        if "loss" in header and "step" in header:
+            return p
+    return None
+
+
+def gates(models: dict[str, dict[str, Any]], p: Any) -> dict[str, dict[str, Any]]:
+    """The three model gates; a gate whose models are missing fails and says why."""
+    def m(name: str, key: str) -> float | None:
+        return models.get(name, {}).get(key)
+
+    out: dict[str, dict[str, Any]] = {}
+    b, pr = m("base", "domain_bpc"), m("pretrained", "domain_bpc")
+    gain = None if b is None or pr is None else round(b - pr, 4)
+    out["pretrained_beats_base_domain_bpc"] = {
+        "success": gain is not None and gain > p.min_domain_bpc_gain, "observed": gain, "bound": p.min_domain_bpc_gain,
+        "description": "base domain bits/char minus pretrained domain bits/char must exceed the bound"}
+    gb, gp = m("base", "general_bpc"), m("pretrained", "general_bpc")
+    inc = None if gb is None or gp is None else round(gp - gb, 4)
+    out["general_bpc_increase_within_bound"] = {
+        "success": inc is None or inc <= p.max_general_bpc_increase, "observed": inc, "bound": p.max_general_bpc_increase,
+        "description": "pretrained minus base general bits/char (forgetting); passes when no general corpus is set"}
+    ab, af = m("base", "task_accuracy"), m("finetuned", "task_accuracy")
+    acc_gain = None if ab is None or af is None else round(af - ab, 4)
+    out["finetuned_beats_base_task_accuracy"] = {
+        "success": acc_gain is not None and acc_gain > p.min_task_accuracy_gain, "observed": acc_gain,
+        "bound": p.min_task_accuracy_gain,
+        "description": "fine-tuned minus base accuracy on held-out generated tasks must exceed the bound"}
+    return out
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from ..modeling import evaluate as E
+    from ..modeling.generate import GenerationSettings, generate_one, load_for_inference
+    from ..modeling.report import read_curve, render_report
+
+    p, fp = ctx.params.evaluate, ctx.params.finetune
+    root, out = ctx.project.root, ctx.out
+    started = time.perf_counter()
+    torch.manual_seed(p.seed)
+    dirs = {name: root / rel for name, rel in MODEL_DIRS.items() if (root / rel / "config.json").exists()}
+    if "base" not in dirs:
+        raise FileNotFoundError(f"no base model at {root / MODEL_DIRS['base']} (run the base_model stage first)")
+    notes = [f"{name} model missing ({MODEL_DIRS[name]}): not evaluated" for name in MODEL_DIRS if name not in dirs]
+
+    texts, n_test = test_texts(root, p.max_test_docs, p.seed)
+    general_path = root / p.general_corpus if p.general_corpus else None
+    general = read_general(general_path) if general_path and general_path.exists() else []
+    if not general:
+        notes.append("no general corpus: forgetting (general bits/char) not measured" if not p.general_corpus
+                     else f"general corpus {p.general_corpus} not found: forgetting not measured")
+    items = pick_items(T.read_items(root / EVAL_ITEMS), p.max_task_items)
+    user_items: list[T.TaskItem] = []
+    from .finetune import user_files
+
+    for path, line, item, reason in T.read_user_files(user_files(root, p.eval_files), task="user_eval"):
+        if item is None:
+            notes.append(f"user eval {ctx.project.rel(path)}:{line} skipped: {reason}")
+        else:
+            user_items.append(item)
+    prompts = list(p.sample_prompts) or (DEFAULT_SAMPLES_ZH if ctx.params.project.domain == "legal" else
+                                         [it.prompt for it in items[:2]])
+
+    fingerprint = hashlib.sha256(json.dumps([p.model_dump(), fp.system_prompt, {k: _stamp(v) for k, v in dirs.items()},
+                                             [it.to_json() for it in items + user_items], len(texts), n_test,
+                                             len(general), str(general_path)], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    state = read_json(out / "state.json", {})
+    if state.get("fingerprint") == fingerprint and (out / "report.html").exists() and (out / "metrics.json").exists():
+        ctx.log.info("models, data and params unchanged: reusing the previous evaluation")
+        return {**state["metrics"], "skipped": True, "seconds": round(time.perf_counter() - started, 2)}
+
+    models: dict[str, dict[str, Any]] = {}
+    per_item: dict[str, list[float]] = {}
+    samples = [{"prompt": s} for s in prompts]
+    gen = GenerationSettings(mode="greedy", max_new_tokens=p.sample_max_new_tokens, repetition_penalty=1.1,
+                             stop=list(fp.generation.stop), system_prompt=fp.system_prompt)
+    boot = {"samples": p.bootstrap_samples, "confidence": p.confidence, "seed": p.seed}
+    domain_docs = 0
+    for name, folder in dirs.items():
+        t0 = time.perf_counter()
+        model, tok = load_for_inference(folder)
+        row: dict[str, Any] = {}
+        if texts:
+            s = E.score_texts(model, tok, texts, max_tokens=p.max_test_tokens, block_size=p.block_size, batch_size=p.batch_size)
+            row.update(domain_ppl=round(s.ppl, 4), domain_bpc=round(s.bpc, 4), domain_tokens=s.tokens, domain_chars=s.chars)
+            domain_docs = s.docs
+        if general:
+            g = E.score_texts(model, tok, general, max_tokens=p.max_general_tokens, block_size=p.block_size, batch_size=p.batch_size)
+            row.update(general_ppl=round(g.ppl, 4), general_bpc=round(g.bpc, 4), general_tokens=g.tokens)
+        if items:
+            res = E.score_items(model, tok, items, system_prompt=fp.system_prompt, max_free=p.max_free_answer_items)
+            row.update(E.summarize(res, **boot))
+            per_item[name] = [r.correct for r in res]
+        if user_items:
+            ures = E.score_items(model, tok, user_items, system_prompt=fp.system_prompt, max_free=len(user_items))
+            u = E.summarize(ures, **boot)
+            row.update(user_eval_accuracy=u["task_accuracy"], user_eval_accuracy_ci=u["task_accuracy_ci"],
+                       user_eval_items=u["task_items"])
+        for smp in samples:
+            smp[name] = generate_one(model, tok, smp["prompt"], gen)["output"]
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        ctx.log.info("%s: domain bpc %s, general bpc %s, task accuracy %s %s (%.0f s)", name, row.get("domain_bpc"),
+                     row.get("general_bpc"), row.get("task_accuracy"), row.get("task_accuracy_ci"), row["seconds"])
+        models[name] = row
+        del model
+        gc.collect()
+
+    comparisons = {}
+    for a, b in (("base", "finetuned"), ("base", "pretrained"), ("pretrained", "finetuned")):
+        if a in per_item and b in per_item:
+            diff = sum(per_item[b]) / len(per_item[b]) - sum(per_item[a]) / len(per_item[a])
+            comparisons[f"{b} - {a}"] = {"diff": round(diff, 4), "ci": E.paired_bootstrap_ci(per_item[a], per_item[b], **boot)}
+    gate_results = gates(models, p)
+    metrics: dict[str, Any] = {
+        "models": models,
+        "gates": gate_results,
+        "gates_passed": all(g["success"] for g in gate_results.values()),
+        "comparisons": comparisons,
+        "task_baselines": baselines(items),
+        "confidence": p.confidence,
+        "bootstrap_samples": p.bootstrap_samples,
+        "domain_docs": domain_docs,
+        "general_corpus": p.general_corpus if general else None,
+        "eval_items": len(items),
+        "user_eval_items": len(user_items),
+        "note": "; ".join(notes),
+        "samples": samples,
+        # the data contract's counts: documents here are the test documents offered to the domain measurement
+        "documents_in": min(len(texts), p.max_test_docs),
+        "documents_out": domain_docs,
+        "dropped": min(len(texts), p.max_test_docs) - domain_docs,
+        "quarantined": 0,
+        "drops_by_reason": {"over_token_budget": min(len(texts), p.max_test_docs) - domain_docs} if len(texts) > domain_docs else {},
+        "headline": {f"{m}_{k}": v.get(k) for m, v in models.items() for k in ("domain_bpc", "general_bpc", "task_accuracy")},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(metrics, out / "metrics.json")
+    _write_plots(out / "plots", models, root)
+    with atomic_path(out / "samples.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    curves = {"pretrain": read_curve(find_loss_csv(root / "data/models/pretrained")),
+              "finetune": read_curve(root / "data/models/finetuned/loss.csv")}
+    write_text(render_report(metrics, curves), out / "report.html")
+    write_json({"fingerprint": fingerprint, "metrics": metrics}, out / "state.json")
+    ctx.log.info("report: %s; gates %s", ctx.project.rel(out / "report.html"),
+                 ", ".join(f"{k}={'pass' if g['success'] else 'FAIL'}" for k, g in gate_results.items()))
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    return metrics
+
+
+def _write_plots(folder: Path, models: dict[str, dict[str, Any]], root: Path) -> None:
+    """CSV files for `dvc plots show`: one row per model, and the training loss curves."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = ["domain_bpc", "general_bpc", "domain_ppl", "general_ppl", "task_accuracy"]
+    with atomic_path(folder / "models.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", *keys])
+        for name, row in models.items():
+            w.writerow([name, *[row.get(k, "") for k in keys]])
+    for name, src in (("finetune_loss.csv", root / "data/models/finetuned/loss.csv"),
+                      ("pretrain_loss.csv", find_loss_csv(root / "data/models/pretrained"))):
+        if src and Path(src).exists():
+            with atomic_path(folder / name) as tmp:
+                shutil.copyfile(src, tmp)
