@@ -168,6 +168,21 @@ def test_normalize_language_and_length_bounds(root: Path) -> None:
     assert list(bad) == ["lang_allowed"] and bad["lang_allowed"].expectation == "expect_column_values_to_not_be_null"
 
 
+def test_normalize_gate_follows_the_normalize_section(root: Path) -> None:
+    write_stage(root, "data/deduplicated", ids(3), TEXTS[:3])
+    write_stage(root, "data/normalized", ids(3), [TEXTS[0], "服务器 192.168.10.25 已停用。", TEXTS[2]], lang=["zh", "zh", "und"])
+    # IP addresses are not redacted by this project, and undetermined languages are kept
+    params = parse_params({"normalize": {"allowed_languages": ["zh"], "drop_undetermined_language": False,
+                                         "pii": {"types": ["EMAIL", "PHONE"]}}})
+    result = run("normalize", root, {}, params)
+    assert result.success, result.failure_message()
+    lang = next(e for e in result.expectations if e.name == "lang_allowed")
+    assert lang.bound == "in ['zh', 'und']"
+    # with redaction switched off the gate still looks for every built-in PII type
+    params = parse_params({"normalize": {"pii": {"enabled": False}}})
+    assert list(failed(run("normalize", root, {}, params))) == ["no_pii_left"]
+
+
 # ---------------------------------------------------------------- split
 
 
@@ -244,6 +259,12 @@ def test_pretrain_gate(root: Path) -> None:
     assert list(bad) == ["perplexity_improved"] and bad["perplexity_improved"].observed["perplexity_gain"] == -1.0
     bad = failed(run("pretrain", root, {"val_perplexity_base": 30.0}))
     assert "metrics_present" in bad and bad["metrics_present"].observed["examples"][0]["metric"] == "val_perplexity_final"
+    # a document neither trained on nor in the ledger breaks conservation
+    write_parquet(ledger_table([LedgerEntry("x1", "pretrain", "dropped", "no_tokens")]), root / "data/models/pretrained/ledger/train.parquet")
+    ppl = {"val_perplexity_base": 30.0, "val_perplexity_final": 12.5}
+    assert run("pretrain", root, {**ppl, "documents_in": 10, "documents_out": 9, "dropped": 1}).success
+    bad = failed(run("pretrain", root, {**ppl, "documents_in": 11, "documents_out": 9, "dropped": 2}))
+    assert list(bad) == ["conservation"] and bad["conservation"].observed["difference"] == 1
 
 
 def test_evaluate_gate(root: Path) -> None:
@@ -257,6 +278,13 @@ def test_evaluate_gate(root: Path) -> None:
     result = run("evaluate", root, forgot)
     assert set(failed(result)) == {"general_bpc_not_worse", "task_accuracy_improved"}
     assert "general_bpc_increase" in result.failure_message() and "<= 0.1" in result.failure_message()
+    # without a general corpus forgetting is not measured and not demanded; bounds come from evaluate's section
+    no_general = json.loads(json.dumps(good))
+    for m in no_general["models"].values():
+        del m["general_bpc"]
+    assert run("evaluate", root, no_general).success
+    strict = parse_params({"evaluate": {"min_task_accuracy_gain": 0.5}})
+    assert list(failed(run("evaluate", root, no_general, strict))) == ["task_accuracy_improved"]
 
 
 # ---------------------------------------------------------------- wiring

@@ -1,14 +1,15 @@
-"""Train/eval contamination when the split stage does not report it: for each validation/test document, the
-share of its character n-grams that also occur somewhere in train.
+"""Train/eval contamination, measured by the gate itself rather than read from the split stage's columns:
+for each validation/test document, the share of its distinct n-grams that also occur in train.
 
-Character n-grams work for CJK and Western text alike. Hashes are 64-bit polynomial rolling hashes over
-code points (numpy, wrap-around arithmetic); train's are kept as one sorted array and looked up with
-searchsorted, so memory is 8 bytes per train character.
+N-grams are the split stage's own definition (vertical_dag.text.ngrams: word n-grams, or character n-grams
+for CJK, sizes from split.decontaminate) when that module exists, else character 13-grams. Train's hashes
+are one sorted array looked up with searchsorted: 8 bytes per train n-gram.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ NGRAM = 13
 _BASE = np.uint64(1_000_003)
 
 
-def ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
+def char_ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
     if len(codes) < n:
         return np.empty(0, dtype=np.uint64)
@@ -26,15 +27,34 @@ def ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
         return (windows * powers).sum(axis=1, dtype=np.uint64)
 
 
-def train_index(texts: Iterable[str], n: int = NGRAM) -> np.ndarray:
-    arrays = [ngram_hashes(t, n) for t in texts if t]
+def ngram_hasher(params: Any = None) -> Callable[[str], np.ndarray]:
+    """text -> n-gram hashes, the way the split stage decontaminates (when it is installed)."""
+    try:
+        from ..text.ngrams import NgramSpec
+    except ImportError:
+        return char_ngram_hashes
+    dc = getattr(getattr(params, "split", None), "decontaminate", None)
+    spec = NgramSpec(word_n=getattr(dc, "word_ngram", 13), char_n=getattr(dc, "char_ngram", 25))
+    return spec.hashes
+
+
+def train_index(texts: Iterable[str], hasher: Callable[[str], np.ndarray] = char_ngram_hashes) -> np.ndarray:
+    arrays = [hasher(t) for t in texts if t]
+    arrays = [a for a in arrays if len(a)]
     return np.unique(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
 
 
-def overlap(text: str, index: np.ndarray, n: int = NGRAM) -> float:
-    """Share of the text's n-grams found in the train index (0.0 for a text shorter than n)."""
-    h = ngram_hashes(text or "", n)
+def overlap(text: str, index: np.ndarray, hasher: Callable[[str], np.ndarray] = char_ngram_hashes) -> float:
+    """Share of the text's distinct n-grams found in the train index (0.0 for a text with no n-gram)."""
+    h = np.unique(hasher(text or ""))
     if not len(h) or not len(index):
         return 0.0
     pos = np.searchsorted(index, h).clip(max=len(index) - 1)
     return float((index[pos] == h).mean())
+
+
+def eval_contamination(texts: list[str], splits: list[str], params: Any = None) -> list[float]:
+    """Per document: for validation/test ones their overlap with train, 0.0 for train ones."""
+    hasher = ngram_hasher(params)
+    index = train_index((t for t, s in zip(texts, splits, strict=True) if s == "train"), hasher)
+    return [0.0 if s == "train" else round(overlap(t, index, hasher), 6) for t, s in zip(texts, splits, strict=True)]

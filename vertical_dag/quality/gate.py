@@ -20,7 +20,8 @@ from ..project import Project
 from ..records import read_json, write_json, write_text
 from ..stages import STAGES
 from . import profile
-from .suites import checks_for, contamination_threshold, expected_fractions, gate_check_names
+from .contamination import eval_contamination
+from .suites import checks_for, expected_fractions, gate_check_names
 
 __all__ = ["GateResult", "ExpectationResult", "run_gate", "validate_stage", "load_gate_result", "gate_check_names",
            "gate_file"]
@@ -92,7 +93,9 @@ def stage_tables(stage: str, project: Project, params: Params, metrics: dict[str
     if stage in DATA_STAGES:
         return _data_tables(stage, project, params, metrics)
     if stage == "pretrain":
-        return _pretrain_tables(metrics)
+        return {**_pretrain_tables(metrics), **_model_conservation(stage, project, metrics)}
+    if stage == "finetune":
+        return _model_conservation(stage, project, metrics)
     if stage == "evaluate":
         return _evaluate_tables(metrics)
     return {}
@@ -100,32 +103,34 @@ def stage_tables(stage: str, project: Project, params: Params, metrics: dict[str
 
 def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> dict[str, Any]:
     out = project.root / STAGES[stage].out
-    docs = profile.documents(out, pii=stage == "normalize", text_column=stage == "split")
+    pii = getattr(params.normalize, "pii", None) if stage == "normalize" else False
+    docs = profile.documents(out, pii=pii, text_column=stage == "split")
     if stage == "ingest":
         rows_in = int(metrics.get("documents_in") or 0)
     else:
         rows_in = profile.count_docs(project.root / STAGES[INPUT_STAGE[stage]].out)
-    tables = {"documents": docs, "summary": profile.conservation(rows_in, out, metrics, rows_out=len(docs))}
+    summary = profile.conservation(rows_in, out, metrics, rows_out=len(docs))
+    tables = {"documents": docs, "summary": summary, "conservation": summary}
     if stage == "split":
         if "split" not in docs:  # one file per split: the file name is the split
             docs["split"] = docs["part"]
-        if "contamination" not in docs:
-            docs["contamination"] = _contamination(docs)
+        # measured here, not read from the stage's own `contamination` column: the gate checks the stage
+        docs["contamination"] = eval_contamination(docs["text"].fillna("").tolist(), docs["split"].tolist(), params)
         g = params.gates
         tables["clusters"] = profile.clusters(docs)
         tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
                                                       g.split_fraction_sigmas)
-        log.info("split gate: contamination threshold %s", contamination_threshold(params))
     tables["documents"] = docs.drop(columns=[c for c in ("text",) if c in docs])
     return tables
 
 
-def _contamination(docs: Any) -> Any:
-    from .contamination import overlap, train_index
-
-    is_train = docs["split"] == "train"
-    index = train_index(docs.loc[is_train, "text"].tolist())
-    return [0.0 if t else overlap(text, index) for t, text in zip(is_train, docs["text"], strict=True)]
+def _model_conservation(stage: str, project: Project, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Training stages read documents/items the runner does not see: their count in is what the stage reports,
+    out and removed are checked against the items it kept and its ledger."""
+    out = project.root / STAGES[stage].out
+    rows_in = int(metrics.get("documents_in") or 0)
+    rows_out = int(metrics.get("documents_out") or 0)
+    return {"conservation": profile.conservation(rows_in, out, metrics, rows_out=rows_out)}
 
 
 def _pretrain_tables(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +159,12 @@ def _evaluate_tables(metrics: dict[str, Any]) -> dict[str, Any]:
         "general_bpc_increase": diff("pretrained_general_bpc", "base_general_bpc"),
         "task_accuracy_gain": diff("finetuned_task_accuracy", "base_task_accuracy"),
     }
-    return {"metrics": profile.model_metrics(vals), "summary": pd.DataFrame([row])}
+    if vals["base_general_bpc"] is None and vals["pretrained_general_bpc"] is None:
+        # no general corpus was evaluated: forgetting cannot be measured, so it is not demanded
+        needed = {k: v for k, v in vals.items() if "general" not in k}
+    else:
+        needed = vals
+    return {"metrics": profile.model_metrics(needed), "summary": pd.DataFrame([row])}
 
 
 # ---------------------------------------------------------------- running and writing

@@ -33,13 +33,17 @@ FALLBACK_PII = {
 }
 
 
-def pii_detector() -> Callable[[str], list[str]]:
-    """A function text -> PII kinds found in it: the project's redactor when present, strict regexes otherwise."""
+def pii_detector(pii_params: Any = None) -> Callable[[str], list[str]]:
+    """A function text -> PII kinds found in it: the project's redactor when present (with normalize.pii's
+    types and extra patterns; every built-in type when redaction is switched off), strict regexes otherwise."""
     try:
-        from ..text.pii import Redactor  # imported lazily: the gate works before (and without) it
+        from ..text.pii import PII_TYPES, Redactor  # imported lazily: the gate works before (and without) it
     except ImportError:
         return lambda text: sorted(kind for kind, rx in FALLBACK_PII.items() if rx.search(text))
-    redactor = Redactor()
+    if pii_params is not None and getattr(pii_params, "enabled", False):
+        redactor = Redactor(pii_params.extra_patterns, tuple(pii_params.types))
+    else:
+        redactor = Redactor(types=PII_TYPES)
     return lambda text: sorted(redactor.redact(text).counts)
 
 
@@ -76,9 +80,9 @@ def _hash_text(texts: pa.ChunkedArray) -> list[str]:
     return [hashlib.blake2b(t.encode("utf-8"), digest_size=8).hexdigest() if t is not None else None for t in texts.to_pylist()]
 
 
-def documents(out: Path, *, pii: bool = False, text_column: bool = False) -> Any:
+def documents(out: Path, *, pii: Any = False, text_column: bool = False) -> Any:
     """One row per document of a stage's output, as a pandas DataFrame (text left out unless asked for)."""
-    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "split", "contamination"]
+    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "split"]
     t = _read_docs(out, want)
     text = t.column("text") if "text" in t.column_names else pa.chunked_array([pa.array([None] * t.num_rows, pa.string())])
     cols: dict[str, Any] = {
@@ -86,15 +90,15 @@ def documents(out: Path, *, pii: bool = False, text_column: bool = False) -> Any
         "part": t.column("part"),
         "n_chars": pc.fill_null(pc.utf8_length(text), 0) if t.num_rows else pa.array([], pa.int64()),
     }
-    for c in ("source", "batch", "lang", "split", "contamination"):
+    for c in ("source", "batch", "lang", "split"):
         if c in t.column_names:
             cols[c] = t.column(c)
     cols["text_hash"] = pa.array(_hash_text(text), pa.string())
     cols["canonical_hash"] = t.column("canonical_hash") if "canonical_hash" in t.column_names else cols["text_hash"]
     # Without near-duplicate clusters every document is its own cluster.
     cols["cluster_id"] = pc.cast(t.column("cluster_id"), pa.string()) if "cluster_id" in t.column_names else cols["doc_id"]
-    if pii:
-        detect = pii_detector()
+    if pii is not False:  # False: no PII column; else normalize.pii params (or None for the defaults)
+        detect = pii_detector(pii)
         found = [",".join(detect(x)) if x else "" for x in text.to_pylist()]
         cols["pii_found"] = pa.array([f or None for f in found], pa.string())
     if text_column:

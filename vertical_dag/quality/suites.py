@@ -60,7 +60,7 @@ def _document_checks(p: Params) -> list[Check]:
 
 def _conservation(stage: str) -> Check:
     return Check(
-        "conservation", "summary", "ExpectColumnValuesToBeBetween", _between(0, 0, column="difference"),
+        "conservation", "conservation", "ExpectColumnValuesToBeBetween", _between(0, 0, column="difference"),
         "documents_in - documents_out - ledger_dropped - ledger_quarantined == 0",
         f"every document {stage} received is in its output or in its ledger as dropped/quarantined",
         observed_columns=("documents_in", "documents_out", "ledger_dropped", "ledger_quarantined", "difference"),
@@ -99,13 +99,14 @@ def dedup_checks(p: Params) -> list[Check]:
 def normalize_checks(p: Params) -> list[Check]:
     g = p.gates
     max_chars = g.max_doc_chars if g.max_doc_chars is not None else p.ingest.max_doc_chars
-    if g.allowed_langs:
+    allowed = allowed_langs(p)
+    if allowed:
         lang = Check("lang_allowed", "documents", "ExpectColumnValuesToBeInSet",
-                     {"column": "lang", "value_set": list(g.allowed_langs)}, f"in {list(g.allowed_langs)}",
-                     "every document's language is one of gates.allowed_langs", id_column="doc_id")
+                     {"column": "lang", "value_set": allowed}, f"in {allowed}",
+                     "every document's language is an allowed one", id_column="doc_id")
     else:  # no allowed set configured: the language must at least have been detected
         lang = Check("lang_allowed", "documents", "ExpectColumnValuesToNotBeNull", {"column": "lang"},
-                     "lang detected (gates.allowed_langs not set)", "every document has a detected language",
+                     "lang detected (no allowed languages set)", "every document has a detected language",
                      id_column="doc_id")
     return [
         *_document_checks(p),
@@ -122,7 +123,7 @@ def normalize_checks(p: Params) -> list[Check]:
 
 def split_checks(p: Params) -> list[Check]:
     g = p.gates
-    threshold = contamination_threshold(p)
+    threshold = g.max_contamination
     return [
         *_document_checks(p),
         Check("split_names_valid", "documents", "ExpectColumnValuesToBeInSet",
@@ -152,11 +153,16 @@ def pretrain_checks(p: Params) -> list[Check]:
               f"val_perplexity_base - val_perplexity_final > {p.gates.min_perplexity_gain}",
               "continued pretraining lowered domain validation perplexity",
               observed_columns=("val_perplexity_base", "val_perplexity_final", "perplexity_gain")),
+        _conservation("pretrain"),
     ]
 
 
+def finetune_checks(p: Params) -> list[Check]:
+    return [_conservation("finetune")]
+
+
 def evaluate_checks(p: Params) -> list[Check]:
-    g = p.gates
+    g = evaluate_bounds(p)
     return [
         Check("metrics_present", "metrics", "ExpectColumnValuesToNotBeNull", {"column": "value"},
               "domain_bpc, general_bpc, task_accuracy reported for base, pretrained, finetuned",
@@ -169,7 +175,7 @@ def evaluate_checks(p: Params) -> list[Check]:
         Check("general_bpc_not_worse", "summary", "ExpectColumnValuesToBeBetween",
               _between(None, g.max_general_bpc_increase, column="general_bpc_increase"),
               f"pretrained.general_bpc - base.general_bpc <= {g.max_general_bpc_increase}",
-              "continued pretraining did not forget general text beyond the bound",
+              "continued pretraining did not forget general text beyond the bound (no general corpus: nothing to check)",
               observed_columns=("base_general_bpc", "pretrained_general_bpc", "general_bpc_increase")),
         Check("task_accuracy_improved", "summary", "ExpectColumnValuesToBeBetween",
               _between(g.min_task_accuracy_gain, None, column="task_accuracy_gain", strict_min=True),
@@ -185,6 +191,7 @@ SUITES = {
     "normalize": normalize_checks,
     "split": split_checks,
     "pretrain": pretrain_checks,
+    "finetune": finetune_checks,
     "evaluate": evaluate_checks,
 }
 
@@ -209,6 +216,7 @@ GATE_PARAMS = {
     "split": ["enabled", "min_documents", "split_fractions", "split_fraction_tolerance", "split_fraction_sigmas",
               "max_contamination"],
     "pretrain": ["enabled", "min_perplexity_gain"],
+    "finetune": ["enabled"],
     "evaluate": ["enabled", "min_domain_bpc_gain", "max_general_bpc_increase", "min_task_accuracy_gain"],
 }
 
@@ -218,15 +226,35 @@ def gate_param_keys(stage: str) -> list[str]:
     return [f"gates.{k}" for k in GATE_PARAMS.get(stage, ["enabled"])]
 
 
-def contamination_threshold(p: Params) -> float:
-    """gates.max_contamination, else the split section's own threshold, else 0.5."""
-    if p.gates.max_contamination is not None:
-        return p.gates.max_contamination
-    for key in ("contamination_threshold", "max_contamination", "decontaminate_threshold"):
-        value = getattr(p.split, key, None)
-        if isinstance(value, int | float):
-            return float(value)
-    return 0.5
+def allowed_langs(p: Params) -> list[str]:
+    """gates.allowed_langs, else normalize.allowed_languages (plus "und" when normalize keeps undetermined
+    documents); empty: any language."""
+    if p.gates.allowed_langs:
+        return list(p.gates.allowed_langs)
+    n = p.normalize
+    langs = list(getattr(n, "allowed_languages", None) or [])
+    if langs and not getattr(n, "drop_undetermined_language", True):
+        langs.append("und")
+    return langs
+
+
+@dataclass(frozen=True)
+class EvaluateBounds:
+    min_domain_bpc_gain: float
+    max_general_bpc_increase: float
+    min_task_accuracy_gain: float
+
+
+def evaluate_bounds(p: Params) -> EvaluateBounds:
+    """Each model bound from params.gates, else the evaluate section's value of the same name, else a default."""
+    defaults = {"min_domain_bpc_gain": 0.0, "max_general_bpc_increase": 0.1, "min_task_accuracy_gain": 0.0}
+    values = {}
+    for key, default in defaults.items():
+        value = getattr(p.gates, key)
+        if value is None:
+            value = getattr(p.evaluate, key, None)
+        values[key] = float(default if value is None else value)
+    return EvaluateBounds(**values)
 
 
 def expected_fractions(p: Params) -> dict[str, float]:
