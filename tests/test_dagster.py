@@ -1,0 +1,345 @@
+"""The Dagster adapter against real Dagster, real DVC and the real stages, in temporary copies of this project.
+
+The raw set is small generated Chinese-like text (two batches), so every data stage runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from vertical_dag.defs import build_definitions
+from vertical_dag.defs.pipeline import DEFAULT_DEPS, load_pipeline, locked_outs
+from vertical_dag.defs.resources import DVC_POOL
+from vertical_dag.defs.schedules import REBUILD_SCHEDULE
+from vertical_dag.defs.sensors import AUTOMATION_SENSOR, RAW_SENSOR
+from vertical_dag.project import Project
+from vertical_dag.stages import STAGES
+
+from .conftest import BIN, REPO
+
+EXPECTED = [
+    "raw_sources",
+    "raw_documents",
+    "deduplicated",
+    "normalized",
+    "splits",
+    "base_model",
+    "pretrained_checkpoint",
+    "finetuned_model",
+    "eval_report",
+]
+DATA_STAGES = ("ingest", "dedup", "normalize", "split")
+HAN = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处理府研"
+
+
+def write_batch(root: Path, name: str, n: int, seed: int) -> Path:
+    """One raw JSONL batch of n Chinese-like articles, a few of them exact repeats (real duplicates)."""
+    rng = random.Random(seed)
+    texts = [
+        "第" + str(i + 1) + "条 " + "".join(rng.choice(HAN) for _ in range(rng.randint(40, 240))) + "。"
+        for i in range(n)
+    ]
+    for i in range(0, n, 25):  # every 25th article repeats an earlier one
+        texts[i] = texts[max(0, i - 7)]
+    path = root / "data" / "raw" / "china_law" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"id": f"{name}-{i}", "text": t, "law_name": f"测试法{seed}"}, ensure_ascii=False)
+        for i, t in enumerate(texts)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def sh(*cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_project(dest: Path, extra_stages: dict | None = None, params_patch: dict | None = None) -> Project:
+    """This project's params.yaml / dvc.yaml / dagster.yaml and the stage code (dvc.yaml has code deps on it)."""
+    dest.mkdir(parents=True)
+    for name in ("params.yaml", "dvc.yaml", "dagster.yaml"):
+        shutil.copy(REPO / name, dest / name)
+    shutil.copytree(
+        REPO / "vertical_dag", dest / "vertical_dag", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    if extra_stages:
+        dvc = yaml.safe_load((dest / "dvc.yaml").read_text())
+        dvc["stages"].update(extra_stages)
+        (dest / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    if params_patch:
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        for section, values in params_patch.items():
+            params[section] = {**(params.get(section) or {}), **values}
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    sh("git", "init", "-q", cwd=dest)
+    sh(str(BIN / "dvc"), "init", "-q", cwd=dest)
+    return Project(dest)
+
+
+def runnable_data_keys(project: Project) -> list[str]:
+    return [n.asset for n in load_pipeline(project) if n.runnable and n.name in DATA_STAGES]
+
+
+@pytest.fixture(scope="module")
+def instance():
+    """A real (temporary, sqlite) instance configured by this project's dagster.yaml: pool "dvc" sized 1."""
+    with dg.instance_for_test(overrides=yaml.safe_load((REPO / "dagster.yaml").read_text())) as inst:
+        yield inst
+
+
+def materializations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetMaterialization]:
+    return {
+        e.asset_key.to_user_string(): e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def run_assets(
+    defs: dg.Definitions, keys: list[str], instance: dg.DagsterInstance
+) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        asset_selection=[dg.AssetKey(k) for k in keys], instance=instance, raise_on_error=False
+    )
+
+
+# ---------------------------------------------------------------- the graph (no DVC run)
+
+
+def test_graph_is_whole_with_lineage_checks_and_automation():
+    defs = build_definitions(REPO)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(EXPECTED) <= keys
+    asset_of = {name: spec.asset for name, spec in STAGES.items()} | {"raw": "raw_sources"}
+    for name, deps in DEFAULT_DEPS.items():  # every registry stage's upstream is wired, runnable or not
+        parents = {p.to_user_string() for p in graph.get(dg.AssetKey(asset_of[name])).parent_keys}
+        assert {asset_of[d] for d in deps} <= parents, (name, parents)
+    assert graph.get(dg.AssetKey("raw_sources")).is_observable
+    for node in load_pipeline(Project(REPO)):
+        asset = graph.get(dg.AssetKey(node.asset))
+        assert asset.is_materializable == node.runnable
+        assert asset.group_name == (
+            "data" if node.name in DATA_STAGES else "models" if node.name != "evaluate" else "evaluation"
+        )
+        if node.runnable:
+            assert asset.code_version and asset.owners
+            assets_def = defs.resolve_assets_def(node.asset)
+            assert assets_def.op.pool == DVC_POOL
+            specs = list(assets_def.check_specs)
+            assert specs and all(s.blocking for s in specs)
+            condition = asset.automation_condition
+            assert condition is not None
+            assert ("cron" in str(condition.get_label() or condition.name).lower()) == node.is_training
+    sensors = {s.name: s for s in defs.sensors}
+    assert sensors[RAW_SENSOR].default_status == dg.DefaultSensorStatus.STOPPED
+    assert sensors[AUTOMATION_SENSOR].default_status == dg.DefaultSensorStatus.STOPPED
+    schedule = next(s for s in defs.schedules if s.name == REBUILD_SCHEDULE)
+    assert (
+        schedule.cron_schedule == "0 2 * * *" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    )
+
+
+def test_code_version_follows_params_and_code(tmp_path: Path):
+    project = copy_project(tmp_path / "proj")
+    before = {n.name: n.code_version for n in load_pipeline(project) if n.runnable}
+    params = yaml.safe_load(project.params_file.read_text())
+    params["ingest"]["max_doc_chars"] = 12345
+    project.params_file.write_text(yaml.safe_dump(params, allow_unicode=True))
+    after = {n.name: n.code_version for n in load_pipeline(project) if n.runnable}
+    assert after["ingest"] != before["ingest"]
+    assert all(after[k] == v for k, v in before.items() if k != "ingest")
+    (project.root / "vertical_dag/stages/ingest.py").write_text("# changed\n", encoding="utf-8")
+    assert next(n for n in load_pipeline(project) if n.name == "ingest").code_version != after["ingest"]
+
+
+def test_dagster_yaml_sizes_the_dvc_pool(instance):
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+# ---------------------------------------------------------------- materializing through DVC
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, instance):
+    """A project copy with two raw batches whose data assets were materialized once, in-process."""
+    project = copy_project(tmp_path_factory.mktemp("built") / "proj")
+    write_batch(project.root, "1990s", 150, seed=1)
+    write_batch(project.root, "2000s", 150, seed=2)
+    defs = build_definitions(project)
+    keys = runnable_data_keys(project)
+    return project, defs, keys, run_assets(defs, ["raw_sources", *keys], instance), instance
+
+
+def test_materialize_data_assets_records_dvc_lock(built):
+    project, defs, keys, result, _ = built
+    assert result.success
+    mats = materializations(result)
+    assert set(keys) <= set(mats)
+    nodes = {n.asset: n for n in load_pipeline(project)}
+    for key in keys:
+        node, meta = nodes[key], mats[key].metadata
+        recorded = locked_outs(project, node.name)
+        assert recorded.get(node.out), f"{node.name} not recorded in dvc.lock"
+        assert mats[key].tags["dagster/data_version"] == recorded[node.out]  # the output hash is the version
+        assert mats[key].tags["dagster/code_version"] == node.code_version
+        assert meta["documents_out"].value > 0 and meta["dvc_action"].value == "ran"
+        assert "| doc_id |" in meta["sample_documents"].value
+    ingest = mats["raw_documents"].metadata
+    assert ingest["documents_out"].value == 300 and ingest["files_new"].value == 2
+    stages = [nodes[k].name for k in keys]
+    status = sh(str(BIN / "dvc"), "status", *stages, cwd=project.root).stdout
+    assert "up to date" in status, status
+    repro = sh(str(BIN / "dvc"), "repro", stages[-1], cwd=project.root)
+    assert "Running stage" not in repro.stdout and "didn't change" in repro.stdout, repro.stdout
+
+
+def test_sensor_runs_only_the_new_batch(built):
+    project, defs, keys, _, instance = built
+    sensor = defs.resolve_sensor_def(RAW_SENSOR)
+    from vertical_dag.defs.assets_data import raw_fingerprint
+
+    seen, _ = raw_fingerprint(project)
+    quiet = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=seen, definitions=defs))
+    assert not quiet.run_requests and quiet.skip_message
+
+    write_batch(project.root, "2010s", 60, seed=3)
+    tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=seen, definitions=defs))
+    assert len(tick.run_requests) == 1 and tick.cursor != seen
+    request = tick.run_requests[0]
+    requested = [k.to_user_string() for k in request.asset_selection]
+    assert set(requested) == {"raw_sources", *keys}
+
+    result = run_assets(defs, requested, instance)
+    assert result.success
+    ingest = json.loads(project.metrics_file("ingest").read_text())
+    assert ingest["files_new"] == 1 and ingest["new_parts"] == 1 and ingest["files_skipped_unchanged"] == 2
+    assert ingest["documents_out"] == 360
+    for key in keys[1:]:  # later incremental stages also saw exactly one new part
+        metrics = json.loads(
+            project.metrics_file(next(n.name for n in load_pipeline(project) if n.asset == key)).read_text()
+        )
+        if "new_parts" in metrics:
+            assert metrics["new_parts"] == 1, (key, metrics["new_parts"])
+    again = sensor.evaluate_tick(
+        dg.build_sensor_context(instance=instance, cursor=tick.cursor, definitions=defs)
+    )
+    assert not again.run_requests
+
+
+def test_failing_gate_blocks_downstream(tmp_path: Path, instance):
+    summary = {  # a downstream stage of ingest, so the test does not depend on which stages exist
+        "cmd": "python -c \"import pathlib; pathlib.Path('data/summary.txt').write_text('ok')\"",
+        "deps": ["data/ingested"],
+        "outs": [{"data/summary.txt": {"cache": False}}],
+    }
+    project = copy_project(
+        tmp_path / "proj",
+        extra_stages={"ingest_summary": summary},
+        params_patch={"gates": {"min_documents": 1_000_000}},
+    )
+    write_batch(project.root, "1990s", 40, seed=4)
+    defs = build_definitions(project)
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey("raw_documents") in graph.get(dg.AssetKey("ingest_summary")).parent_keys
+    result = run_assets(defs, ["raw_sources", "raw_documents", "ingest_summary"], instance)
+    assert not result.success
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert checks["documents_present"].passed is False
+    assert checks["documents_present"].metadata["observed"].value == "40"
+    assert "ingest_summary" not in materializations(result)
+    assert not (project.root / "data/summary.txt").exists()
+    assert not locked_outs(project, "ingest")  # DVC did not record the failed stage's outputs
+    gate = json.loads((project.gates_dir / "ingest.json").read_text())
+    assert gate["success"] is False
+
+
+# ---------------------------------------------------------------- the web UI
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read()).get("data") or {}
+
+
+LOAD_ERRORS = (
+    "{ workspaceOrError { ... on Workspace { locationEntries { name "
+    "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+)
+
+
+def test_webserver_serves_the_asset_graph(tmp_path: Path):
+    port = _free_port()
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env.pop("VERTICAL_DAG_PROJECT", None)  # found from the working directory, as `dagster dev` would
+    log = (tmp_path / "webserver.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-m", "vertical_dag.defs", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    query = "{ assetNodes { assetKey { path } dependencyKeys { path } isMaterializable isObservable } }"
+    nodes, errors = [], None
+    try:
+        deadline = time.time() + 75
+        while not nodes and time.time() < deadline and proc.poll() is None:
+            time.sleep(1)
+            try:
+                nodes = _graphql(port, query).get("assetNodes") or []
+                if not nodes:
+                    errors = _graphql(port, LOAD_ERRORS)
+            except (OSError, ValueError):  # not listening yet
+                continue
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert nodes, (
+        f"no asset graph (exit {proc.poll()}; {errors}):\n{(tmp_path / 'webserver.log').read_text()[-3000:]}"
+    )
+    graph = {
+        "/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes
+    }
+    assert set(EXPECTED) <= set(graph)
+    for node in load_pipeline(Project(REPO)):
+        assert set(node.deps) <= graph[node.asset], (node.asset, graph[node.asset])
+    assert graph["raw_documents"] == {"raw_sources"}
+    assert {"pretrained_checkpoint", "splits"} <= graph["finetuned_model"]
+    observable = {"/".join(n["assetKey"]["path"]) for n in nodes if n["isObservable"]}
+    assert observable == {"raw_sources"}

@@ -1,0 +1,143 @@
+"""What a user sees on a materialization: the stage's metrics.json, a few sample documents, the run's timing.
+
+Metrics are read from disk after `dvc repro`, never from the stage process, because DVC skips an unchanged
+stage without running it; the numbers shown are then those of the run recorded in dvc.lock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from ..project import Project
+from .pipeline import StageNode
+from .resources import DvcRun
+
+COUNT_KEYS = ("documents_in", "documents_out", "dropped", "quarantined", "new_parts", "files_new")
+MAX_NUMBERS = 40
+
+
+def read_metrics(project: Project, stage: str) -> dict[str, Any]:
+    try:
+        data = json.loads(project.metrics_file(stage).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def flat_numbers(metrics: dict[str, Any], prefix: str = "", depth: int = 2) -> dict[str, float | int]:
+    """Nested numbers as dotted keys ('perplexity.finetuned'), a few levels deep."""
+    out: dict[str, float | int] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if _is_num(value):
+            out[name] = value
+        elif isinstance(value, dict) and depth > 0:
+            out.update(flat_numbers(value, f"{name}.", depth - 1))
+    return out
+
+
+def md_table(rows: list[list[Any]], header: list[str]) -> str:
+    cell = lambda v: str(v).replace("|", "/").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def sample_documents(out: Path, n: int = 3, chars: int = 80) -> str | None:
+    """The first few documents of the first Parquet part under `out` (ledgers excluded)."""
+    parts = sorted(p for p in out.rglob("*.parquet") if "ledger" not in p.parts) if out.is_dir() else []
+    for part in parts:
+        try:
+            schema = pq.read_schema(part)
+            cols = [c for c in ("doc_id", "batch", "split", "text") if c in schema.names]
+            if "text" not in cols:
+                continue
+            rows = pq.read_table(part, columns=cols).slice(0, n).to_pylist()
+        except Exception:  # a sample is a courtesy; an unreadable part must not fail the asset
+            continue
+        if rows:
+            body = [
+                [r[c] if c != "text" else r[c][:chars] + ("..." if len(r[c]) > chars else "") for c in cols]
+                for r in rows
+            ]
+            return md_table(body, cols) + f"\n\nfrom `{part.relative_to(out)}`"
+    return None
+
+
+def loss_curve(metrics: dict[str, Any]) -> str | None:
+    """A list of losses (or of {step, loss} records) under any key naming a loss, as a short table."""
+    for key, value in metrics.items():
+        if "loss" not in key or not isinstance(value, list) or not value:
+            continue
+        points = [
+            (r.get("step", i), r.get("loss", r.get("train_loss")), r.get("eval_loss"))
+            if isinstance(r, dict)
+            else (i, r, None)
+            for i, r in enumerate(value)
+        ]
+        stride = max(1, len(points) // 20)
+        rows = [list(p) for p in points[::stride]] + (
+            [list(points[-1])] if (len(points) - 1) % stride else []
+        )
+        return md_table(rows, ["step", "loss", "eval loss"])
+    return None
+
+
+def stage_metadata(
+    project: Project, node: StageNode, metrics: dict[str, Any], run: DvcRun | None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "dvc_stage": node.name,
+        "output": dg.MetadataValue.path(str(project.root / node.out)),
+    }
+    if run is not None:
+        meta["dvc_action"] = "skipped (unchanged)" if run.skipped else "ran"
+        meta["dvc_seconds"] = dg.MetadataValue.float(run.seconds)
+    for key in COUNT_KEYS:
+        if _is_num(metrics.get(key)):
+            meta[key] = dg.MetadataValue.int(int(metrics[key]))
+    if "documents_out" in metrics:
+        meta["dagster/row_count"] = dg.MetadataValue.int(int(metrics["documents_out"]))
+    drops = metrics.get("drops_by_reason")
+    if isinstance(drops, dict) and drops:
+        rows = sorted(drops.items(), key=lambda kv: -kv[1] if _is_num(kv[1]) else 0)
+        meta["drops_by_reason"] = dg.MetadataValue.md(
+            md_table([list(r) for r in rows], ["reason", "documents"])
+        )
+    if node.name == "dedup" and "duplicate_rate" not in metrics and metrics.get("documents_in"):
+        dups = sum(v for k, v in (drops or {}).items() if "dup" in k and _is_num(v))
+        meta["duplicate_rate"] = dg.MetadataValue.float(round(dups / metrics["documents_in"], 4))
+    for key in ("split_sizes", "splits", "documents_by_split"):
+        if isinstance(metrics.get(key), dict):
+            sizes = metrics[key]
+            rows = [[k, v if _is_num(v) else json.dumps(v, default=str)[:60]] for k, v in sizes.items()]
+            meta["split_sizes"] = dg.MetadataValue.md(md_table(rows, ["split", "documents"]))
+            break
+    numbers = {k: v for k, v in flat_numbers(metrics).items() if k not in meta}
+    for key in sorted(numbers, key=lambda k: ("perplexity" not in k and "ppl" not in k, k))[:MAX_NUMBERS]:
+        meta[key] = (
+            dg.MetadataValue.float(float(numbers[key])) if isinstance(numbers[key], float) else numbers[key]
+        )
+    curve = loss_curve(metrics)
+    if curve:
+        meta["loss_curve"] = dg.MetadataValue.md(curve)
+    if not node.is_training:
+        sample = sample_documents(project.root / node.out)
+        if sample:
+            meta["sample_documents"] = dg.MetadataValue.md(sample)
+    if node.name == "evaluate":
+        out = project.root / node.out
+        reports = sorted(out.glob("*.html")) + sorted(out.glob("*.md")) if out.is_dir() else []
+        if reports:
+            meta["report"] = dg.MetadataValue.path(str(reports[0]))
+    meta["metrics_file"] = dg.MetadataValue.path(str(project.metrics_file(node.name)))
+    return meta
