@@ -66,7 +66,10 @@ def position_key(location: str) -> str:
 
 
 def record_from_mapping(obj: dict[str, Any], location: str, opts: ReadOptions) -> Record:
-    """A JSON object / table row -> RawRecord, or BadRecord when its text field is missing or not a string."""
+    """A JSON object / table row -> RawRecord, or BadRecord when its text field is missing or not a string.
+
+    `obj` is consumed: what is left of it after taking the text becomes the metadata (no copy per record).
+    """
     text = obj.get(opts.text_field)
     if text is None:
         return BadRecord(location, "missing_text", f"no {opts.text_field!r} field (fields: {', '.join(map(str, obj))[:200]})")
@@ -76,7 +79,8 @@ def record_from_mapping(obj: dict[str, Any], location: str, opts: ReadOptions) -
     has_id = rid is not None and rid != ""
     key = str(rid) if has_id else position_key(location)
     if opts.meta_fields is None:
-        meta = {k: v for k, v in obj.items() if k != opts.text_field}
+        del obj[opts.text_field]
+        meta = obj
     else:
         meta = {k: obj[k] for k in opts.meta_fields if k in obj}
     return RawRecord(key=key, location=location, text=text, meta=meta, has_id=has_id)

@@ -195,7 +195,10 @@ def fingerprint(path: Path, old: dict | None) -> dict[str, Any]:
     if old and old.get("size") == fp["size"] and old.get("mtime_ns") == fp["mtime_ns"]:
         fp["sha256"] = old["sha256"]  # untouched: do not re-hash
     else:
-        fp["sha256"] = file_sha256(path)
+        try:
+            fp["sha256"] = file_sha256(path)
+        except OSError:  # unreadable: read it anyway, so the failure becomes a ledger row (read_error)
+            fp["sha256"] = "unreadable"
     return fp
 
 
