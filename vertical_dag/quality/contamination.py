@@ -38,15 +38,21 @@ def ngram_hasher(params: Any = None) -> Callable[[str], np.ndarray]:
     return spec.hashes
 
 
+def _distinct(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort beats np.unique's hash path on uint64 here)."""
+    a = np.sort(a)
+    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+
+
 def train_index(texts: Iterable[str], hasher: Callable[[str], np.ndarray] = char_ngram_hashes) -> np.ndarray:
     arrays = [hasher(t) for t in texts if t]
     arrays = [a for a in arrays if len(a)]
-    return np.unique(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
+    return _distinct(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
 
 
 def overlap(text: str, index: np.ndarray, hasher: Callable[[str], np.ndarray] = char_ngram_hashes) -> float:
     """Share of the text's distinct n-grams found in the train index (0.0 for a text with no n-gram)."""
-    h = np.unique(hasher(text or ""))
+    h = _distinct(hasher(text or ""))
     if not len(h) or not len(index):
         return 0.0
     pos = np.searchsorted(index, h).clip(max=len(index) - 1)

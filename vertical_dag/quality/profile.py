@@ -147,10 +147,8 @@ def clusters(docs: Any) -> Any:
     import pandas as pd
 
     if docs.empty:
-        return pd.DataFrame({"cluster_id": pd.Series([], dtype=str), "n_splits": pd.Series([], dtype=int), "splits": []})
-    g = docs.groupby("cluster_id")["split"]
-    out = pd.DataFrame({"n_splits": g.nunique(), "splits": g.agg(lambda s: ",".join(sorted(set(map(str, s)))))})
-    return out.reset_index()
+        return pd.DataFrame({"cluster_id": pd.Series([], dtype=str), "n_splits": pd.Series([], dtype=int)})
+    return docs.groupby("cluster_id")["split"].nunique().rename("n_splits").reset_index()
 
 
 def split_fractions(docs: Any, expected: dict[str, float], tolerance: float, sigmas: float) -> Any:
