@@ -73,6 +73,14 @@ def test_jsonl_invalid_utf8_line_is_an_encoding_error(tmp_path: Path):
     assert [(b.location, b.reason) for b in bad] == [("2", "encoding_error")]
 
 
+def test_jsonl_line_in_another_encoding_past_the_sample(tmp_path: Path):
+    ascii_lines = b"".join(b'{"id": %d, "text": "plain ascii line number %d"}\n' % (i, i) for i in range(3000))  # > 64 KiB
+    late = '{"id": "gb", "text": "民法典第一条"}\n'.encode("gb18030")
+    good, bad = records(write(tmp_path / "x.jsonl", ascii_lines + late + b'{"id": "z", "text": "\xff\xfe"}\n'))
+    assert good[-1].key == "gb" and good[-1].text == "民法典第一条"
+    assert [(b.location, b.reason) for b in bad] == [("3002", "encoding_error")]
+
+
 def test_json_array_file(tmp_path: Path):
     path = write(tmp_path / "x.json", '[\n  {"id": "a", "text": "one"},\n  "oops",\n  {"text": "three"}\n]\n')
     good, bad = records(path)

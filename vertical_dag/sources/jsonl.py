@@ -15,17 +15,30 @@ from pathlib import Path
 import orjson
 
 from .base import BadRecord, FileRejected, ReadOptions, Record, record_from_mapping
-from .encoding import ascii_compatible, detect_file, read_sample
+from .encoding import ascii_compatible, canonical, decode_line, detect_file, read_sample
 
 
-def _parse(line: bytes | str, location: str, opts: ReadOptions) -> Record:
-    try:
-        obj = orjson.loads(line)  # fast path; stdlib json below only to explain a failure in familiar words
-    except orjson.JSONDecodeError:
+def _parse(line: bytes | str, location: str, opts: ReadOptions, enc: str = "utf-8") -> Record:
+    """One line (bytes in `enc`, or already text) -> a record. orjson first; stdlib json only to explain."""
+    if isinstance(line, bytes) and enc not in ("utf-8", "utf-8-sig"):
         try:
-            text = line.decode("utf-8") if isinstance(line, bytes) else line
-        except UnicodeDecodeError as exc:
-            return BadRecord(location, "encoding_error", f"byte {exc.start}: not valid utf-8 ({exc.reason})")
+            line = line.decode(enc)
+        except UnicodeDecodeError:
+            pass  # handled below, with the other configured encodings
+    try:
+        obj = orjson.loads(line)  # orjson checks UTF-8 itself
+    except orjson.JSONDecodeError:
+        if isinstance(line, bytes):
+            try:
+                text = line.decode("utf-8") if enc in ("utf-8", "utf-8-sig") else line.decode(enc)
+            except UnicodeDecodeError as exc:
+                # The file's encoding was decided from its first 64 KiB; a later line may be in another one.
+                alt = decode_line(line, [e for e in opts.encodings if canonical(e) != canonical(enc)])
+                if alt is None:
+                    return BadRecord(location, "encoding_error", f"byte {exc.start}: not valid {enc} ({exc.reason})")
+                return _parse(alt, location, opts)
+        else:
+            text = line
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -57,19 +70,13 @@ def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
         yield from _read_array(path, enc, opts)
         return
     if ascii_compatible(enc):
-        utf8 = enc in ("utf-8", "utf-8-sig")
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
                 if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
-                try:
-                    line: bytes | str = raw if utf8 else raw.decode(enc)  # orjson checks UTF-8 itself
-                except UnicodeDecodeError as exc:
-                    yield BadRecord(str(lineno), "encoding_error", f"byte {exc.start}: not valid {enc} ({exc.reason})")
-                    continue
-                yield _parse(line, str(lineno), opts)
+                yield _parse(raw, str(lineno), opts, enc)
         return
     # UTF-16/32: lines can only be found after decoding.
     with open(path, "rb") as fb, io.TextIOWrapper(fb, encoding=enc, errors="strict", newline=None) as f:
