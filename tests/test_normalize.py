@@ -263,3 +263,13 @@ def test_cli_runs_normalize_in_an_initialised_project(project):
     m = json.loads(proc.stdout)
     assert m["documents_in"] == 4 and m["documents_in"] == m["documents_out"] + m["dropped"]
     assert (project / "data/normalized/state.json").exists()
+
+
+def test_disabled_normalize_passes_documents_through(tmp_path):
+    proj = make_project(tmp_path / "p", {"normalize": {"enabled": False}})
+    texts = ["<b>x</b>\u200b 13812345678", "short"]
+    write_dedup_part(proj.root, "a", doc_rows(texts, "a"))
+    m = run_stage("normalize", proj, gate=False)
+    assert (m["documents_out"], m["dropped"], m["redacted"]) == (2, 0, 0)
+    out = pq.read_table(proj.root / "data/normalized/parts/a.parquet").column("text").to_pylist()
+    assert out == texts

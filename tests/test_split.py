@@ -201,3 +201,20 @@ def test_empty_input_writes_empty_splits(tmp_path):
     assert m["documents_in"] == 0 == m["documents_out"]
     assert all((proj.root / "data/splits" / f"{s}.parquet").exists() for s in SPLITS)
     assert json.loads((proj.root / "data/splits/splits.json").read_text())["splits"]["train"]["documents"] == 0
+
+
+def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path):
+    proj = make_project(tmp_path / "p", params())
+    shared = "任何单位和个人不得侵占、挪用、截留或者私分依照本法规定应当用于公共事业的专项资金和物资"
+    old = doc_rows([f"第十条　{shared}，并追究责任。"], "a", ids=["old-train"], clusters=[key_in("train", "r")])
+    write_norm_part(proj.root, "a", old + doc_rows([article(i) for i in range(40)], "a"))
+    run_stage("split", proj, gate=False)
+    assert split_map(proj.root)["old-train"] == "train"
+
+    new = doc_rows([f"第九条　{shared}，违者依法处理。"], "b", ids=["new-test"], clusters=[key_in("test", "t")])
+    write_norm_part(proj.root, "b", new)
+    m = run_stage("split", proj, gate=False)
+    assert split_map(proj.root)["old-train"] == "train" and "new-test" not in split_map(proj.root)
+    assert m["dropped"] == 1 and m["contaminated_eval_documents"] == 1 and m["contaminated_train_documents"] == 0
+    row = next(r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist() if r["action"] == "dropped")
+    assert (row["doc_id"], row["ref_doc_id"]) == ("new-test", "old-train")

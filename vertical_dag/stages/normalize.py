@@ -34,7 +34,7 @@ from ..records import (
     write_parquet,
 )
 from ..text.clean import CleanOptions
-from ..text.normalizer import Normalizer, NormalizerConfig
+from ..text.normalizer import DocResult, Normalizer, NormalizerConfig
 from ..text.quality import resolve_thresholds
 from . import STAGES
 from .context import StageContext
@@ -49,8 +49,11 @@ def preset_name(params: Params) -> str:
     return params.project.domain if p.preset == "auto" else p.preset
 
 
-def build_normalizer(params: Params) -> Normalizer:
+def build_normalizer(params: Params) -> Normalizer | None:
+    """None when normalize.enabled is false: documents then pass through unchanged."""
     p: NormalizeParams = params.normalize
+    if not p.enabled:
+        return None
     thresholds = resolve_thresholds(preset_name(params), p.filters.model_dump())
     return Normalizer(NormalizerConfig(
         clean=CleanOptions(p.unicode_form, p.strip_markup, p.traditional_to_simplified),
@@ -78,7 +81,7 @@ def _out_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer, batch_size: int, log: Any) -> dict[str, Any]:
+def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer | None, batch_size: int, log: Any) -> dict[str, Any]:
     """One input part -> its output part and ledger part (each replaced atomically). Returns the part's counts."""
     pf = pq.ParquetFile(src)
     schema = _out_schema(pf.schema_arrow)
@@ -95,7 +98,7 @@ def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer, b
                 ids = tbl.column("doc_id").to_pylist()
                 texts = tbl.column("text").to_pylist() if "text" in tbl.column_names else [None] * len(ids)
                 text_bytes += sum(len(t.encode()) for t in texts if t)
-                results = normalizer.process(texts)
+                results = normalizer.process(texts) if normalizer else [DocResult(text=t or "") for t in texts]
                 keep = [i for i, r in enumerate(results) if r.text is not None]
                 for i, r in enumerate(results):
                     if r.text is None:

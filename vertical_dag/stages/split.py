@@ -5,9 +5,10 @@ recomputed each run without state, and an old document keeps its split when data
 
 Decontamination: n-grams (word 13-grams, or character 25-grams for CJK) of validation, test and any evaluation
 task files form an index; a train document sharing at least `min_shared_ngrams` of them is `dropped` (or
-`flagged` and kept), with a ledger row whose ref_doc_id names the evaluation document it overlaps. Every
-document also gets a `contamination` score: the share of its distinct n-grams found on the other side
-(train vs. evaluation), which the quality gate reads.
+`flagged` and kept), with a ledger row whose ref_doc_id names the evaluation document it overlaps. A train
+document already in train.parquet from the last run is never dropped later: a new validation/test document
+overlapping it is the contaminated one. Every document gets a `contamination` score (share of its distinct
+n-grams found on the other side), which the quality gate reads.
 
 Outputs: data/splits/{train,validation,test}.parquet (a `split` column added), data/splits/splits.json,
 data/splits/ledger/split.parquet (a `split` row per kept document, dropped/flagged rows for contamination).
@@ -21,12 +22,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ..records import LedgerEntry, ledger_table, read_json, read_parts, write_json, write_parquet
-from ..text.ngrams import NgramIndex, NgramSpec
+from ..text.decontaminate import decontaminate
+from ..text.ngrams import NgramSpec
 from ..text.splitting import SPLITS, assign, group_keys
 from . import STAGES
 from .context import StageContext
@@ -73,14 +75,6 @@ def read_eval_files(root: Path, files: list[str], log: Any) -> tuple[list[tuple[
     return items, dict(problems)
 
 
-def _share(index: NgramIndex, text: str) -> tuple[float, int, str | None]:
-    hashes = np.unique(index.spec.hashes(text))
-    if not len(hashes):
-        return 0.0, 0, None
-    n, ref = index.overlap(text)
-    return n / len(hashes), n, ref
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
     sp = ctx.params.split
@@ -98,41 +92,33 @@ def run(ctx: StageContext) -> dict[str, Any]:
     clusters = docs.column("cluster_id").to_pylist() if "cluster_id" in docs.column_names else [None] * n_in
     metas = docs.column("meta").to_pylist() if "meta" in docs.column_names else [None] * n_in
     keys = group_keys(ids, clusters, metas, sp.group_by)
+    if not sp.enabled:  # no held-out data: everything trains, nothing is decontaminated
+        fractions = (1.0, 0.0, 0.0)
     split_of = [assign(seed, k, fractions) for k in keys]
     texts = docs.column("text").to_pylist() if n_in else []
 
-    # ---- decontamination: evaluation side = validation + test + task files; train documents are checked
+    # ---- decontamination (vertical_dag/text/decontaminate.py): train vs validation + test + task files
     dc = sp.decontaminate
     spec = NgramSpec(word_n=dc.word_ngram, char_n=dc.char_ngram)
     contamination = [0.0] * n_in
     contaminated = [False] * n_in
     entries: list[LedgerEntry] = []
     eval_items, eval_problems = read_eval_files(ctx.project.root, dc.extra_eval_files, ctx.log) if dc.enabled else ([], {})
-    if dc.enabled and n_in:
-        eval_index = NgramIndex(spec)
+    old_train_file = ctx.out / "train.parquet"
+    protected: set[str] = set()
+    if previous == settings and old_train_file.exists():  # train documents of the last run keep their place
+        protected = set(pq.read_table(old_train_file, columns=["doc_id"]).column("doc_id").to_pylist())
+    if dc.enabled and sp.enabled and n_in:
+        found = decontaminate(ids, texts, [s != "train" for s in split_of], protected, eval_items, spec,
+                              dc.min_shared_ngrams, keep_contaminated=dc.action == "flagged")
+        contamination, contaminated = found.share, found.contaminated
         for i in range(n_in):
-            if split_of[i] != "train":
-                eval_index.add(ids[i], texts[i])
-        for ident, text in eval_items:
-            eval_index.add(ident, text)
-        eval_index.freeze()
-        train_index = NgramIndex(spec)
-        for i in range(n_in):
-            if split_of[i] != "train":
-                continue
-            share, shared, ref = _share(eval_index, texts[i])
-            contamination[i] = round(share, 6)
-            if shared >= dc.min_shared_ngrams:
-                contaminated[i] = True
+            if contaminated[i]:
+                side = "train" if split_of[i] == "train" else f"{split_of[i]} (overlaps a document already in train)"
                 entries.append(LedgerEntry(ids[i], STAGE, dc.action, "contaminated",
-                                           f"{shared} shared {spec.char_n}-char/{spec.word_n}-word n-grams ({share:.1%})", ref))
-            if not contaminated[i] or dc.action == "flagged":
-                train_index.add(ids[i], texts[i])
-        train_index.freeze()
-        for i in range(n_in):
-            if split_of[i] != "train":
-                contamination[i] = round(_share(train_index, texts[i])[0], 6)
-        ctx.log.info("decontamination: %d evaluation n-grams, %d train n-grams", len(eval_index), len(train_index))
+                                           f"{side}: {found.shared[i]} shared n-grams (char {spec.char_n} / word {spec.word_n})",
+                                           found.ref[i]))
+        ctx.log.info("decontamination: %d documents contaminated (%s)", sum(contaminated), dc.action)
 
     dropped_mask = [c and dc.action == "dropped" for c in contaminated]
     kept_cols = docs.append_column("split", pa.array(split_of, pa.string()))
@@ -178,7 +164,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     n_dropped = sum(dropped_mask)
     examples = [ids[i] for i in range(n_in) if contaminated[i]][:EXAMPLES]
     seconds = time.perf_counter() - started
-    ctx.log.info("split %d documents: %s; %d contaminated train documents %s", n_in,
+    ctx.log.info("split %d documents: %s; %d contaminated documents %s", n_in,
                  ", ".join(f"{k} {v['documents']}" for k, v in summary["splits"].items()), n_contaminated, dc.action)
     eval_shares = [contamination[i] for i in range(n_in) if split_of[i] != "train"]
     return {
@@ -189,7 +175,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "drops_by_reason": {"contaminated": n_dropped} if n_dropped else {},
         "examples_by_reason": {"contaminated": examples} if n_dropped else {},
         "flagged": n_contaminated if dc.action == "flagged" else 0,
-        "contaminated_train_documents": n_contaminated,
+        "contaminated_train_documents": sum(1 for i in range(n_in) if contaminated[i] and split_of[i] == "train"),
+        "contaminated_eval_documents": sum(1 for i in range(n_in) if contaminated[i] and split_of[i] != "train"),
         "max_eval_contamination": max(eval_shares, default=0.0),
         "eval_task_items": len(eval_items),
         "eval_file_problems": eval_problems,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 UNDETERMINED = "und"
 
-_LETTER = re.compile(r"[^\W\d_]")
+_NON_LETTER = re.compile(r"[\W\d_]+")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 _KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")
 _HANGUL = re.compile(r"[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]")
@@ -47,18 +47,18 @@ class LangGuess:
 
 def detect_language(text: str, *, min_letters: int = 3, min_score: float = 0.4, max_chars: int = 2000) -> LangGuess:
     sample = _PLACEHOLDER.sub(" ", text[: max_chars * 2])[:max_chars]
-    letters = _LETTER.findall(sample)
+    letters = _NON_LETTER.sub("", sample)  # counting by deletion is several times faster than findall
     if len(letters) < min_letters:
         return LangGuess(UNDETERMINED, 0.0)
-    han = len(_HAN.findall(sample))
+    han = len(letters) - len(_HAN.sub("", letters))
     if han:
-        kana = len(_KANA.findall(sample))
+        kana = len(letters) - len(_KANA.sub("", letters))
         if kana:
             if (han + kana) / len(letters) >= 0.5:
                 return LangGuess("ja", 1.0)
         elif han / len(letters) >= 0.5:
             return LangGuess("zh", 1.0)
-    if _HANGUL.search(sample) and len(_HANGUL.findall(sample)) / len(letters) >= 0.5:
+    if _HANGUL.search(letters) and (len(letters) - len(_HANGUL.sub("", letters))) / len(letters) >= 0.5:
         return LangGuess("ko", 1.0)
     labels, scores = _model().predict(sample.replace("\n", " "), k=1)
     if not labels:

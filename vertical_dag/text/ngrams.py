@@ -26,11 +26,19 @@ _MASK = (1 << 64) - 1
 _CHAR_SALT = np.uint64(0x9E3779B97F4A7C15)  # keeps char and word n-gram hashes apart
 
 
+_POW_CACHE: dict[int, np.ndarray] = {}
+
+
 def _powers(base: np.uint64, n: int) -> np.ndarray:
-    p = np.full(n, base, dtype=np.uint64)
-    p[0] = 1
-    with np.errstate(over="ignore"):
-        return np.cumprod(p, dtype=np.uint64)
+    """base**0 .. base**(n-1) modulo 2**64, from a cache that grows by doubling (hashing is called per document)."""
+    cached = _POW_CACHE.get(int(base))
+    if cached is None or len(cached) < n:
+        size = max(n, 2 * len(cached) if cached is not None else 4096)
+        p = np.full(size, base, dtype=np.uint64)
+        p[0] = 1
+        with np.errstate(over="ignore"):
+            cached = _POW_CACHE[int(base)] = np.cumprod(p, dtype=np.uint64)
+    return cached[:n]
 
 
 def rolling_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
@@ -60,7 +68,7 @@ def word_tokens(text: str) -> np.ndarray:
 
 def cjk_ratio(text: str) -> float:
     content = _NON_CONTENT.sub("", text)
-    return len(_CJK.findall(content)) / len(content) if content else 0.0
+    return (len(content) - len(_CJK.sub("", content))) / len(content) if content else 0.0
 
 
 def is_cjk(text: str, threshold: float = 0.3) -> bool:

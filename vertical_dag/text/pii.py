@@ -39,9 +39,9 @@ PHONE_RES = [
     # mainland landline: area code in brackets or followed by a dash/space, 7-8 digit number, optional extension
     re.compile(r"(?<!\d)(?:[(（]0\d{2,3}[)）][ -]?|0\d{2,3}[ -])[2-9]\d{2,3}[ -]?\d{4}(?:[ -]?(?:转|ext\.?|x)\s?\d{1,5})?(?!\d)"),
     # international with a leading '+': country code then 6-14 more digits in groups
-    re.compile(r"(?<![\w+])\+[1-9]\d{0,2}(?:[ -]?\(?\d{1,4}\)?){1,5}[ -]?\d{2,4}(?!\d)"),
+    re.compile(r"(?<![A-Za-z0-9+])\+[1-9]\d{0,2}(?:[ -]?\(?\d{1,4}\)?){1,5}[ -]?\d{2,4}(?!\d)"),
     # North America: (555) 123-4567, 555-123-4567, 555.123.4567
-    re.compile(r"(?<![\d.-])(?:\(\d{3}\)\s?|\d{3}[-.])\d{3}[-.]\d{4}(?![\d.-])"),
+    re.compile(r"(?<![\d.-])(?:\(\d{3}\)\s?|\d{3}[-.])\d{3}[-.]\d{4}(?!\d|[.-]\d)"),
 ]
 _VERSION_BEFORE = re.compile(r"(?:[vV]|version|Version|VERSION|版本|版本号|ver\.?)\s*[:：]?\s*$")
 
