@@ -23,8 +23,6 @@ from vertical_dag.quality.gate import (
 )
 from vertical_dag.records import DOC_SCHEMA, LedgerEntry, ledger_table, write_parquet
 
-from .conftest import run_cli
-
 _HAN = "法律规定合同当事人权利义务履行违约责任赔偿损失财产继承婚姻家庭劳动工资保险税收行政许可处罚复议诉讼"
 
 
@@ -314,10 +312,10 @@ def test_gates_params_reject_bad_bounds() -> None:
         parse_params({"gates": {"split_fractions": {"train": 0.5, "test": 0.1}}})
 
 
-def write_raw(project: Path, n: int = 12) -> None:
+def write_raw(project: Path, n: int = 30) -> None:
     folder = project / "data/raw/docs"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"id": f"a{i}", "text": TEXTS[i]} for i in range(n)]
+    rows = [{"id": f"a{i}", "text": "".join(_article(1000 * k + i) for k in range(3))} for i in range(n)]
     (folder / "batch1.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
@@ -327,25 +325,36 @@ def set_gate(project: Path, **bounds: object) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
-def test_dvc_repro_stops_at_a_failing_gate(project: Path) -> None:
-    if not (Path(__file__).parents[1] / "vertical_dag/stages/ingest.py").exists():
-        pytest.skip("the ingest stage is not in this tree")
+def locked_stages(project: Path) -> set[str]:
+    lock = project / "dvc.lock"
+    return set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
+
+
+def test_dvc_repro_stops_at_the_failing_gate(project: Path) -> None:
+    stages = set((yaml.safe_load((project / "dvc.yaml").read_text()) or {})["stages"])
+    if not {"ingest", "dedup", "normalize", "split"} <= stages:
+        pytest.skip("the data stages are not all in dvc.yaml yet")
     write_raw(project)
-    set_gate(project, min_documents=1000)
-    proc = subprocess.run(["dvc", "repro", "ingest"], cwd=project, capture_output=True, text=True)
+    # the split stage assigns ~90/5/5; the gate is told to expect 20/40/40
+    set_gate(project, split_fractions={"train": 0.2, "validation": 0.4, "test": 0.4})
+    proc = subprocess.run(["dvc", "repro", "split"], cwd=project, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
-    assert "quality gate failed for stage ingest" in out
-    assert "documents_present (expect_table_row_count_to_be_between): observed 12; bound >= 1000 documents" in out
-    assert not (project / "dvc.lock").exists() or "ingest" not in (project / "dvc.lock").read_text()
-    assert load_gate_result(project, "ingest")["success"] is False
-    # with the bound met the same data passes and the stage is recorded
-    set_gate(project, min_documents=1)
-    proc = subprocess.run(["dvc", "repro", "ingest"], cwd=project, capture_output=True, text=True)
+    assert "quality gate failed for stage split" in out
+    assert "split_fractions (expect_column_values_to_be_between, column excess): observed [" in out
+    assert '"split": "train"' in out and '"expected": 0.2' in out and "bound |fraction - expected| <=" in out
+    # the stages before it passed their gates and were recorded; the failed one was not
+    assert locked_stages(project) == {"ingest", "dedup", "normalize"}
+    for stage in ("ingest", "dedup", "normalize"):
+        assert load_gate_result(project, stage)["success"] is True
+    gate = load_gate_result(project, "split")
+    assert gate["success"] is False and [e["name"] for e in gate["expectations"] if not e["success"]] == ["split_fractions"]
+    assert "**FAIL** | split_fractions" in (project / "data/gates/split.md").read_text()
+    # with the expectation met the same data passes and the stage is recorded
+    set_gate(project, split_fractions=None)
+    proc = subprocess.run(["dvc", "repro", "split"], cwd=project, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert load_gate_result(project, "ingest")["success"] is True
-    assert "ingest" in (project / "dvc.lock").read_text()
-    run_cli("run", "ingest", cwd=project)  # idempotent rerun still passes
+    assert "split" in locked_stages(project) and load_gate_result(project, "split")["success"] is True
 
 
 def test_unreadable_outputs_fail_every_check(root: Path) -> None:
