@@ -112,8 +112,7 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
     summary = profile.conservation(rows_in, out, metrics, rows_out=len(docs))
     tables = {"documents": docs, "summary": summary, "conservation": summary}
     if stage == "split":
-        if "split" not in docs:  # one file per split: the file name is the split
-            docs["split"] = docs["part"]
+        docs["split"] = docs["split"].fillna(docs["part"])  # no split column: the file name is the split
         # measured here, not read from the stage's own `contamination` column: the gate checks the stage
         docs["contamination"] = eval_contamination(docs["text"].fillna("").tolist(), docs["split"].tolist(), params)
         g = params.gates

@@ -62,50 +62,55 @@ def count_docs(out: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in doc_files(out))
 
 
-def _read_docs(out: Path, want: list[str]) -> pa.Table:
-    tables = []
-    for path in doc_files(out):
-        names = pq.ParquetFile(path).schema_arrow.names
-        t = pq.read_table(path, columns=[c for c in want if c in names])
-        t = t.append_column("part", pa.array([path.stem] * t.num_rows, pa.string()))
-        tables.append(t)
-    if not tables:
-        return pa.table({c: pa.array([], pa.string()) for c in [*want, "part"]})
-    return pa.concat_tables(tables, promote_options="default")
-
-
-def _hash_text(texts: pa.ChunkedArray) -> list[str]:
+def _hash_text(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
     import hashlib
 
-    return [hashlib.blake2b(t.encode("utf-8"), digest_size=8).hexdigest() if t is not None else None for t in texts.to_pylist()]
+    return pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=8).hexdigest() if t is not None else None
+                     for t in texts.to_pylist()], pa.string())
+
+
+PROFILE_FIELDS = ["doc_id", "part", "n_chars", "source", "batch", "lang", "split", "text_hash", "canonical_hash", "cluster_id"]
+
+
+def _profile_part(path: Path, detect: Callable[[str], list[str]] | None, text_column: bool) -> pa.Table:
+    """The profile rows of one Parquet file; its text is dropped as soon as it is measured."""
+    names = pq.ParquetFile(path).schema_arrow.names
+    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "split"]
+    t = pq.read_table(path, columns=[c for c in want if c in names])
+    n = t.num_rows
+    text = t.column("text") if "text" in names else pa.nulls(n, pa.string())
+    cols: dict[str, Any] = {c: (pc.cast(t.column(c), pa.string()) if c in names else pa.nulls(n, pa.string()))
+                            for c in ("doc_id", "source", "batch", "lang", "split", "canonical_hash", "cluster_id")}
+    cols["part"] = pa.array([path.stem] * n, pa.string())
+    cols["n_chars"] = pc.cast(pc.fill_null(pc.utf8_length(text), 0), pa.int64()) if n else pa.array([], pa.int64())
+    cols["text_hash"] = _hash_text(text)
+    if "canonical_hash" not in names:  # without the dedup stage's hash, the exact text's
+        cols["canonical_hash"] = cols["text_hash"]
+    if "cluster_id" not in names:  # without near-duplicate clusters every document is its own cluster
+        cols["cluster_id"] = cols["doc_id"]
+    if detect is not None:
+        cols["pii_found"] = pa.array([",".join(detect(x)) or None if x else None for x in text.to_pylist()], pa.string())
+    if text_column:
+        cols["text"] = pc.cast(text, pa.large_string())
+    order = PROFILE_FIELDS + [c for c in ("pii_found", "text") if c in cols]
+    return pa.table({c: cols[c] for c in order})
 
 
 def documents(out: Path, *, pii: Any = False, text_column: bool = False) -> Any:
-    """One row per document of a stage's output, as a pandas DataFrame (text left out unless asked for)."""
-    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "split"]
-    t = _read_docs(out, want)
-    text = t.column("text") if "text" in t.column_names else pa.chunked_array([pa.array([None] * t.num_rows, pa.string())])
-    cols: dict[str, Any] = {
-        "doc_id": t.column("doc_id") if "doc_id" in t.column_names else pa.nulls(t.num_rows, pa.string()),
-        "part": t.column("part"),
-        "n_chars": pc.fill_null(pc.utf8_length(text), 0) if t.num_rows else pa.array([], pa.int64()),
-    }
-    for c in ("source", "batch", "lang", "split"):
-        if c in t.column_names:
-            cols[c] = t.column(c)
-    cols["text_hash"] = pa.array(_hash_text(text), pa.string())
-    cols["canonical_hash"] = t.column("canonical_hash") if "canonical_hash" in t.column_names else cols["text_hash"]
-    # Without near-duplicate clusters every document is its own cluster.
-    cols["cluster_id"] = pc.cast(t.column("cluster_id"), pa.string()) if "cluster_id" in t.column_names else cols["doc_id"]
-    if pii is not False:  # False: no PII column; else normalize.pii params (or None for the defaults)
-        detect = pii_detector(pii)
-        found = [",".join(detect(x)) if x else "" for x in text.to_pylist()]
-        cols["pii_found"] = pa.array([f or None for f in found], pa.string())
-    if text_column:
-        cols["text"] = text
-    df = pa.table(cols).to_pandas()
-    if "cluster_id" in df and df["cluster_id"].isna().any():  # unclustered rows stand alone
-        df["cluster_id"] = df["cluster_id"].fillna(df["doc_id"])
+    """One row per document of a stage's output, as a pandas DataFrame (text left out unless asked for).
+
+    pii: False for no PII column; else normalize.pii params (None: the built-in types) for `pii_found`,
+    the comma-joined PII kinds still in a document (null when none)."""
+    detect = pii_detector(pii) if pii is not False else None
+    tables = [_profile_part(p, detect, text_column) for p in doc_files(out)]
+    if not tables:
+        schema = pa.schema([(c, pa.int64() if c == "n_chars" else pa.string()) for c in PROFILE_FIELDS])
+        for extra, flag in (("pii_found", detect is not None), ("text", text_column)):
+            if flag:
+                schema = schema.append(pa.field(extra, pa.large_string() if extra == "text" else pa.string()))
+        return schema.empty_table().to_pandas()
+    df = pa.concat_tables(tables, promote_options="default").to_pandas()
+    df["cluster_id"] = df["cluster_id"].fillna(df["doc_id"])  # parts written before clustering stand alone
     return df
 
 
