@@ -283,6 +283,9 @@ def test_evaluate_gate(root: Path) -> None:
     assert run("evaluate", root, no_general).success
     strict = parse_params({"evaluate": {"min_task_accuracy_gain": 0.5}})
     assert list(failed(run("evaluate", root, no_general, strict))) == ["task_accuracy_improved"]
+    # a model that was not evaluated fails the gates that need it
+    del no_general["models"]["finetuned"]
+    assert list(failed(run("evaluate", root, no_general))) == ["metrics_present", "task_accuracy_improved"]
 
 
 # ---------------------------------------------------------------- wiring

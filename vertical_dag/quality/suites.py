@@ -13,6 +13,8 @@ from typing import Any
 from ..params import Params
 
 SPLIT_NAMES = ("train", "validation", "test")
+# Model checks compare one row of numbers; they use ExpectColumnMinToBeBetween because, unlike the per-value
+# expectations, it fails on a missing number instead of skipping it.
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def pretrain_checks(p: Params) -> list[Check]:
         Check("metrics_present", "metrics", "ExpectColumnValuesToNotBeNull", {"column": "value"},
               "val_perplexity_base and val_perplexity_final reported", "the stage reported the numbers the gate needs",
               id_column="metric"),
-        Check("perplexity_improved", "summary", "ExpectColumnValuesToBeBetween",
+        Check("perplexity_improved", "summary", "ExpectColumnMinToBeBetween",
               _between(p.gates.min_perplexity_gain, None, column="perplexity_gain", strict_min=True),
               f"val_perplexity_base - val_perplexity_final > {p.gates.min_perplexity_gain}",
               "continued pretraining lowered domain validation perplexity",
@@ -167,7 +169,7 @@ def evaluate_checks(p: Params) -> list[Check]:
         Check("metrics_present", "metrics", "ExpectColumnValuesToNotBeNull", {"column": "value"},
               "domain_bpc, general_bpc, task_accuracy reported for base, pretrained, finetuned",
               "the evaluation reported the numbers the gate needs", id_column="metric"),
-        Check("domain_bpc_improved", "summary", "ExpectColumnValuesToBeBetween",
+        Check("domain_bpc_improved", "summary", "ExpectColumnMinToBeBetween",
               _between(g.min_domain_bpc_gain, None, column="domain_bpc_gain", strict_min=True),
               f"base.domain_bpc - pretrained.domain_bpc > {g.min_domain_bpc_gain}",
               "the pretrained checkpoint models domain text better than the base model",
@@ -177,7 +179,7 @@ def evaluate_checks(p: Params) -> list[Check]:
               f"pretrained.general_bpc - base.general_bpc <= {g.max_general_bpc_increase}",
               "continued pretraining did not forget general text beyond the bound (no general corpus: nothing to check)",
               observed_columns=("base_general_bpc", "pretrained_general_bpc", "general_bpc_increase")),
-        Check("task_accuracy_improved", "summary", "ExpectColumnValuesToBeBetween",
+        Check("task_accuracy_improved", "summary", "ExpectColumnMinToBeBetween",
               _between(g.min_task_accuracy_gain, None, column="task_accuracy_gain", strict_min=True),
               f"finetuned.task_accuracy - base.task_accuracy > {g.min_task_accuracy_gain}",
               "fine-tuning raised task accuracy above the base model",
