@@ -300,6 +300,20 @@ def test_stage_without_suite_writes_an_empty_passing_gate(root: Path) -> None:
     assert (root / "data/gates/base_model.md").exists()
 
 
+def test_skipped_gate_still_writes_its_file(root: Path) -> None:
+    import logging
+
+    from vertical_dag.quality.gate import skip_gate
+    from vertical_dag.stages import STAGES
+    from vertical_dag.stages.context import StageContext
+
+    ctx = StageContext(Project(root), Params(), STAGES["dedup"], logging.getLogger("test"))
+    skip_gate(ctx, "gates.enabled is false")
+    gate = load_gate_result(root, "dedup")
+    assert gate["success"] is True and gate["skipped"] == "gates.enabled is false" and gate["expectations"] == []
+    assert "skipped" in (root / "data/gates/dedup.md").read_text()
+
+
 def test_great_expectations_stays_off_the_cli_start_up_path() -> None:
     code = ("import sys, vertical_dag.cli, vertical_dag.quality.gate as g; g.gate_check_names('split'); "
             "vertical_dag.cli.build_parser(); assert 'great_expectations' not in sys.modules, 'GE imported'")

@@ -23,8 +23,8 @@ from . import profile
 from .contamination import eval_contamination
 from .suites import checks_for, expected_fractions, gate_check_names
 
-__all__ = ["GateResult", "ExpectationResult", "run_gate", "validate_stage", "load_gate_result", "gate_check_names",
-           "gate_file"]
+__all__ = ["GateResult", "ExpectationResult", "run_gate", "skip_gate", "check_stage", "validate_stage", "load_gate_result",
+           "gate_check_names", "gate_file"]
 
 log = logging.getLogger("vertical_dag.quality")
 
@@ -50,6 +50,7 @@ class GateResult:
     suite: str
     expectations: list[ExpectationResult] = field(default_factory=list)
     seconds: float = 0.0
+    skipped: str | None = None  # why nothing was validated, when the gate was switched off
 
     @property
     def success(self) -> bool:
@@ -73,6 +74,7 @@ class GateResult:
             "suite": self.suite,
             "expectations": [asdict(e) for e in self.expectations],
             "seconds": self.seconds,
+            **({"skipped": self.skipped} if self.skipped else {}),
         }
 
 
@@ -203,6 +205,15 @@ def run_gate(ctx: Any, metrics: dict[str, Any]) -> GateResult:
     return result
 
 
+def skip_gate(ctx: Any, reason: str) -> GateResult:
+    """Write a passing, empty gate that says why nothing was checked (gates.enabled false, `--no-gate`), so
+    the gate file DVC expects as an output exists and no older result is mistaken for this run's."""
+    result = GateResult(stage=ctx.spec.name, suite=f"vertical_dag.{ctx.spec.name}", skipped=reason)
+    write_gate(result, ctx.project.gates_dir)
+    ctx.log.warning("gate %s skipped: %s", result.stage, reason)
+    return result
+
+
 def check_stage(project: Project, stage: str) -> GateResult:
     """Re-run a stage's gate on its current outputs and metrics file (no stage run), writing the gate files."""
     params = load_params(project.params_file)
@@ -220,8 +231,11 @@ def write_gate(result: GateResult, gates_dir: Path) -> Path:
 
 
 def render_markdown(result: GateResult) -> str:
-    status = "passed" if result.success else "FAILED"
+    status = "skipped" if result.skipped else "passed" if result.success else "FAILED"
     lines = [f"# Quality gate `{result.stage}`: {status}", ""]
+    if result.skipped:
+        lines.append(f"Not validated: {result.skipped}.")
+        return "\n".join(lines) + "\n"
     if not result.expectations:
         lines.append("No suite for this stage: nothing to check.")
         return "\n".join(lines) + "\n"

@@ -13,8 +13,6 @@ from typing import Any
 from ..params import Params
 
 SPLIT_NAMES = ("train", "validation", "test")
-# Model checks compare one row of numbers; they use ExpectColumnMinToBeBetween because, unlike the per-value
-# expectations, it fails on a missing number instead of skipping it.
 
 
 @dataclass(frozen=True)
@@ -145,6 +143,8 @@ def split_checks(p: Params) -> list[Check]:
     ]
 
 
+# Model checks compare one row of numbers; they use ExpectColumnMinToBeBetween because, unlike the per-value
+# expectations, it fails on a missing number instead of skipping it.
 def pretrain_checks(p: Params) -> list[Check]:
     return [
         Check("metrics_present", "metrics", "ExpectColumnValuesToNotBeNull", {"column": "value"},
