@@ -160,21 +160,27 @@ def run_datasketch(texts: list[str], cfg, batch_size: int) -> tuple[np.ndarray, 
     return match, found
 
 
-def worker(system: str, corpus_file: str, out_file: str, cfg_json: str, batch_size: int) -> None:
+def worker(system: str, corpus_file: str, out_file: str, cfg_json: str, batch_size: int, repeats: int) -> None:
     from vertical_dag.text.dedup_index import DedupConfig
 
     pin_one_core()
     cfg = DedupConfig(**json.loads(cfg_json))
     with open(corpus_file, "rb") as f:
         texts = pickle.load(f)["texts"]
+    import datasketch  # noqa: F401  (imports outside the timed region, for both systems)
+    import pandas  # noqa: F401  (pyarrow imports it lazily on the first parquet write)
+
+    import vertical_dag.text.dedup_index  # noqa: F401
     from vertical_dag.text.shingles import _word_table
 
     _word_table()  # one-off table build, not part of either system's throughput
     base = rss_mb()
-    started = time.perf_counter()
     fn = run_datasketch if system == "datasketch" else run_ours
-    match, found = fn(texts, cfg, batch_size)
-    seconds = time.perf_counter() - started
+    seconds = float("inf")
+    for _ in range(repeats):  # best of n: the machine may be shared, the fastest run is the least disturbed
+        started = time.perf_counter()
+        match, found = fn(texts, cfg, batch_size)
+        seconds = min(seconds, time.perf_counter() - started)
     result = {"system": system, "seconds": seconds, "docs_per_s": len(texts) / seconds, "peak_rss_mb": rss_mb(),
               "peak_rss_above_corpus_mb": rss_mb() - base, "match": match.tolist(), "found": found}
     Path(out_file).write_text(json.dumps(result))
@@ -258,8 +264,8 @@ def scale_run(corpus: dict, n_docs: int, part_docs: int = 20_000) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "proj"
-        subprocess.run([str(Path(sys.executable).parent / "vertical-dag"), "init", str(root)], check=True,
-                       capture_output=True)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        subprocess.run(["vertical-dag", "init", str(root)], check=True, capture_output=True, env=env)
         (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
         parts = root / "data/ingested/parts"
         parts.mkdir(parents=True)
@@ -288,8 +294,8 @@ def scale_run(corpus: dict, n_docs: int, part_docs: int = 20_000) -> dict:
                 extra = copy(c)[: n_docs // 100]
                 flush(f"s{k:04d}", extra)
             t0 = time.perf_counter()
-            subprocess.run(["taskset", "-c", "0", str(Path(sys.executable).parent / "vertical-dag"), "run", "dedup",
-                            "--no-gate"], cwd=root, check=True, capture_output=True)
+            subprocess.run(["taskset", "-c", "0", "vertical-dag", "run", "dedup", "--no-gate"], cwd=root,
+                           check=True, capture_output=True, env=env)
             wall = time.perf_counter() - t0
             m = json.loads((root / "data/metrics/dedup.json").read_text())
             runs.append({"run": label, "new_documents": m["new_documents"], "documents_in": m["documents_in"],
@@ -308,11 +314,12 @@ def main() -> None:
     ap.add_argument("--plant", type=int, default=3000, help="planted near duplicates")
     ap.add_argument("--scale", type=int, default=200_000, help="documents for the stage-at-scale run")
     ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per system; the fastest counts")
+    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        system, corpus_file, out_file, cfg_json, batch = args.worker
-        worker(system, corpus_file, out_file, cfg_json, int(batch))
+        system, corpus_file, out_file, cfg_json, batch, repeats = args.worker
+        worker(system, corpus_file, out_file, cfg_json, int(batch), int(repeats))
         return
 
     sys.path.insert(0, str(ROOT))
@@ -336,7 +343,7 @@ def main() -> None:
             system = "datasketch" if name == "datasketch" else "ours"
             out = Path(tmp) / "out.json"
             subprocess.run([sys.executable, __file__, "--worker", system, str(cf), str(out),
-                            json.dumps(c.fingerprint()), str(p.batch_size)], check=True)
+                            json.dumps(c.fingerprint()), str(p.batch_size), str(args.repeats)], check=True)
             res = json.loads(out.read_text())
             q = score(res, corpus["planted"], jac, cfg.threshold)
             row = {"docs_per_s": round(res["docs_per_s"], 1), "seconds": round(res["seconds"], 2),

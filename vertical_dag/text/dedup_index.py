@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .canonical import canonical_hashes, canonical_text
+from .canonical import canonical_hashes, canonical_texts
 from .lsh import KeyIndex, band_keys
 from .minhash import MinHasher, estimated_jaccard, exact_jaccard
 from .shingles import shingle_hashes
@@ -136,7 +136,7 @@ class DedupIndex:
     def end_part(self) -> None:
         o, part = self._open, self.parts[-1]
         assert o is not None and part["count"] == o["n_rows"], "part ended before all its rows were seen"
-        o["sig"].flush()
+        del o["sig"]  # written back by the OS; readers map the same pages
         table = pa.table({"doc_id": pa.array(o["ids"], pa.string()), "root": pa.array(np.concatenate(
             o["roots"]) if o["roots"] else np.zeros(0, np.int64), pa.int64())})
         pq.write_table(table, self.folder / f"docs-{o['k']}.parquet")
@@ -179,7 +179,7 @@ class DedupIndex:
 
     def add_batch(self, texts: list[str], doc_ids: list[str], fetch: FetchTexts) -> BatchResult:
         cfg, n, g0 = self.config, len(texts), self.num_docs
-        canon = [canonical_text(t) for t in texts]
+        canon = canonical_texts(texts)
         chash = canonical_hashes(canon)
         hashes, offsets = shingle_hashes(canon, cfg.ngram_cjk, cfg.ngram_words)
         sig = self.hasher.signatures(hashes, offsets)
@@ -268,7 +268,7 @@ class DedupIndex:
         old_count = np.bincount(q, minlength=len(flat))
         pairs_j, pairs_i = [q_j[q]], [d]
         # in-batch: sort (key, position); each member pairs with the earliest members before it
-        order = np.lexsort((q_j, flat))
+        order = np.argsort(flat, kind="stable")  # q_j is already non-decreasing
         k_sorted, j_sorted = flat[order], q_j[order]
         group_start = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])
         sizes = np.diff(np.r_[group_start, len(flat)])
@@ -282,8 +282,9 @@ class DedupIndex:
             pairs_i.append(g0 + j_sorted[partner])
         pj, pi = np.concatenate(pairs_j), np.concatenate(pairs_i)
         keep = pi < g0 + pj  # a member never pairs with itself (same document in two bands is fine)
-        pair = np.unique(np.stack([pj[keep], pi[keep]], axis=1), axis=0)
-        return pair[:, 0], pair[:, 1]
+        span = np.int64(g0 + len(keys))
+        pair = np.unique(pj[keep].astype(np.int64) * span + pi[keep])  # one int64 key per pair: fast unique
+        return pair // span, pair % span
 
     def _verify(self, cand_j, cand_i, e, hashes, offsets, g0, fetch) -> np.ndarray:
         """Exact Jaccard for candidates whose estimate is close enough to the threshold (-1 for the rest)."""
@@ -303,7 +304,7 @@ class DedupIndex:
             for k in np.unique(ks):
                 rows = old[ks == k] - self.parts[k]["start"]
                 texts = fetch(int(k), rows)
-                canon = [canonical_text(t) for t in texts]
+                canon = canonical_texts(texts)
                 h, off = shingle_hashes(canon, cfg.ngram_cjk, cfg.ngram_words)
                 for g, a, z in zip(old[ks == k].tolist(), off[:-1].tolist(), off[1:].tolist(), strict=True):
                     sets[g] = np.unique(h[a:z])

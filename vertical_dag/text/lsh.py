@@ -89,14 +89,17 @@ class KeyIndex:
         docs = np.ascontiguousarray(docs, dtype=np.int64).ravel()
         if len(keys) == 0:
             return
-        order = np.lexsort((docs, keys))
+        # documents arrive in increasing order and segments are kept by age, so a stable sort by key
+        # leaves equal keys in document order (what lookup's "lowest document numbers" relies on)
+        assert len(docs) < 2 or (np.diff(docs) >= 0).all(), "documents must be added in order"
+        order = np.argsort(keys, kind="stable")
         self.segments.append((keys[order], docs[order]))
         self.files.append(None)
         while (len(self.segments) >= 2 and len(self.segments[-2][0]) <= 2 * len(self.segments[-1][0])
                and len(self.segments[-2][0]) + len(self.segments[-1][0]) <= self.max_merge):
             (k1, d1), (k2, d2) = self.segments[-2], self.segments[-1]
             k, d = np.concatenate([k1, k2]), np.concatenate([d1, d2])
-            order = np.lexsort((d, k))
+            order = np.argsort(k, kind="stable")
             self.segments[-2:] = [(k[order], d[order])]
             self.files[-2:] = [None]
 
@@ -118,9 +121,9 @@ class KeyIndex:
         if not qs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         q, d = np.concatenate(qs), np.concatenate(ds)
-        order = np.lexsort((d, q))
-        q, d = q[order], d[order]
-        if len(self.segments) > 1:  # keep the max_hits lowest per query across segments
+        if len(qs) > 1:  # keep the max_hits lowest per query across segments
+            order = np.argsort(q * np.int64(d.max() + 1) + d)
+            q, d = q[order], d[order]
             first = np.searchsorted(q, q, side="left")
             keep = np.arange(len(q)) - first < max_hits
             q, d = q[keep], d[keep]

@@ -24,12 +24,12 @@ class MinHasher:
         self.rows_per_block = max(1, block // num_perm)
 
     def _permuted(self, x: np.ndarray) -> np.ndarray:
-        """(num_perm, len(x)) uint32: permutations along rows, so per-document minima run over contiguous
-        memory (3x faster than the transposed layout); in-place ops avoid extra temporaries."""
+        """(num_perm, len(x)) uint64 values (a * x + b) mod 2^64: permutations along rows, so per-document
+        minima run over contiguous memory. The min of these has the min of the top 32 bits as its top
+        32 bits, so the shift to uint32 happens after the reduction, on num_perm x documents values only."""
         h = np.multiply(self.a[:, None], x[None, :])
         h += self.b[:, None]
-        h >>= np.uint64(32)
-        return h.astype(np.uint32)
+        return h
 
     def signatures(self, hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """(n_docs, num_perm) uint32 signatures; document i's shingles are hashes[offsets[i]:offsets[i+1]]."""
@@ -37,6 +37,7 @@ class MinHasher:
         sig = np.full((n_docs, self.num_perm), EMPTY, dtype=np.uint32)
         nonempty = np.flatnonzero(np.diff(offsets) > 0)
         step = self.rows_per_block
+        top = np.uint64(32)
         i = 0
         while i < len(nonempty):
             # take whole documents while they fit the block; a huge document is split into slices
@@ -46,12 +47,13 @@ class MinHasher:
                 d = nonempty[i]
                 for s in range(offsets[d], offsets[d + 1], step):
                     block = self._permuted(hashes[s : min(s + step, offsets[d + 1])])
-                    np.minimum(sig[d], block.min(axis=1), out=sig[d])
+                    np.minimum(sig[d], (block.min(axis=1) >> top).astype(np.uint32), out=sig[d])
                 i += 1
                 continue
             docs = nonempty[i:j]
             block = self._permuted(hashes[offsets[docs[0]] : offsets[docs[-1] + 1]])
-            sig[docs] = np.minimum.reduceat(block, offsets[docs] - offsets[docs[0]], axis=1).T
+            mins = np.minimum.reduceat(block, offsets[docs] - offsets[docs[0]], axis=1)
+            sig[docs] = (mins >> top).astype(np.uint32).T
             i = j
         return sig
 

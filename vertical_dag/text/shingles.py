@@ -62,23 +62,29 @@ def _powers(base: np.uint64, n: int) -> np.ndarray:
     return np.cumprod(out, dtype=np.uint64)
 
 
-def _ngrams(tok: np.ndarray, seg: np.ndarray, seg_start: np.ndarray, seg_len: np.ndarray, n: int) -> tuple:
-    """Hashes of token n-grams inside segments; a segment shorter than n gives one shingle of itself."""
+def _ngrams(tok: np.ndarray, brk: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of token n-grams inside segments (brk marks segment starts) and the positions they start at;
+    a segment shorter than n gives one shingle of itself."""
     m = len(tok)
-    h = np.zeros(m, dtype=np.uint64)
-    full = np.ones(m, dtype=bool)
+    seg = np.cumsum(brk)
+    h = tok.copy()
     mult = 1
-    for k in range(n):
-        shifted = np.zeros(m, dtype=np.uint64)
-        same = np.zeros(m, dtype=bool)
-        if k < m:
-            shifted[: m - k] = tok[k:]
-            same[: m - k] = seg[k:] == seg[: m - k]
-        h += np.where(same, shifted * np.uint64(mult), np.uint64(0))
-        full &= same
+    for k in range(1, n):
+        if k >= m:
+            break
         mult = (mult * int(_BASE)) % (1 << 64)
-    emit = full | ((np.arange(m) == seg_start) & (seg_len < n))
-    return h, emit
+        contrib = tok[k:] * np.uint64(mult)
+        contrib[seg[k:] != seg[: m - k]] = 0  # past the end of the segment
+        h[: m - k] += contrib
+    full = np.zeros(m, dtype=bool)
+    if n <= m:
+        full[: m - n + 1] = seg[n - 1 :] == seg[: m - n + 1]
+    first = np.flatnonzero(brk)
+    seg_len = np.diff(np.append(first, m))
+    short = first[seg_len < n]
+    full[short] = True
+    idx = np.flatnonzero(full)
+    return h[idx], idx
 
 
 def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -97,16 +103,18 @@ def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int 
     table = _word_table()
     word = np.where(cps < _TABLE_SIZE, table[np.minimum(cps, _TABLE_SIZE - 1)], cps > 0) & ~cjk
 
-    # word tokens: maximal runs of word characters, hashed from prefix sums of cps * BASE^i
+    # word tokens: maximal runs of word characters, hashed as sum(cp * BASE^position in word), over the
+    # word characters only (CJK text has few), so no pass over the whole batch
     prev = np.concatenate(([False], word[:-1]))
-    nxt = np.concatenate((word[1:], [False]))
-    starts = np.flatnonzero(word & ~prev)
-    ends = np.flatnonzero(word & ~nxt) + 1
-    pw = _powers(_BASE, len(cps) + 1)
-    prefix = np.zeros(len(cps) + 1, dtype=np.uint64)
-    np.cumsum(cps.astype(np.uint64) * pw[:-1], out=prefix[1:])
-    inv = _powers(np.uint64(pow(int(_BASE), -1, 1 << 64)), len(cps) + 1)
-    word_hash = mix64((prefix[ends] - prefix[starts]) * inv[starts])
+    wc = np.flatnonzero(word)
+    is_start = ~prev[wc]
+    run_first = np.flatnonzero(is_start)  # in word-character coordinates
+    if len(wc):
+        pos_in_run = np.arange(len(wc)) - run_first[np.cumsum(is_start) - 1]
+        vals = cps[wc].astype(np.uint64) * _powers(_BASE, int(pos_in_run.max()) + 1)[pos_in_run]
+        word_hash = mix64(np.add.reduceat(vals, run_first))
+    else:
+        word_hash = np.zeros(0, np.uint64)
 
     # the token stream in text order: every CJK character and every word start
     tok_pos = np.flatnonzero(cjk | (word & ~prev))
@@ -119,19 +127,17 @@ def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int 
     tok_doc = doc_of[tok_pos]
     brk = np.ones(len(tok), dtype=bool)
     brk[1:] = (tok_doc[1:] != tok_doc[:-1]) | (kind[1:] != kind[:-1])
-    seg = np.cumsum(brk) - 1
-    seg_first = np.flatnonzero(brk)
-    seg_start = seg_first[seg]
-    seg_len = np.diff(np.append(seg_first, len(tok)))[seg]
 
+    # segments hold one kind of token, so each kind's n-grams are computed on its tokens alone
     pieces_h, pieces_i = [], []
     for k, n in ((1, ngram_cjk), (0, ngram_words)):
-        h, emit = _ngrams(tok, seg, seg_start, seg_len, n)
-        emit &= kind == k
-        idx = np.flatnonzero(emit)
-        pieces_h.append(mix64(h[idx] ^ _KIND_SALT[k]))
-        pieces_i.append(idx)
-    order = np.argsort(np.concatenate(pieces_i), kind="stable")
+        sel = np.flatnonzero(kind == k)
+        if len(sel) == 0:
+            continue
+        h, idx = _ngrams(tok[sel], brk[sel], n)
+        pieces_h.append(mix64(h ^ _KIND_SALT[k]))
+        pieces_i.append(sel[idx])
+    order = np.argsort(np.concatenate(pieces_i), kind="stable")  # two sorted runs: a linear merge
     hashes = np.concatenate(pieces_h)[order]
     sh_doc = tok_doc[np.concatenate(pieces_i)[order]]
     counts = np.bincount(sh_doc, minlength=n_docs)
