@@ -78,6 +78,7 @@ def test_clean_strips_markup_and_converts_traditional():
     out = clean_text(html, CleanOptions(traditional_to_simplified=True))
     assert "<" not in out and "script" not in out and "var a" not in out
     assert "第一条" in out and "为了保护专利权人的合法权益" in out and "&" in out
+    assert clean_text("See <Contract Law> and <b>this</b>.") == "See <Contract Law> and this."  # only real tags go
     table = "税目 | 税率\n+------+------+\n| 普通 | 1％ |\n!34436{width=\"4.6in\"\nheight=\"3.1in\"}"
     cleaned = clean_text(table)
     assert "------" not in cleaned and "width=" not in cleaned and "普通" in cleaned

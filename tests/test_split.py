@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from vertical_dag.records import DOC_SCHEMA, read_ledger, write_parquet
 from vertical_dag.stages.context import run_stage
@@ -218,3 +219,33 @@ def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path):
     assert m["dropped"] == 1 and m["contaminated_eval_documents"] == 1 and m["contaminated_train_documents"] == 0
     row = next(r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist() if r["action"] == "dropped")
     assert (row["doc_id"], row["ref_doc_id"]) == ("new-test", "old-train")
+
+
+@pytest.mark.slow
+def test_example_corpus_end_to_end_with_a_late_batch(tmp_path):
+    """The real statutes: ingest -> dedup -> normalize -> split, then the 2020s batch arrives."""
+    from vertical_dag.example import fetch_example
+
+    root = tmp_path / "law"
+    proj = make_project(root)
+    (root / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))
+    fetch_example(root, hold_back={"2020s"}, with_model=False)
+    for stage in ("ingest", "dedup", "normalize", "split"):
+        m = run_stage(stage, proj, gate=False)
+    before = split_map(root)
+    assert m["documents_in"] == m["documents_out"] + m["dropped"] and len(before) == m["documents_out"]
+
+    fetch_example(root, only={"2020s"}, with_model=False)
+    metrics = {stage: run_stage(stage, proj, gate=False) for stage in ("ingest", "dedup", "normalize", "split")}
+    after = split_map(root)
+    assert all(after.get(d) == s for d, s in before.items())  # every old document kept its split
+    for stage in ("normalize", "split"):
+        m = metrics[stage]
+        assert m["documents_in"] == m["documents_out"] + m["dropped"] + m["quarantined"]
+    assert metrics["normalize"]["new_parts"] == 1
+    assert metrics["normalize"]["documents_in"] == metrics["dedup"]["documents_out"]
+    clusters: dict[str, set[str]] = {}
+    for name in SPLITS:
+        for row in pq.read_table(root / "data/splits" / f"{name}.parquet", columns=["cluster_id"]).to_pylist():
+            clusters.setdefault(row["cluster_id"], set()).add(name)
+    assert max(len(s) for s in clusters.values()) == 1

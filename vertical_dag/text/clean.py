@@ -31,11 +31,16 @@ _INVISIBLE = re.compile(
 )
 _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
 
-# Leftover markup: comments, script/style blocks, tags that look like real HTML/XML tags (a letter after '<'),
-# so "a < b" or "<PHONE>"-like placeholders in running text are not touched (tags must be lower/mixed case
-# names of at most 20 characters followed by attributes or '>').
+# Leftover markup: comments, script/style blocks, and tags of real HTML elements (a fixed list, so "<Contract
+# Law>" or "a <b" comparisons in running text are not eaten).
 _MARKUP_BLOCKS = re.compile(r"<!--.*?-->|<(script|style)\b[^>]*>.*?</\1\s*>", re.S | re.I)
-_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:-]{0,19}(?:\s[^<>]{0,500})?/?>")
+_HTML_TAGS = (
+    "a|abbr|address|article|aside|b|big|blockquote|body|br|caption|center|cite|code|col|colgroup|dd|del|div|dl|dt|"
+    "em|font|footer|form|h[1-6]|head|header|hr|html|i|iframe|img|input|ins|label|li|link|main|mark|meta|nav|ol|"
+    "option|p|pre|q|s|section|select|small|span|strike|strong|sub|sup|table|tbody|td|tfoot|th|thead|title|tr|tt|"
+    "u|ul|wbr|o:p|xml"
+)
+_TAG = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]{{0,1000}})?/?>", re.I)
 _BLOCK_TAG = re.compile(r"</?(?:p|div|br|li|tr|h[1-6]|table|ul|ol|section|article|blockquote)\b[^>]*>", re.I)
 # Converter leftovers: grid-table rules ("+----+----+", "|---|:--|", "-----  ----"), markdown images, and
 # pandoc image references with size attributes (`!12{width="4.6in" height="3.1in"}`).
