@@ -254,6 +254,8 @@ def test_stage_is_incremental(tmp_path):
     (proj.root / "params.yaml").write_text(yaml.safe_dump({"project": {"domain": "legal"}, "normalize": {"filters": {"min_chars": 1000}}}))
     m6 = run_stage("normalize", proj, gate=False)
     assert m6["rebuilt"] and m6["drops_by_reason"] == {"too_short": 2}
+    details = [r["detail"] for r in read_ledger(proj.root / "data/normalized/ledger").to_pylist()]
+    assert len(details) == 2 and all("< min_chars=1000" in d for d in details)  # the ledger says what was measured
 
 
 def test_cli_runs_normalize_in_an_initialised_project(project):

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from .clean import CleanOptions, clean_text
 from .langid import UNDETERMINED, detect_language
 from .pii import Redactor, strip_placeholders
-from .quality import Thresholds, quality_reasons
+from .quality import Thresholds, quality_verdicts
 
 
 @dataclass(frozen=True)
@@ -69,12 +68,11 @@ class Normalizer:
             alive.append(i)
 
         measured = [strip_placeholders(results[i].text) if results[i].redactions else results[i].text for i in alive]
-        reasons = quality_reasons(measured, cfg.thresholds)
+        verdicts = quality_verdicts(measured, cfg.thresholds)
         survivors = []
-        for i, text, reason in zip(alive, measured, reasons, strict=True):
+        for i, text, (reason, detail) in zip(alive, measured, verdicts, strict=True):
             if reason:
-                results[i].text, results[i].reason = None, reason
-                results[i].detail = _quality_detail(reason, cfg.thresholds)
+                results[i].text, results[i].reason, results[i].detail = None, reason, detail
             else:
                 survivors.append((i, text))
 
@@ -94,19 +92,3 @@ class Normalizer:
             r.text = None
             r.detail = f"lang={guess.lang} score={guess.score:.2f} allowed={sorted(allowed)}"
         return results
-
-
-_LIMITS = {
-    "too_short": "min_chars", "too_long": "max_chars", "digit_ratio": "max_digit_ratio",
-    "symbol_ratio": "max_symbol_ratio", "repeated_lines": "max_dup_line_frac",
-    "repeated_ngrams": "max_dup_ngram_frac_words/chars", "top_ngram": "max_top_ngram_frac_words/chars",
-}
-
-
-def _quality_detail(reason: str, t: Thresholds) -> str:
-    key = _LIMITS.get(reason, "")
-    if "/" in key:
-        base = key.split("/")[0].removesuffix("_words")
-        return f"{base}_words={getattr(t, base + '_words')} {base}_chars={getattr(t, base + '_chars')}"
-    value: Any = getattr(t, key, None)
-    return f"{key}={value}" if key else ""

@@ -118,25 +118,30 @@ def line_repetition(text: str) -> tuple[float, float]:
     return dup_lines / len(lines), dup_chars / max(total, 1)
 
 
-def ngram_repetition(text: str, t: Thresholds) -> str | None:
-    """'repeated_ngrams' / 'top_ngram' / None: character n-grams for CJK text, word n-grams otherwise."""
+Verdict = tuple[str | None, str]  # (reason or None, "measured value vs limit" for the ledger)
+
+
+def ngram_repetition(text: str, t: Thresholds) -> Verdict:
+    """Repeated / top n-gram rules: character n-grams for CJK text, word n-grams otherwise."""
     if is_cjk(text, t.cjk_threshold):
-        tokens = char_tokens(text)
-        if len(tokens) < t.repetition_min_tokens:
-            return None
-        if duplicate_fraction(tokens, t.dup_ngram_n_chars) > t.max_dup_ngram_frac_chars:
-            return "repeated_ngrams"
-        return "top_ngram" if top_ngram_fraction(tokens, t.top_ngram_n_chars) > t.max_top_ngram_frac_chars else None
-    tokens = word_tokens(text)
+        tokens, unit = char_tokens(text), "chars"
+        dup_n, max_dup, top_n, max_top = t.dup_ngram_n_chars, t.max_dup_ngram_frac_chars, t.top_ngram_n_chars, t.max_top_ngram_frac_chars
+    else:
+        tokens, unit = word_tokens(text), "words"
+        dup_n, max_dup, top_n, max_top = t.dup_ngram_n_words, t.max_dup_ngram_frac_words, t.top_ngram_n_words, t.max_top_ngram_frac_words
     if len(tokens) < t.repetition_min_tokens:
-        return None
-    if duplicate_fraction(tokens, t.dup_ngram_n_words) > t.max_dup_ngram_frac_words:
-        return "repeated_ngrams"
-    return "top_ngram" if top_ngram_fraction(tokens, t.top_ngram_n_words) > t.max_top_ngram_frac_words else None
+        return None, ""
+    dup = duplicate_fraction(tokens, dup_n)
+    if dup > max_dup:
+        return "repeated_ngrams", f"{dup:.3f} of {unit} in repeated {dup_n}-grams > max_dup_ngram_frac_{unit}={max_dup}"
+    top = top_ngram_fraction(tokens, top_n)
+    if top > max_top:
+        return "top_ngram", f"top {top_n}-gram covers {top:.3f} of {unit} > max_top_ngram_frac_{unit}={max_top}"
+    return None, ""
 
 
-def quality_reasons(texts: list[str], t: Thresholds) -> list[str | None]:
-    """The first failed rule for each text (in REASONS order), or None when it passes them all."""
+def quality_verdicts(texts: list[str], t: Thresholds) -> list[Verdict]:
+    """The first failed rule for each text (in REASONS order) with what was measured, or (None, "")."""
     if not texts:
         return []
     arr = pa.array(texts, type=pa.large_string())
@@ -145,24 +150,30 @@ def quality_reasons(texts: list[str], t: Thresholds) -> list[str | None]:
         measured = pc.replace_substring_regex(arr, pattern=NUMBERING_RE2, replacement=" ").to_pylist()
     else:
         measured = texts
-    out: list[str | None] = []
+    out: list[Verdict] = []
     for i, text in enumerate(measured):
-        chars = stats["chars"][i]
+        chars, digits, symbols = stats["chars"][i], stats["digit_ratio"][i], stats["symbol_ratio"][i]
         if chars < t.min_chars:
-            out.append("too_short")
+            out.append(("too_short", f"{chars} non-space characters < min_chars={t.min_chars}"))
         elif chars > t.max_chars:
-            out.append("too_long")
-        elif stats["digit_ratio"][i] > t.max_digit_ratio:
-            out.append("digit_ratio")
-        elif stats["symbol_ratio"][i] > t.max_symbol_ratio:
-            out.append("symbol_ratio")
+            out.append(("too_long", f"{chars} non-space characters > max_chars={t.max_chars}"))
+        elif digits > t.max_digit_ratio:
+            out.append(("digit_ratio", f"{digits:.3f} > max_digit_ratio={t.max_digit_ratio}"))
+        elif symbols > t.max_symbol_ratio:
+            out.append(("symbol_ratio", f"{symbols:.3f} > max_symbol_ratio={t.max_symbol_ratio}"))
         else:
             dup_lines, dup_line_chars = line_repetition(text)
             if dup_lines > t.max_dup_line_frac or dup_line_chars > t.max_dup_line_char_frac:
-                out.append("repeated_lines")
-                continue
-            out.append(ngram_repetition(text, t))
+                out.append(("repeated_lines", f"{dup_lines:.3f} of lines / {dup_line_chars:.3f} of characters repeat "
+                                              f"> {t.max_dup_line_frac} / {t.max_dup_line_char_frac}"))
+            else:
+                out.append(ngram_repetition(text, t))
     return out
+
+
+def quality_reasons(texts: list[str], t: Thresholds) -> list[str | None]:
+    """The first failed rule for each text, or None when it passes them all."""
+    return [reason for reason, _ in quality_verdicts(texts, t)]
 
 
 def reason_counts(reasons: list[str | None]) -> dict[str, int]:
