@@ -60,7 +60,7 @@ class Normalizer:
                 red = self.redactor.redact(cleaned)
                 if red.counts:
                     r.text, r.redactions = red.text, red.counts
-                    content = sum(1 for c in cleaned if not c.isspace())
+                    content = len("".join(cleaned.split()))
                     if red.chars / max(content, 1) > cfg.max_pii_char_frac:
                         r.text, r.reason = None, "all_pii"
                         r.detail = f"{red.chars}/{content} characters are PII: {json.dumps(red.counts, sort_keys=True)}"

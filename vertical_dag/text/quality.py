@@ -121,9 +121,9 @@ def line_repetition(text: str) -> tuple[float, float]:
 Verdict = tuple[str | None, str]  # (reason or None, "measured value vs limit" for the ledger)
 
 
-def ngram_repetition(text: str, t: Thresholds) -> Verdict:
+def ngram_repetition(text: str, t: Thresholds, cjk: bool | None = None) -> Verdict:
     """Repeated / top n-gram rules: character n-grams for CJK text, word n-grams otherwise."""
-    if is_cjk(text, t.cjk_threshold):
+    if cjk if cjk is not None else is_cjk(text, t.cjk_threshold):
         tokens, unit = char_tokens(text), "chars"
         dup_n, max_dup, top_n, max_top = t.dup_ngram_n_chars, t.max_dup_ngram_frac_chars, t.top_ngram_n_chars, t.max_top_ngram_frac_chars
     else:
@@ -150,6 +150,12 @@ def quality_verdicts(texts: list[str], t: Thresholds) -> list[Verdict]:
         measured = pc.replace_substring_regex(arr, pattern=NUMBERING_RE2, replacement=" ").to_pylist()
     else:
         measured = texts
+    # CJK share of letters and digits, for the whole batch in C++ (decides character vs word n-grams)
+    m_arr = pa.array(measured, type=pa.large_string())
+    content = pc.utf8_length(pc.replace_substring_regex(m_arr, pattern=r"[^\p{L}\p{N}]+", replacement=""))
+    cjk_chars = pc.count_substring_regex(m_arr, pattern=r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]")
+    cjk = (cjk_chars.to_numpy(zero_copy_only=False) >= t.cjk_threshold * content.to_numpy(zero_copy_only=False)) & (
+        content.to_numpy(zero_copy_only=False) > 0)
     out: list[Verdict] = []
     for i, text in enumerate(measured):
         chars, digits, symbols = stats["chars"][i], stats["digit_ratio"][i], stats["symbol_ratio"][i]
@@ -167,7 +173,7 @@ def quality_verdicts(texts: list[str], t: Thresholds) -> list[Verdict]:
                 out.append(("repeated_lines", f"{dup_lines:.3f} of lines / {dup_line_chars:.3f} of characters repeat "
                                               f"> {t.max_dup_line_frac} / {t.max_dup_line_char_frac}"))
             else:
-                out.append(ngram_repetition(text, t))
+                out.append(ngram_repetition(text, t, bool(cjk[i])))
     return out
 
 
