@@ -72,10 +72,12 @@ def test_report_shows_the_three_models_and_matches_metrics_json(evaluated):
     assert re.findall(r"<td>([^<]*)</td>", row) == [fmt(saved["models"][n]["domain_bpc"]) for n in ("base", "pretrained", "finetuned")]
     assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
     for gate, g in saved["gates"].items():
-        assert gate in page
-    models_csv = (out / "plots/models.csv").read_text().splitlines()
-    assert models_csv[0].startswith("model,domain_bpc") and len(models_csv) == 4
-    assert (out / "plots/finetune_loss.csv").exists()
+        shown = re.search(rf"<td>{gate}</td><td><span class='(\w+)'>", page).group(1)
+        assert shown == ("pass" if g["success"] else "fail")
+    acc_csv = (out / "plots/task_accuracy.csv").read_text().splitlines()
+    assert acc_csv[0] == "model,task_accuracy" and acc_csv[1:] == [f"{n},{saved['models'][n]['task_accuracy']}"
+                                                                   for n in ("base", "pretrained", "finetuned")]
+    assert (proj.root / "data/plots/finetune_loss.csv").read_text().startswith("step,loss")
 
 
 def test_unchanged_rerun_is_quick(evaluated):

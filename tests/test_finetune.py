@@ -49,8 +49,9 @@ def make_project(root: Path, tokenizer_dir: Path, *, finetune: dict | None = Non
     from vertical_dag.modeling.tiny import build_tiny_llama
 
     root.mkdir(parents=True, exist_ok=True)
-    ft = {"max_steps": 6, "block_size": 256, "max_train_items": 40, "eval_items_per_task": 4, "lr": 3e-3,
-          "system_prompt": "你是法律助手。", "checkpoint_every": 3, **(finetune or {})}
+    ft = {"max_steps": 4, "block_size": 192, "max_train_items": 24, "eval_items_per_task": 4, "lr": 3e-3,
+          "max_context_chars": 40, "max_answer_chars": 40, "system_prompt": "你是法律助手。", "checkpoint_every": 2,
+          **(finetune or {})}
     ev = {"max_test_docs": 8, "max_test_tokens": 400, "max_general_tokens": 200, "max_task_items": 12,
           "max_free_answer_items": 2, "bootstrap_samples": 200, "sample_max_new_tokens": 4,
           "sample_prompts": ["《中华人民共和国刑法》第一条规定了什么？"], **(evaluate or {})}
@@ -192,8 +193,8 @@ def test_lora_and_full_train_a_tiny_model_into_a_standalone_checkpoint(method, t
     assert {r["doc_id"] for r in ledger if r["action"] == "quarantined"} == {"mine.jsonl:3", "mine.jsonl:4"}
     assert m["train_items_by_task"]["user"] == 2
     # trained: loss went down, curve written
-    assert m["steps"] == 6 and m["final_train_loss"] < m["first_train_loss"]
-    assert (out / "loss.csv").read_text().count("\n") == 7
+    assert m["steps"] == 4 and m["final_train_loss"] < m["first_train_loss"]
+    assert (out / "loss.csv").read_text().count("\n") == 5
     # eval items only from test documents, never trained on
     train_docs = {json.loads(x)["doc_id"] for x in (out / "tasks/train.jsonl").read_text().splitlines()}
     eval_items = T.read_items(out / "tasks/eval.jsonl")
@@ -219,9 +220,9 @@ def test_training_resumes_after_a_crash(tmp_path, tok, tokenizer_dir):
     from vertical_dag.modeling.tiny import build_tiny_llama
 
     folder = build_tiny_llama(tokenizer_dir, tmp_path / "m")
-    items = T.generate_tasks(T.docs_from_rows(law_docs(8)), ["in_force", "law_department"], seed=0)
+    items = T.generate_tasks(T.docs_from_rows(law_docs(4)), ["in_force", "law_department"], max_context_chars=20, seed=0)
     ex = [sft.encode_chat(tok, it.chat()) for v in items.values() for it in v]
-    blocks = sft.pack(ex, 256, tok.pad_token_id)
+    blocks = sft.pack(ex, 160, tok.pad_token_id)
     cfg = sft.TrainConfig(method="full", max_steps=4, checkpoint_every=2, lr=1e-3, warmup_steps=0, fingerprint="x")
     straight, r1 = sft.train(load_model_folder(folder)[0], blocks, cfg)
 

@@ -9,10 +9,9 @@ run once and its KV cache reused for every option.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -84,23 +83,38 @@ def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_tokens:
     return TextScore(nll=nll, tokens=tokens, chars=chars, docs=docs)
 
 
+def _cache_kw(model: Any) -> str:
+    """transformers renamed the forward's `past_key_values` argument to `cache`; accept both."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequence[str]) -> list[float]:
-    """Log-likelihood per character of each option (+ end of turn) as the answer to `prompt`."""
+    """Log-likelihood per character of each option (+ end of turn) as the answer to `prompt`.
+
+    The prompt runs once; its KV cache is repeated for all options, which run together as one batch
+    (right-padded: a padded position comes after every real one, so it changes nothing they see).
+    """
     out = model(input_ids=torch.tensor([prompt]), use_cache=True)
     last = out.logits[0, -1].float().log_softmax(-1)
     eot = end_of_turn(tokenizer)
-    scores = []
-    for opt in options:
-        ids = tokenizer(opt + eot, add_special_tokens=False)["input_ids"]
-        total = float(last[ids[0]])
-        if len(ids) > 1:
-            cache = copy.deepcopy(out.past_key_values)
-            logits = model(input_ids=torch.tensor([ids[:-1]]), past_key_values=cache, use_cache=True).logits[0].float()
-            lp = logits.log_softmax(-1)
-            total += float(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
-        scores.append(total / max(1, len(opt)))
-    return scores
+    opt_ids = [tokenizer(opt + eot, add_special_tokens=False)["input_ids"] for opt in options]
+    totals = [float(last[ids[0]]) for ids in opt_ids]
+    rest = [ids[:-1] for ids in opt_ids]
+    width = max(len(r) for r in rest)
+    if width:
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_repeat_interleave(len(options))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        x = torch.tensor([r + [pad] * (width - len(r)) for r in rest])
+        lp = model(input_ids=x, use_cache=True, **{_cache_kw(model): cache}).logits.float().log_softmax(-1)
+        for i, ids in enumerate(opt_ids):
+            n = len(ids) - 1
+            if n:
+                totals[i] += float(lp[i, torch.arange(n), torch.tensor(ids[1:])].sum())
+    return [t / max(1, len(opt)) for t, opt in zip(totals, options, strict=True)]
 
 
 def rouge_l(pred: str, ref: str) -> float:
@@ -155,7 +169,10 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system
             results.append(ItemResult(it.task, "mc", float(pick == it.answer_index), None, it.options[pick], it.response))
         elif free_done < max_free:
             free_done += 1
-            raw = tokenizer.decode(generate_ids(model, tokenizer, ids, greedy), skip_special_tokens=False)
+            # an answer needs about as many tokens as the reference: do not pay for long rambles
+            ref_len = len(tokenizer(it.response, add_special_tokens=False)["input_ids"])
+            settings = replace(greedy, max_new_tokens=min(max_new_tokens, ref_len + 8))
+            raw = tokenizer.decode(generate_ids(model, tokenizer, ids, settings), skip_special_tokens=False)
             text, _ = postprocess(raw, tokenizer, [])
             results.append(ItemResult(it.task, "free", float(_norm(text) == _norm(it.response)), rouge_l(text, it.response),
                                       text, it.response))

@@ -88,7 +88,11 @@ def article_body(doc: Doc) -> str:
 
 
 def _cut(text: str, n: int) -> str:
-    return text if len(text) <= n else text[:n] + "…"
+    """At most n characters, ending at a sentence end when one is in the second half, else with an ellipsis."""
+    if len(text) <= n:
+        return text
+    end = max(text.rfind(p, 0, n) for p in "。；;！？.!?")
+    return text[: end + 1] if end >= n // 2 else text[:n] + "…"
 
 
 def _title(doc: Doc) -> str | None:
@@ -102,6 +106,11 @@ def _title(doc: Doc) -> str | None:
     return first[0][:60] if len(first) == 2 and 0 < len(first[0]) <= 80 else None
 
 
+def _law(doc: Doc) -> dict[str, Any]:
+    """Distractors are drawn from the same law (or source document group) first: harder, more telling."""
+    return {"law_name": doc.meta["law_name"]} if doc.meta.get("law_name") else {}
+
+
 # ---------------------------------------------------------------- the tasks, one function each
 
 
@@ -110,8 +119,7 @@ def article_lookup(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
     body = article_body(doc)
     if not law or not no or len(body) < 4:
         return None
-    return TaskItem("article_lookup", f"《{law}》{no}规定了什么？", _cut(body, cfg.max_answer_chars),
-                    meta={"law_name": law})
+    return TaskItem("article_lookup", f"《{law}》{no}规定了什么？", _cut(body, cfg.max_answer_chars), meta=_law(doc))
 
 
 def law_department(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
@@ -143,7 +151,7 @@ def heading_passage(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
         return None
     no = doc.meta.get("article_no") or ""
     prompt = f"写出{title}{no}的条文。" if doc.zh else f"Write the passage under the heading: {title}"
-    return TaskItem("heading_passage", prompt, _cut(body, cfg.max_answer_chars))
+    return TaskItem("heading_passage", prompt, _cut(body, cfg.max_answer_chars), meta=_law(doc))
 
 
 def continuation(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
@@ -153,7 +161,7 @@ def continuation(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
     cut = max(8, int(len(body) * 0.4))
     head, tail = body[:cut][-cfg.max_context_chars:], body[cut:]
     prompt = f"续写下面的文字：\n{head}" if doc.zh else f"Continue this text:\n{head}"
-    return TaskItem("continuation", prompt, _cut(tail, min(cfg.max_answer_chars, 80)))
+    return TaskItem("continuation", prompt, _cut(tail, min(cfg.max_answer_chars, 80)), meta=_law(doc))
 
 
 def _cloze_span(text: str, zh: bool, rng: random.Random) -> tuple[int, int] | None:

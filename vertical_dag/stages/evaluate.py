@@ -14,7 +14,6 @@ import gc
 import hashlib
 import json
 import random
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,27 +29,21 @@ EVAL_ITEMS = "data/models/finetuned/tasks/eval.jsonl"
 DEFAULT_SAMPLES_ZH = ["《中华人民共和国民法典》第一条规定了什么？", "下面这条规定属于哪个法律部门？\n公民的合法的私有财产不受侵犯。"]
 
 
-def read_general(path: Path, limit_chars: int = 400_000) -> list[str]:
-    """Paragraphs of general text from .txt/.md (one per line or blank-line separated), .jsonl or .parquet."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def read_general(root: Path, rel: str, params: Any) -> tuple[list[str], str]:
+    """General text for the forgetting check, and what it is.
 
-        return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t][:5000]
-    texts, total = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if path.suffix == ".jsonl":
-                try:
-                    line = json.loads(line).get("text", "")
-                except (json.JSONDecodeError, AttributeError):
-                    continue
-            line = line.strip()
-            if len(line) >= 20:
-                texts.append(line)
-                total += len(line)
-                if total > limit_chars:
-                    break
-    return texts
+    When it is the pretraining replay corpus, only the documents pretraining held out (never trained on)
+    are used, so the pretrained model is not scored on text it saw.
+    """
+    from ..modeling.replay import heldout_split, read_general_texts
+
+    texts = read_general_texts(root / rel)
+    pre = params.pretrain
+    replay = getattr(pre, "replay_path", None)
+    if replay and (root / replay).resolve() == (root / rel).resolve() and getattr(pre, "replay_ratio", 0) > 0:
+        _, held = heldout_split(len(texts), getattr(pre, "replay_heldout_docs", 0))
+        return [texts[i] for i in held], f"{rel} (the {len(held)} documents pretraining held out of replay)"
+    return texts, rel
 
 
 def test_texts(root: Path, max_docs: int, seed: int) -> tuple[list[str], int]:
@@ -99,7 +92,10 @@ def _stamp(folder: Path) -> list:
 
 
 def find_loss_csv(folder: Path) -> Path | None:
-    for p in sorted(folder.glob("*.csv")) + sorted(folder.glob("*/*.csv")):
+    """The pretraining loss curve: data/plots/pretrain_loss.csv, else a CSV with step and loss in the model folder."""
+    for p in [folder.parents[1] / "plots/pretrain_loss.csv", *sorted(folder.glob("*.csv")), *sorted(folder.glob("*/*.csv"))]:
+        if not p.exists():
+            continue
         with open(p, newline="") as f:
             header = f.readline()
         if "loss" in header and "step" in header:
@@ -107,8 +103,17 @@ def find_loss_csv(folder: Path) -> Path | None:
     return None
 
 
+def gate_bounds(params: Any) -> Any:
+    """Each bound from params.gates when set there, else from the evaluate section."""
+    from types import SimpleNamespace
+
+    keys = ("min_domain_bpc_gain", "max_general_bpc_increase", "min_task_accuracy_gain")
+    over = {k: getattr(params.gates, k, None) for k in keys}
+    return SimpleNamespace(**{k: float(over[k] if over[k] is not None else getattr(params.evaluate, k)) for k in keys})
+
+
 def gates(models: dict[str, dict[str, Any]], p: Any) -> dict[str, dict[str, Any]]:
-    """The three model gates; a gate whose models are missing fails and says why."""
+    """The three model gates; a gate whose models are missing fails (observed is null)."""
     def m(name: str, key: str) -> float | None:
         return models.get(name, {}).get(key)
 
@@ -150,7 +155,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     texts, n_test = test_texts(root, p.max_test_docs, p.seed)
     general_path = root / p.general_corpus if p.general_corpus else None
-    general = read_general(general_path) if general_path and general_path.exists() else []
+    general, general_desc = (read_general(root, p.general_corpus, ctx.params)
+                             if general_path and general_path.exists() else ([], None))
     if not general:
         notes.append("no general corpus: forgetting (general bits/char) not measured" if not p.general_corpus
                      else f"general corpus {p.general_corpus} not found: forgetting not measured")
@@ -166,7 +172,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     prompts = list(p.sample_prompts) or (DEFAULT_SAMPLES_ZH if ctx.params.project.domain == "legal" else
                                          [it.prompt for it in items[:2]])
 
-    fingerprint = hashlib.sha256(json.dumps([p.model_dump(), fp.system_prompt, {k: _stamp(v) for k, v in dirs.items()},
+    fingerprint = hashlib.sha256(json.dumps([p.model_dump(), vars(gate_bounds(ctx.params)), fp.system_prompt, {k: _stamp(v) for k, v in dirs.items()},
                                              [it.to_json() for it in items + user_items], len(texts), n_test,
                                              len(general), str(general_path)], sort_keys=True, default=str).encode()).hexdigest()[:16]
     state = read_json(out / "state.json", {})
@@ -215,7 +221,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if a in per_item and b in per_item:
             diff = sum(per_item[b]) / len(per_item[b]) - sum(per_item[a]) / len(per_item[a])
             comparisons[f"{b} - {a}"] = {"diff": round(diff, 4), "ci": E.paired_bootstrap_ci(per_item[a], per_item[b], **boot)}
-    gate_results = gates(models, p)
+    gate_results = gates(models, gate_bounds(ctx.params))
     metrics: dict[str, Any] = {
         "models": models,
         "gates": gate_results,
@@ -225,7 +231,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "confidence": p.confidence,
         "bootstrap_samples": p.bootstrap_samples,
         "domain_docs": domain_docs,
-        "general_corpus": p.general_corpus if general else None,
+        "general_corpus": general_desc if general else None,
         "eval_items": len(items),
         "user_eval_items": len(user_items),
         "note": "; ".join(notes),
@@ -240,7 +246,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(metrics, out / "metrics.json")
-    _write_plots(out / "plots", models, root)
+    _write_plots(out / "plots", models)
     with atomic_path(out / "samples.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
@@ -254,17 +260,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return metrics
 
 
-def _write_plots(folder: Path, models: dict[str, dict[str, Any]], root: Path) -> None:
-    """CSV files for `dvc plots show`: one row per model, and the training loss curves."""
+def _write_plots(folder: Path, models: dict[str, dict[str, Any]]) -> None:
+    """One small CSV per headline metric (model, value) for `dvc plots show` (bar charts)."""
     folder.mkdir(parents=True, exist_ok=True)
-    keys = ["domain_bpc", "general_bpc", "domain_ppl", "general_ppl", "task_accuracy"]
-    with atomic_path(folder / "models.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", *keys])
-        for name, row in models.items():
-            w.writerow([name, *[row.get(k, "") for k in keys]])
-    for name, src in (("finetune_loss.csv", root / "data/models/finetuned/loss.csv"),
-                      ("pretrain_loss.csv", find_loss_csv(root / "data/models/pretrained"))):
-        if src and Path(src).exists():
-            with atomic_path(folder / name) as tmp:
-                shutil.copyfile(src, tmp)
+    for key in ("domain_bpc", "general_bpc", "task_accuracy"):
+        with atomic_path(folder / f"{key}.csv") as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["model", key])
+            for name, row in models.items():
+                if row.get(key) is not None:
+                    w.writerow([name, row[key]])

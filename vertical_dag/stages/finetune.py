@@ -21,6 +21,7 @@ from ..records import LedgerEntry, ledger_table, read_json, write_json, write_pa
 from .context import StageContext
 
 STAGE = "finetune"
+PLOT_FILE = "data/plots/finetune_loss.csv"
 SPLITS = ("train", "validation", "test")
 
 
@@ -171,6 +172,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model, res = sft.train(model, blocks, cfg, val_blocks=val_blocks, checkpoint_dir=out / "checkpoint", on_step=progress)
     sft.save_model(model, tokenizer, model_dir)
     sft.write_curve(res.curve, out / "loss.csv")
+    sft.write_curve(res.curve, root / PLOT_FILE)  # for `dvc plots show` (outside the model folder, a DVC out)
     import shutil
 
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
