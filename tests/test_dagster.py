@@ -5,6 +5,7 @@ The raw set is small generated Chinese-like text (two batches), so every data st
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from vertical_dag.defs import build_definitions
+from vertical_dag.defs.jobs import FULL_JOB
 from vertical_dag.defs.pipeline import DEFAULT_DEPS, load_pipeline, locked_outs
 from vertical_dag.defs.resources import DVC_POOL
 from vertical_dag.defs.schedules import REBUILD_SCHEDULE
@@ -150,7 +152,11 @@ def test_graph_is_whole_with_lineage_checks_and_automation():
     sensors = {s.name: s for s in defs.sensors}
     assert sensors[RAW_SENSOR].default_status == dg.DefaultSensorStatus.STOPPED
     assert sensors[AUTOMATION_SENSOR].default_status == dg.DefaultSensorStatus.STOPPED
+    jobs = {j.name: j for j in defs.resolve_all_job_defs()}
+    runnable = {n.asset for n in load_pipeline(Project(REPO)) if n.runnable}
+    assert {k.to_user_string() for k in jobs[FULL_JOB].asset_layer.executable_asset_keys} >= runnable
     schedule = next(s for s in defs.schedules if s.name == REBUILD_SCHEDULE)
+    assert schedule.job_name == FULL_JOB
     assert (
         schedule.cron_schedule == "0 2 * * *" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     )
@@ -171,6 +177,28 @@ def test_code_version_follows_params_and_code(tmp_path: Path):
 
 def test_dagster_yaml_sizes_the_dvc_pool(instance):
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_automation_data_eager_training_on_cron(tmp_path: Path, instance):
+    """New raw data requests the data assets at once; training assets wait for their cron, not for data."""
+    project = copy_project(tmp_path / "proj")
+    write_batch(project.root, "1990s", 20, seed=5)
+    defs = build_definitions(project)
+    monday = datetime.datetime(2026, 1, 5, 1, 58, tzinfo=datetime.UTC)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=monday)
+    assert first.total_requested == 0
+    run_assets(defs, ["raw_sources"], instance)  # what the sensor / observe cron does when a file arrives
+    after = dg.evaluate_automation_conditions(
+        defs=defs,
+        instance=instance,
+        evaluation_time=monday + datetime.timedelta(minutes=1),
+        cursor=first.cursor,
+    )
+    requested = {r.key.to_user_string() for r in after.results if r.true_subset.size}
+    data = {n.asset for n in load_pipeline(project) if n.runnable and not n.is_training}
+    training = {n.asset for n in load_pipeline(project) if n.is_training}
+    assert data and data <= requested
+    assert not requested & training
 
 
 # ---------------------------------------------------------------- materializing through DVC
@@ -231,12 +259,13 @@ def test_sensor_runs_only_the_new_batch(built):
     ingest = json.loads(project.metrics_file("ingest").read_text())
     assert ingest["files_new"] == 1 and ingest["new_parts"] == 1 and ingest["files_skipped_unchanged"] == 2
     assert ingest["documents_out"] == 360
-    for key in keys[1:]:  # later incremental stages also saw exactly one new part
-        metrics = json.loads(
-            project.metrics_file(next(n.name for n in load_pipeline(project) if n.asset == key)).read_text()
-        )
-        if "new_parts" in metrics:
-            assert metrics["new_parts"] == 1, (key, metrics["new_parts"])
+    # every per-part (incremental) stage took both old batches as new parts the first time, one part now
+    first = {k: m.metadata.get("new_parts") for k, m in materializations(built[3]).items()}
+    incremental = [k for k in keys if first.get(k) is not None and first[k].value == 2]
+    assert "raw_documents" in incremental
+    now = materializations(result)
+    for key in incremental:
+        assert now[key].metadata["new_parts"].value == 1, key
     again = sensor.evaluate_tick(
         dg.build_sensor_context(instance=instance, cursor=tick.cursor, definitions=defs)
     )

@@ -15,6 +15,7 @@ from ..params import load_params
 from ..project import Project, find_project
 from .assets_data import data_assets, raw_sources_asset
 from .assets_models import model_assets
+from .jobs import pipeline_jobs
 from .pipeline import load_pipeline
 from .resources import DvcResource
 from .schedules import rebuild_schedule
@@ -29,6 +30,7 @@ def build_definitions(project: Project | Path | str | None = None) -> dg.Definit
     nodes = load_pipeline(project)
     runnable = [n for n in nodes if n.runnable]
     data_keys = [n.asset for n in runnable if not n.is_training]
+    data_job, full_job = pipeline_jobs(data_keys, [n.asset for n in runnable])
     return dg.Definitions(
         assets=[
             raw_sources_asset(project, auto.observe_cron),
@@ -39,7 +41,8 @@ def build_definitions(project: Project | Path | str | None = None) -> dg.Definit
             raw_files_sensor(project, data_keys, auto.sensor_interval_seconds),
             automation_sensor(auto.sensor_interval_seconds),
         ],
-        schedules=[rebuild_schedule([n.asset for n in runnable], auto.schedule_cron)],
+        jobs=[data_job, full_job],
+        schedules=[rebuild_schedule(full_job, auto.schedule_cron)],
         resources={"dvc": DvcResource(project_root=str(project.root))},
     )
 
