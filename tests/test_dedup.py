@@ -23,7 +23,7 @@ from vertical_dag.text.lsh import KeyIndex, recall_bands
 from vertical_dag.text.minhash import MinHasher, estimated_jaccard, exact_jaccard
 from vertical_dag.text.shingles import shingle_hashes, shingle_set
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 LAW = ("第一条　为了规范仲裁行为，保证公正、及时地仲裁经济纠纷，保护当事人的合法权益，保障社会主义市场经济健康发展，"
        "根据宪法，制定本法。当事人采用仲裁方式解决纠纷，应当双方自愿，达成仲裁协议。没有仲裁协议，一方申请仲裁的，"
@@ -296,3 +296,40 @@ def test_empty_input_and_disabled(project: Path):
     params.write_text(params.read_text().replace("  enabled: true            # false: keep", "  enabled: false  # keep"))
     m = run_stage("dedup", Project(project), gate=False)
     assert m["documents_out"] == 2 and m["dropped"] == 0
+
+
+@pytest.mark.slow
+def test_example_law_versions_and_incremental_batch(project: Path, tmp_path: Path):
+    """The Chinese-law example: historical and current versions of a law are near duplicates (the earlier
+    batch's article is kept, the ledger names it); the 2020s batch arriving later is deduplicated alone
+    against everything before and gives the same kept set as a from-scratch run over all batches."""
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    run_cli("example", "fetch", "--no-model", "--hold-back", "2020s", cwd=project)
+    run_cli("run", "ingest", cwd=project)
+    first = json.loads(run_cli("run", "dedup", "--json", cwd=project).stdout)
+    run_cli("example", "fetch", "--no-model", "--batch", "2020s", cwd=project)
+    run_cli("run", "ingest", cwd=project)
+    second = json.loads(run_cli("run", "dedup", "--json", cwd=project).stdout)
+    assert second["new_parts"] == 1 and second["new_documents"] == 14084 and second["rebuilt"] is None
+    assert second["documents_in"] == 26196 == second["documents_out"] + second["dropped"]
+    assert first["near_duplicates"] > 0 and second["near_duplicates"] > first["near_duplicates"]
+
+    docs = read_parts(project / "data/ingested/parts", columns=["doc_id", "meta"]).to_pylist()
+    meta = {d["doc_id"]: json.loads(d["meta"]) for d in docs}
+    ledger = read_ledger(project / "data/deduplicated/ledger").to_pylist()
+    versions = [r for r in ledger if r["reason"] == "near_duplicate"
+                and meta[r["doc_id"]]["law_name"] == meta[r["ref_doc_id"]]["law_name"]
+                and meta[r["doc_id"]]["status"] != meta[r["ref_doc_id"]]["status"]]
+    constitution = [r for r in versions if meta[r["doc_id"]]["law_name"] == "中华人民共和国宪法"]
+    assert constitution, "the 1982 and 2018 constitutions share near-duplicate articles"
+    r = constitution[0]
+    assert meta[r["ref_doc_id"]]["status"] == "历史版本" and meta[r["doc_id"]]["status"] == "现行有效"
+    assert json.loads(r["detail"])["verified_jaccard"] >= 0.7
+    text = run_cli("explain", r["doc_id"], cwd=project).stdout
+    assert "near_duplicate" in text and r["ref_doc_id"] in text
+
+    scratch = tmp_path / "scratch"
+    shutil.copytree(project, scratch, ignore=shutil.ignore_patterns("deduplicated"))
+    again = json.loads(run_cli("run", "dedup", "--json", cwd=scratch).stdout)
+    assert again["new_parts"] == 7 and again["dropped"] == second["dropped"]
+    assert kept_and_ledger(scratch) == kept_and_ledger(project)

@@ -36,6 +36,7 @@ from .minhash import MinHasher, estimated_jaccard, exact_jaccard
 from .shingles import shingle_hashes
 
 KEEP, EXACT, NEAR = 0, 1, 2
+RECENT_HASHES = 8_000_000  # shingle hashes of recent batches kept for verification (64 MB)
 VERIFY_MARGIN = 0.15  # candidates whose estimate is this far below the threshold are not worth verifying
 
 # fetch(part number, rows in that part) -> raw texts, for verifying against documents of earlier batches
@@ -84,6 +85,7 @@ class DedupIndex:
         self._docs_cache: dict[int, tuple[list[str], np.ndarray]] = {}
         self._sig_cache: dict[int, np.ndarray] = {}
         self._open: dict | None = None  # the part being written
+        self._recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (g0, hashes, offsets) of recent batches
 
     # ------------------------------------------------------------ persistence
 
@@ -247,6 +249,10 @@ class DedupIndex:
         o["ids"].extend(doc_ids)
         o["roots"].append(root)
         self.parts[-1]["count"] += n
+        # shingles of the latest batches, so verifying against them needs no re-reading (bounded: 8M hashes)
+        self._recent.append((g0, hashes, offsets))
+        while len(self._recent) > 1 and sum(len(h) for _, h, _ in self._recent) > RECENT_HASHES:
+            self._recent.pop(0)
         return BatchResult(action, root, match, est, verified, chash, root_ids, match_ids)
 
     def _ids(self, g: np.ndarray, doc_ids: list[str], g0: int) -> list[str]:
@@ -299,6 +305,11 @@ class DedupIndex:
             return sets[g0 + j]
 
         old = np.unique(cand_i[todo][cand_i[todo] < g0])
+        for r0, rh, ro in self._recent:  # documents of recent batches: shingles still in memory
+            hit = old[(old >= r0) & (old < r0 + len(ro) - 1)]
+            for g in hit.tolist():
+                sets[g] = np.unique(rh[ro[g - r0] : ro[g - r0 + 1]])
+            old = np.setdiff1d(old, hit, assume_unique=True)
         if len(old):
             ks = self.part_of(old)
             for k in np.unique(ks):
