@@ -22,11 +22,13 @@ import yaml
 
 from vertical_dag.defs import build_definitions
 from vertical_dag.defs.jobs import FULL_JOB
-from vertical_dag.defs.pipeline import DEFAULT_DEPS, load_pipeline, locked_outs
+from vertical_dag.defs.metadata import read_metrics, stage_metadata
+from vertical_dag.defs.pipeline import DEFAULT_DEPS, StageNode, load_pipeline, locked_outs
 from vertical_dag.defs.resources import DVC_POOL
 from vertical_dag.defs.schedules import REBUILD_SCHEDULE
 from vertical_dag.defs.sensors import AUTOMATION_SENSOR, RAW_SENSOR
 from vertical_dag.project import Project
+from vertical_dag.records import write_json
 from vertical_dag.stages import STAGES
 
 from .conftest import BIN, REPO
@@ -201,6 +203,49 @@ def test_automation_data_eager_training_on_cron(tmp_path: Path, instance):
     assert not requested & training
 
 
+def test_model_and_report_metadata(tmp_path: Path):
+    """Loss curve from the stage's DVC plot, perplexities first, the report's path and headline numbers."""
+    project = Project(tmp_path)
+    (tmp_path / "data/plots").mkdir(parents=True)
+    rows = ["step,loss,lr,tokens,val_ppl"] + [
+        f"{i},{5 - i / 20:.3f},0.0001,{i * 512},{'' if i % 10 else 30 - i / 5}" for i in range(60)
+    ]
+    (tmp_path / "data/plots/pretrain_loss.csv").write_text("\n".join(rows) + "\n")
+    write_json(
+        {"val_perplexity_base": 31.5, "val_perplexity_final": 19.25, "tokens_per_s": 110.0, "seconds": 9.0},
+        project.metrics_file("pretrain"),
+    )
+    node = StageNode(
+        "pretrain",
+        "pretrained_checkpoint",
+        "data/models/pretrained",
+        ("splits",),
+        True,
+        "v",
+        "",
+        ("data/plots/pretrain_loss.csv",),
+    )
+    meta = stage_metadata(project, node, read_metrics(project, "pretrain"), None)
+    assert (
+        list(meta)[list(meta).index("val_perplexity_base") - 1] != "tokens_per_s"
+    )  # perplexities come first
+    assert meta["val_perplexity_final"].value == 19.25
+    curve = meta["loss_curve"].value
+    assert curve.startswith("| step | loss |") and "| 59 | 2.050 |" in curve and curve.count("\n") <= 23
+
+    report = tmp_path / "data/reports/eval/report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html></html>")
+    write_json(
+        {"headline": {"finetuned_task_accuracy": 0.42, "base_domain_bpc": 2.1}},
+        project.metrics_file("evaluate"),
+    )
+    node = StageNode("evaluate", "eval_report", "data/reports/eval", (), True, "v", "")
+    meta = stage_metadata(project, node, read_metrics(project, "evaluate"), None)
+    assert meta["report"].value == str(report)
+    assert meta["headline.finetuned_task_accuracy"].value == 0.42
+
+
 # ---------------------------------------------------------------- materializing through DVC
 
 
@@ -216,8 +261,9 @@ def built(tmp_path_factory, instance):
 
 
 def test_materialize_data_assets_records_dvc_lock(built):
-    project, defs, keys, result, _ = built
+    project, defs, keys, result, instance = built
     assert result.success
+    assert instance.event_log_storage.get_concurrency_info(DVC_POOL).slot_count == 1  # the pool was used, size 1
     mats = materializations(result)
     assert set(keys) <= set(mats)
     nodes = {n.asset: n for n in load_pipeline(project)}
@@ -229,6 +275,12 @@ def test_materialize_data_assets_records_dvc_lock(built):
         assert mats[key].tags["dagster/code_version"] == node.code_version
         assert meta["documents_out"].value > 0 and meta["dvc_action"].value == "ran"
         assert "| doc_id |" in meta["sample_documents"].value
+    if "deduplicated" in mats:
+        dedup = mats["deduplicated"].metadata
+        assert 0 < dedup["duplicate_rate"].value < 0.2  # every 25th generated article is a repeat
+        assert "duplicate" in dedup["drops_by_reason"].value
+    if "splits" in mats:
+        assert "| train |" in mats["splits"].metadata["split_sizes"].value
     ingest = mats["raw_documents"].metadata
     assert ingest["documents_out"].value == 300 and ingest["files_new"].value == 2
     stages = [nodes[k].name for k in keys]

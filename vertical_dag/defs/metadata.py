@@ -6,6 +6,7 @@ stage without running it; the numbers shown are then those of the run recorded i
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -73,23 +74,27 @@ def sample_documents(out: Path, n: int = 3, chars: int = 80) -> str | None:
     return None
 
 
-def loss_curve(metrics: dict[str, Any]) -> str | None:
-    """A list of losses (or of {step, loss} records) under any key naming a loss, as a short table."""
-    for key, value in metrics.items():
-        if "loss" not in key or not isinstance(value, list) or not value:
+def _sampled(rows: list[list[Any]], most: int = 20) -> list[list[Any]]:
+    stride = max(1, -(-len(rows) // most))
+    picked = rows[::stride]
+    return picked if picked[-1] is rows[-1] else [*picked, rows[-1]]
+
+
+def plot_tables(project: Project, node: StageNode) -> dict[str, str]:
+    """The stage's DVC plots (CSV) as Markdown tables: a loss curve (step, loss, ...) or a small bar chart's data."""
+    tables: dict[str, str] = {}
+    for rel in node.plots:
+        path = project.root / rel
+        if path.suffix != ".csv" or not path.is_file():
             continue
-        points = [
-            (r.get("step", i), r.get("loss", r.get("train_loss")), r.get("eval_loss"))
-            if isinstance(r, dict)
-            else (i, r, None)
-            for i, r in enumerate(value)
-        ]
-        stride = max(1, len(points) // 20)
-        rows = [list(p) for p in points[::stride]] + (
-            [list(points[-1])] if (len(points) - 1) % stride else []
-        )
-        return md_table(rows, ["step", "loss", "eval loss"])
-    return None
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))
+        if len(rows) < 2:
+            continue
+        header, body = rows[0], rows[1:]
+        name = "loss_curve" if "loss" in header and "loss_curve" not in tables else f"plot_{path.stem}"
+        tables[name] = md_table(_sampled(body), header)
+    return tables
 
 
 def stage_metadata(
@@ -118,18 +123,25 @@ def stage_metadata(
         meta["duplicate_rate"] = dg.MetadataValue.float(round(dups / metrics["documents_in"], 4))
     for key in ("split_sizes", "splits", "documents_by_split"):
         if isinstance(metrics.get(key), dict):
-            sizes = metrics[key]
-            rows = [[k, v if _is_num(v) else json.dumps(v, default=str)[:60]] for k, v in sizes.items()]
-            meta["split_sizes"] = dg.MetadataValue.md(md_table(rows, ["split", "documents"]))
+            rows = []
+            for split, v in metrics[key].items():  # {split: n} or {split: {documents, fraction, ...}}
+                info = v if isinstance(v, dict) else {"documents": v}
+                rows.append([split, info.get("documents", ""), info.get("fraction", "")])
+            meta["split_sizes"] = dg.MetadataValue.md(md_table(rows, ["split", "documents", "fraction"]))
             break
     numbers = {k: v for k, v in flat_numbers(metrics).items() if k not in meta}
+    if (
+        not any("per_s" in k or "per_second" in k for k in numbers)
+        and metrics.get("seconds")
+        and metrics.get("documents_in")
+    ):
+        meta["docs_per_s"] = dg.MetadataValue.float(round(metrics["documents_in"] / metrics["seconds"], 1))
     for key in sorted(numbers, key=lambda k: ("perplexity" not in k and "ppl" not in k, k))[:MAX_NUMBERS]:
         meta[key] = (
             dg.MetadataValue.float(float(numbers[key])) if isinstance(numbers[key], float) else numbers[key]
         )
-    curve = loss_curve(metrics)
-    if curve:
-        meta["loss_curve"] = dg.MetadataValue.md(curve)
+    for name, table in plot_tables(project, node).items():
+        meta[name] = dg.MetadataValue.md(table)
     if not node.is_training:
         sample = sample_documents(project.root / node.out)
         if sample:

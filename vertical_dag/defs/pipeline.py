@@ -43,6 +43,7 @@ class StageNode:
     runnable: bool  # present in dvc.yaml
     code_version: str | None
     description: str
+    plots: tuple[str, ...] = ()  # DVC plots files of the stage (loss curves, ...)
 
     @property
     def is_training(self) -> bool:
@@ -137,7 +138,8 @@ def load_pipeline(project: Project) -> list[StageNode]:
             deps = tuple(asset_of[d] for d in DEFAULT_DEPS.get(name, ()))
             text = f"Stage `{name}` -> `{out}` (declared; not in dvc.yaml yet, so it cannot be materialized)."
             version = None
-        nodes.append(StageNode(name, asset_of[name], out, deps, name in dvc_stages, version, text))
+        plots = tuple(_paths(dvc_stages.get(name, {}).get("plots")))
+        nodes.append(StageNode(name, asset_of[name], out, deps, name in dvc_stages, version, text, plots))
     return nodes
 
 
