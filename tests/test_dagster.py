@@ -263,7 +263,9 @@ def built(tmp_path_factory, instance):
 def test_materialize_data_assets_records_dvc_lock(built):
     project, defs, keys, result, instance = built
     assert result.success
-    assert instance.event_log_storage.get_concurrency_info(DVC_POOL).slot_count == 1  # the pool was used, size 1
+    assert (
+        instance.event_log_storage.get_concurrency_info(DVC_POOL).slot_count == 1
+    )  # the pool was used, size 1
     mats = materializations(result)
     assert set(keys) <= set(mats)
     nodes = {n.asset: n for n in load_pipeline(project)}
@@ -330,9 +332,13 @@ def test_failing_gate_blocks_downstream(tmp_path: Path, instance):
         "deps": ["data/ingested"],
         "outs": [{"data/summary.txt": {"cache": False}}],
     }
+    broken = {  # a stage that crashes (not a gate failure)
+        "cmd": "python -c \"import sys; print('stage crashed here'); sys.exit(3)\"",
+        "outs": [{"data/broken.txt": {"cache": False}}],
+    }
     project = copy_project(
         tmp_path / "proj",
-        extra_stages={"ingest_summary": summary},
+        extra_stages={"ingest_summary": summary, "broken": broken},
         params_patch={"gates": {"min_documents": 1_000_000}},
     )
     write_batch(project.root, "1990s", 40, seed=4)
@@ -349,6 +355,11 @@ def test_failing_gate_blocks_downstream(tmp_path: Path, instance):
     assert not locked_outs(project, "ingest")  # DVC did not record the failed stage's outputs
     gate = json.loads((project.gates_dir / "ingest.json").read_text())
     assert gate["success"] is False
+
+    crashed = run_assets(defs, ["broken"], instance)  # no gate involved: the step fails with the stage's log
+    failure = next(e for e in crashed.all_events if e.event_type_value == "STEP_FAILURE")
+    error = failure.step_failure_data.user_failure_data
+    assert "exited with 3" in error.description and "stage crashed here" in error.metadata["log_tail"].value
 
 
 # ---------------------------------------------------------------- the web UI

@@ -64,7 +64,8 @@ def stage_asset(
         gate_failed = any(not r.passed for r in results)
         if run.returncode != 0 and not gate_failed:  # a crash, or a gate failure no declared check names
             raise dg.Failure(
-                description=f"`dvc repro --single-item {node.name}` exited {run.returncode}",
+                description=f"`dvc repro --single-item {node.name}` exited {run.returncode}: "
+                + next((line for line in reversed(run.tail) if line.startswith("ERROR")), "see the log"),
                 metadata={"log_tail": dg.MetadataValue.md("```\n" + "\n".join(run.tail[-30:]) + "\n```")},
             )
         metadata = stage_metadata(project, node, read_metrics(project, node.name), run)
