@@ -300,7 +300,8 @@ def scale_run(corpus: dict, n_docs: int, part_docs: int = 20_000) -> dict:
             m = json.loads((root / "data/metrics/dedup.json").read_text())
             runs.append({"run": label, "new_documents": m["new_documents"], "documents_in": m["documents_in"],
                          "dropped": m["dropped"], "stage_seconds": m["seconds"], "wall_seconds": round(wall, 2),
-                         "documents_per_second": m["documents_per_second"], "peak_rss_mb": m["peak_rss_mb"]})
+                         "documents_per_second": m["documents_per_second"], "peak_rss_mb": m["peak_rss_mb"],
+                         "end_rss_anon_mb": m.get("rss_anon_mb"), "end_rss_file_mb": m.get("rss_file_mb")})
         size = sum(f.stat().st_size for f in (root / "data/deduplicated/index").rglob("*") if f.is_file())
         runs.append({"index_bytes_per_document": round(size / runs[-1]["documents_in"], 1)})
         return {"runs": runs, "incremental_cost_ratio": round(runs[1]["stage_seconds"] / runs[0]["stage_seconds"], 4)}
@@ -314,6 +315,7 @@ def main() -> None:
     ap.add_argument("--plant", type=int, default=3000, help="planted near duplicates")
     ap.add_argument("--scale", type=int, default=200_000, help="documents for the stage-at-scale run")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--only-scale", action="store_true", help="skip the comparison with datasketch")
     ap.add_argument("--repeats", type=int, default=3, help="runs per system; the fastest counts")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -335,6 +337,10 @@ def main() -> None:
           f"num_perm={cfg.num_perm} threshold={cfg.threshold} ngram_cjk={cfg.ngram_cjk} ngram_words={cfg.ngram_words}")
     jac = Jaccard(texts, cfg)
     report = {"corpus_documents": len(texts), "planted": len(corpus["planted"]), "systems": {}}
+    if args.only_scale:
+        report["scale"] = scale_run(corpus, args.scale)
+        print(json.dumps(report["scale"], indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         cf = Path(tmp) / "corpus.pkl"
         cf.write_bytes(pickle.dumps(corpus))

@@ -223,4 +223,17 @@ def metrics(out: Path, state: dict, new: list[str], docs_new: int, seconds: floa
         "seconds": round(seconds, 3),
         "documents_per_second": round(docs_new / seconds, 1) if seconds > 0 else 0.0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **memory_split(),
     }
+
+
+def memory_split() -> dict[str, float]:
+    """Resident memory now, split into private (anonymous) memory and pages of memory-mapped index files,
+    which the OS can drop and re-read (Linux; empty elsewhere)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    kb = {k: int(fields[k].split()[0]) for k in ("RssAnon", "RssFile") if k in fields}
+    return {"rss_anon_mb": round(kb.get("RssAnon", 0) / 1024, 1), "rss_file_mb": round(kb.get("RssFile", 0) / 1024, 1)}

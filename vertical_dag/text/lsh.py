@@ -73,6 +73,19 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 # ---------------------------------------------------------------- key index
 
 
+def _merge(k1: np.ndarray, d1: np.ndarray, k2: np.ndarray, d2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two sorted segments (the second newer) without sorting: each new key goes after the equal
+    older keys, so equal keys stay in document order. Needs only the output plus one index per new key."""
+    pos = np.searchsorted(k1, k2, side="right") + np.arange(len(k2))
+    n = len(k1) + len(k2)
+    older = np.ones(n, dtype=bool)
+    older[pos] = False
+    keys, docs = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.int64)
+    keys[pos], docs[pos] = k2, d2
+    keys[older], docs[older] = k1, d1
+    return keys, docs
+
+
 class KeyIndex:
     """uint64 key -> int64 document number, as sorted segments (see module docstring)."""
 
@@ -98,9 +111,7 @@ class KeyIndex:
         while (len(self.segments) >= 2 and len(self.segments[-2][0]) <= 2 * len(self.segments[-1][0])
                and len(self.segments[-2][0]) + len(self.segments[-1][0]) <= self.max_merge):
             (k1, d1), (k2, d2) = self.segments[-2], self.segments[-1]
-            k, d = np.concatenate([k1, k2]), np.concatenate([d1, d2])
-            order = np.argsort(k, kind="stable")
-            self.segments[-2:] = [(k[order], d[order])]
+            self.segments[-2:] = [_merge(k1, d1, k2, d2)]
             self.files[-2:] = [None]
 
     def lookup(self, keys: np.ndarray, max_hits: int = 64) -> tuple[np.ndarray, np.ndarray]:
