@@ -1,9 +1,9 @@
 """Sensors, all stopped until switched on (see docs/dagster.md).
 
 - raw_files_sensor: polls the fingerprint of data/raw/; on a change it requests one run that observes
-  raw_sources and rebuilds the data assets. The cursor is the last fingerprint acted on, and the run key is
-  the fingerprint, so one change gives exactly one run. Stages whose inputs did not change are skipped by DVC,
-  and the incremental stages process only the new batch.
+  raw_sources and rebuilds the data assets. The cursor is the last fingerprint acted on, so one change
+  gives exactly one run (a file removed and put back is a change too). Stages whose inputs did not change
+  are skipped by DVC, and the incremental stages process only the new batch.
 - automation: evaluates the assets' automation conditions (data eager, training on its cron).
 """
 
@@ -32,13 +32,12 @@ def raw_files_sensor(project: Project, data_keys: list[str], interval_s: int) ->
         fingerprint, per_source = raw_fingerprint(project)
         if context.cursor == fingerprint:
             return dg.SkipReason(f"data/raw unchanged ({fingerprint})")
-        context.update_cursor(fingerprint)
         if not per_source:
-            return dg.SkipReason("data/raw is empty")
+            return dg.SensorResult(skip_reason="data/raw is empty", cursor=fingerprint)
         context.log.info(f"data/raw changed: {per_source} files by source, fingerprint {fingerprint}")
-        return dg.RunRequest(
-            run_key=fingerprint, asset_selection=keys, tags={"vertical_dag/raw_fingerprint": fingerprint}
-        )
+        request = dg.RunRequest(asset_selection=keys, tags={"vertical_dag/raw_fingerprint": fingerprint})
+        # the request and the new cursor are committed together: one change, one run
+        return dg.SensorResult(run_requests=[request], cursor=fingerprint)
 
     return _sensor
 
