@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from vertical_dag.defs import build_definitions
+from vertical_dag.defs.checks import check_results
 from vertical_dag.defs.jobs import FULL_JOB
 from vertical_dag.defs.metadata import read_metrics, stage_metadata
 from vertical_dag.defs.pipeline import DEFAULT_DEPS, StageNode, load_pipeline, locked_outs
@@ -244,6 +245,29 @@ def test_model_and_report_metadata(tmp_path: Path):
     meta = stage_metadata(project, node, read_metrics(project, "evaluate"), None)
     assert meta["report"].value == str(report)
     assert meta["headline.finetuned_task_accuracy"].value == 0.42
+
+
+def test_gate_json_to_check_results():
+    nodes = {n.name: n for n in load_pipeline(Project(REPO))}
+    ingest, base = nodes["ingest"], nodes["base_model"]
+    failed = {"stage": "ingest", "success": False, "suite": "s", "expectations": [
+        {"name": "documents_present", "column": None, "success": False, "observed": 0, "bound": ">= 1", "description": "d"},
+        {"name": "doc_ids_unique", "column": "doc_id", "success": True, "observed": 0, "bound": "0", "description": ""},
+    ]}  # fmt: skip
+    results = {r.check_name: r for r in check_results(ingest, failed)}
+    assert results["documents_present"].passed is False and results["doc_ids_unique"].passed is True
+    assert "observed 0" in results["documents_present"].description
+    assert "conservation" not in results  # not evaluated: no result rather than a pass
+    skipped = {
+        "stage": "base_model",
+        "success": True,
+        "suite": "s",
+        "skipped": "gates.enabled is false",
+        "expectations": [],
+    }
+    assert check_results(ingest, skipped | {"stage": "ingest"}) == []
+    [summary] = check_results(base, skipped)
+    assert summary.passed and "skipped" in summary.description
 
 
 # ---------------------------------------------------------------- materializing through DVC

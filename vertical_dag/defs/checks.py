@@ -73,7 +73,8 @@ def gate_table(gate: dict[str, Any]) -> str:
 def check_results(
     node: StageNode, gate: dict[str, Any] | None, wanted: set[str] | None = None
 ) -> list[dg.AssetCheckResult]:
-    """One result per declared check found in the gate. Checks the gate did not evaluate report nothing."""
+    """One result per declared check found in the gate. Checks the gate did not evaluate (a skipped gate,
+    an expectation it no longer has) report nothing rather than a pass."""
     if gate is None:
         return []
     by_name = {e.get("name"): e for e in gate.get("expectations", [])}
@@ -84,12 +85,9 @@ def check_results(
         if name == SUMMARY_CHECK:
             ok = bool(gate.get("success"))
             meta: dict[str, Any] = {"gate": dg.MetadataValue.md(gate_table(gate))}
-            text = (
-                "gate passed"
-                if ok
-                else "gate failed: "
-                + ", ".join(str(e.get("name")) for e in gate.get("expectations", []) if not e.get("success"))
-            )
+            failed = [str(e.get("name")) for e in gate.get("expectations", []) if not e.get("success")]
+            text = f"gate skipped: {gate['skipped']}" if gate.get("skipped") else "gate passed"
+            text = text if ok else "gate failed: " + ", ".join(failed)
         elif name in by_name:
             e = by_name[name]
             ok = bool(e.get("success"))

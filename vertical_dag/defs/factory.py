@@ -72,6 +72,8 @@ def stage_asset(
         # DVC records outputs only when the stage (and its gate) succeeded; otherwise there is no version
         version = output_hash(project, node) if run.returncode == 0 else None
         metadata["dvc_recorded"] = run.returncode == 0
+        if gate is not None and gate.get("skipped"):
+            metadata["gate_skipped"] = str(gate["skipped"])
         if gate_failed:
             context.log.error(f"quality gate of stage {node.name} failed; downstream assets will not run")
         yield dg.MaterializeResult(
