@@ -89,8 +89,10 @@ def _rebuild_reason(state: dict, current: dict[str, Path], config: DedupConfig, 
     for p in state["parts"]:
         if p["name"] not in current:
             return f"input part {p['name']} vanished"
-        if fingerprint(current[p["name"]], p)["sha256"] != p["sha256"]:
+        fp = fingerprint(current[p["name"]], p)
+        if fp["sha256"] != p["sha256"]:
             return f"input part {p['name']} changed"
+        p.update(fp)  # same content, maybe a new mtime: remember it so the next run does not re-hash
     manifest = read_json(index_dir / "manifest.json", {})
     if [p["name"] for p in manifest.get("parts", [])] != [p["name"] for p in state["parts"]]:
         return "index and state disagree (an interrupted run)"
@@ -129,6 +131,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         docs_new += entry["documents_in"]
         ctx.log.info("dedup: %s: %d in, %d kept, %d exact, %d near", name, entry["documents_in"],
                      entry["documents_out"], entry["exact"], entry["near"])
+    if state["parts"] and not new:
+        write_json(state, state_file)  # refreshed fingerprints (mtime) of unchanged parts
     seconds = time.perf_counter() - started
     return metrics(out, state, new, docs_new, seconds, rebuilt, config)
 
