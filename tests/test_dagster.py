@@ -287,9 +287,13 @@ def built(tmp_path_factory, instance):
 def test_materialize_data_assets_records_dvc_lock(built):
     project, defs, keys, result, instance = built
     assert result.success
-    assert (
-        instance.event_log_storage.get_concurrency_info(DVC_POOL).slot_count == 1
-    )  # the pool was used, size 1
+    pool = instance.event_log_storage.get_concurrency_info(DVC_POOL)
+    assert pool.slot_count == 1  # the pool was used, with one slot
+    streamed = [
+        e.user_message for e in instance.all_logs(result.run_id) if e.user_message.startswith("[ingest]")
+    ]
+    assert any("Running stage 'ingest'" in m for m in streamed)  # the stage's log is in the run log
+    assert any("vertical_dag.ingest" in m for m in streamed)
     mats = materializations(result)
     assert set(keys) <= set(mats)
     nodes = {n.asset: n for n in load_pipeline(project)}
