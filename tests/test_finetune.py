@@ -52,7 +52,7 @@ def make_project(root: Path, tokenizer_dir: Path, *, finetune: dict | None = Non
     ft = {"max_steps": 4, "block_size": 192, "max_train_items": 24, "eval_items_per_task": 4, "lr": 3e-3,
           "max_context_chars": 40, "max_answer_chars": 40, "system_prompt": "你是法律助手。", "checkpoint_every": 2,
           **(finetune or {})}
-    ev = {"max_test_docs": 8, "max_test_tokens": 400, "max_general_tokens": 200, "max_task_items": 12,
+    ev = {"max_test_docs": 8, "max_test_tokens": 300, "max_general_tokens": 150, "max_task_items": 8,
           "max_free_answer_items": 2, "bootstrap_samples": 200, "sample_max_new_tokens": 4,
           "sample_prompts": ["《中华人民共和国刑法》第一条规定了什么？"], **(evaluate or {})}
     params = {"project": {"name": "t", "domain": "legal"}, "finetune": ft, "evaluate": ev}

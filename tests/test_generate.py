@@ -70,6 +70,7 @@ def test_postprocess_strips_end_of_turn_and_stop_strings(tokenizer_dir):
     assert postprocess("答案。<|im_end|>\n<|im_start|>user", tok, []) == ("答案。", "end_of_turn")
     assert postprocess(" first line\nsecond", tok, ["\n"]) == ("first line", "stop_string")
     assert postprocess("no end", tok, []) == ("no end", "length")
+    assert postprocess("截断\ufffd", tok, []) == ("截断", "length")  # a character cut by max_new_tokens
 
 
 def test_generate_from_a_model_folder_path(proj, capsys):

@@ -81,7 +81,8 @@ def postprocess(text: str, tokenizer: Any, stop: list[str]) -> tuple[str, str]:
     if cut:
         pos, _ = min(cut)
         text, reason = text[:pos], "stop_string"
-    return text.strip(), reason
+    # a byte-level BPE cut by max_new_tokens can end inside a character: drop the dangling replacement mark
+    return text.strip().rstrip("\ufffd").strip(), reason
 
 
 def _stop_ids(tokenizer: Any) -> list[int]:

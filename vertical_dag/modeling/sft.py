@@ -2,7 +2,7 @@
 
 A chat is rendered with the tokenizer's own chat template (a plain "### Instruction / ### Response" layout
 when it has none) and tokenized turn by turn, so the labels cover exactly the assistant turns (their text
-and end-of-turn token); every prompt token is -100. Examples are packed into blocks with position ids that
+and end-of-turn token); every prompt token is -100. Examples are packed (first fit) into blocks with position ids that
 restart at each example: transformers then builds a block-diagonal causal mask (no attention across
 examples). LoRA adapters are merged back into the weights at the end, so serving needs no peft.
 """
@@ -117,31 +117,31 @@ class Block:
 
 
 def pack(examples: Sequence[tuple[list[int], list[int]]], block_size: int, pad_id: int, packing: bool = True) -> list[Block]:
-    """Greedy first-fit into blocks of block_size; positions restart per example; padding is never a target."""
-    blocks: list[Block] = []
-    cur = Block([], [], [])
+    """First-fit packing into blocks of block_size; positions restart per example; padding is never a target.
 
-    def flush() -> None:
-        nonlocal cur
-        if cur.input_ids:
-            pad = block_size - len(cur.input_ids)
-            start = cur.position_ids[-1] + 1 if cur.position_ids else 0
-            cur.input_ids += [pad_id] * pad
-            cur.labels += [IGNORE] * pad
-            cur.position_ids += list(range(start, start + pad))  # continues the last example: no new sequence
-            blocks.append(cur)
-        cur = Block([], [], [])
-
+    Examples keep their order inside a block; a block's padding continues the last example's positions, so
+    it opens no new sequence. Over-long examples are skipped (callers drop and count them first).
+    """
+    open_blocks: list[Block] = []
     for ids, labels in examples:
         if len(ids) > block_size:
-            continue  # callers drop over-long examples first and count them
-        if not packing or len(cur.input_ids) + len(ids) > block_size:
-            flush()
-        cur.input_ids += ids
-        cur.labels += labels
-        cur.position_ids += list(range(len(ids)))
-    flush()
-    return blocks
+            continue
+        target = None
+        if packing:
+            target = next((b for b in open_blocks if len(b.input_ids) + len(ids) <= block_size), None)
+        if target is None:
+            target = Block([], [], [])
+            open_blocks.append(target)
+        target.input_ids += ids
+        target.labels += labels
+        target.position_ids += list(range(len(ids)))
+    for b in open_blocks:
+        pad = block_size - len(b.input_ids)
+        start = b.position_ids[-1] + 1
+        b.input_ids += [pad_id] * pad
+        b.labels += [IGNORE] * pad
+        b.position_ids += list(range(start, start + pad))
+    return open_blocks
 
 
 def collate(blocks: Sequence[Block]) -> dict[str, torch.Tensor]:

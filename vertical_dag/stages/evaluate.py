@@ -58,6 +58,16 @@ def test_texts(root: Path, max_docs: int, seed: int) -> tuple[list[str], int]:
     return texts[:max_docs], n
 
 
+def held_out_items(root: Path, fp: Any) -> list[T.TaskItem]:
+    """Without the finetune stage's eval set: make the same held-out items from the test split here."""
+    from .finetune import read_split_docs
+
+    docs = [d for d in read_split_docs(root / "data/splits") if d.split == "test"]
+    by_task = T.generate_tasks(docs, T.TASK_FUNCS, max_context_chars=fp.max_context_chars,
+                               max_answer_chars=fp.max_answer_chars, seed=fp.seed)
+    return T.eval_sample(by_task, fp.eval_items_per_task, fp.seed)
+
+
 def pick_items(items: list[T.TaskItem], limit: int) -> list[T.TaskItem]:
     """Round-robin over tasks so a small limit still covers every task."""
     by: dict[str, list[T.TaskItem]] = {}
@@ -160,7 +170,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not general:
         notes.append("no general corpus: forgetting (general bits/char) not measured" if not p.general_corpus
                      else f"general corpus {p.general_corpus} not found: forgetting not measured")
-    items = pick_items(T.read_items(root / EVAL_ITEMS), p.max_task_items)
+    items = pick_items(T.read_items(root / EVAL_ITEMS) or held_out_items(root, fp), p.max_task_items)
     user_items: list[T.TaskItem] = []
     from .finetune import user_files
 
