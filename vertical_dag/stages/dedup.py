@@ -128,6 +128,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         state["parts"].append(entry)
         index.save()  # commit point 1: the index; state.json (commit point 2) names what it holds
         write_json(state, state_file)
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
         docs_new += entry["documents_in"]
         ctx.log.info("dedup: %s: %d in, %d kept, %d exact, %d near", name, entry["documents_in"],
                      entry["documents_out"], entry["exact"], entry["near"])
