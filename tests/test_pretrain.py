@@ -306,3 +306,45 @@ def test_stage_imports_base_then_pretrains_with_replay(project: Path, tiny_dir: 
     # A rerun with nothing changed resumes from the final checkpoint instead of training again.
     again = run_stage("pretrain", Project(project))
     assert again["resumed_from_step"] == 8 and again["val_perplexity_final"] == pytest.approx(m["val_perplexity_final"])
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from tests.test_pretrain import legal_texts
+    from vertical_dag.modeling.load import load_model_folder
+    from vertical_dag.modeling.packing import pack, tokenize
+    from vertical_dag.modeling.train import TrainConfig, train
+
+    model, tok = load_model_folder(sys.argv[1])
+    data = pack(tokenize(tok, legal_texts(120)), 64, tok.eos_token_id, tok.pad_token_id)
+    val = pack(tokenize(tok, legal_texts(10, seed=4)), 64, tok.eos_token_id, tok.pad_token_id)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = TrainConfig(max_steps=6, batch_size=4 // world, grad_accum=2, lr=3e-3, warmup_steps=2, eval_every=3,
+                      eval_blocks=2, checkpoint_every=3, seed=7)
+    r = train(model, data, val, cfg, Path(sys.argv[2]))
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(sys.argv[3]).write_text(json.dumps({"history": r.history, "world": r.metrics["world_size"]}))
+""")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tiny_dir: Path, tmp_path: Path) -> None:
+    """The same code under torchrun (gloo on CPU): 2 ranks x batch 2 follow the 1 x batch 4 loss trajectory."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    one = subprocess.run([sys.executable, str(script), str(tiny_dir), str(tmp_path / "c1"), str(tmp_path / "one.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", str(script), str(tiny_dir),
+                          str(tmp_path / "c2"), str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert a["world"] == 1 and b["world"] == 2
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert x["tokens"] == y["tokens"]
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-4)

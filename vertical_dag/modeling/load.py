@@ -71,6 +71,13 @@ def folder_weights_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
+def readable(folder: Path) -> None:
+    """save_pretrained writes weights owner-only (0600); model folders are shared outputs, so make them 0644."""
+    for p in Path(folder).iterdir():
+        if p.is_file():
+            p.chmod(0o644)
+
+
 def detect_kind(source: str, gguf_file: str | None, root: Path | None = None) -> tuple[SourceKind, Path | None]:
     """Decide what `source` is: a GGUF file (or folder + gguf_file), a local HF folder, or a hub id."""
     path = Path(source)
@@ -170,6 +177,7 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    readable(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return ImportedModel(

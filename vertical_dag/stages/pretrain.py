@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..modeling.card import model_card
-from ..modeling.load import load_model_folder
+from ..modeling.load import load_model_folder, readable
 from ..modeling.packing import (
     DOMAIN_SOURCE,
     GENERAL_SOURCE,
@@ -81,6 +82,19 @@ def _loss_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _write_model(out: Path, model: Any, tokenizer: Any, card: str) -> None:
+    """The final checkpoint: a plain HF folder (safetensors, tokenizer, model card) that the fine-tuning and
+    evaluation stages load with from_pretrained; written beside and renamed, so it is never half there."""
+    model_dir, tmp = out / "model", out / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    readable(tmp)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp.rename(model_dir)
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     p = ctx.params.pretrain
     root = ctx.project.root
@@ -107,7 +121,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train_docs = tokenize(tokenizer, texts)
     empty = [i for i, d in enumerate(train_docs) if len(d) == 0]
     ledger = [LedgerEntry(ids[i], "pretrain", "dropped", "no_tokens", "text tokenises to nothing") for i in empty]
-    write_parquet(ledger_table(ledger), ctx.ledger_dir / "train.parquet")
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_parquet(ledger_table(ledger), ctx.ledger_dir / "train.parquet")
     train_docs = [d for d in train_docs if len(d)]
     domain_tokens = sum(len(d) + 1 for d in train_docs)
     val_docs = tokenize(tokenizer, val_tbl.column("text").to_pylist())
@@ -161,12 +176,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     result = train(model, packed, val_packed, cfg, ckpt_dir, extra_val=extra)
     m = result.metrics
 
-    # Final checkpoint: a plain HF folder the fine-tuning and evaluation stages load with from_pretrained.
-    model_dir = ctx.out / "model"
-    tmp = ctx.out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to("cpu").save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
     metrics: dict[str, Any] = {
         "documents_in": len(texts),
         "documents_out": len(train_docs),
@@ -201,12 +210,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         data={"train": f"data/splits/train.parquet sha256 {train_hash}", "validation": f"data/splits/validation.parquet sha256 {val_hash}",
               "replay": f"{p.replay_path} sha256 {replay_hash}" if replay_hash else "none"},
         params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates, notes=notes)
-    (tmp / "README.md").write_text(card, encoding="utf-8")
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.rename(model_dir)
-    write_text(_loss_csv(result.history), root / PLOT_FILE)
-    write_json({"train_sha256": train_hash, "validation_sha256": val_hash, "replay_sha256": replay_hash,
-                "base_sha256": base_info.get("output_sha256"), "steps": cfg.max_steps}, ctx.out / "state.json")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first rank writes
+        _write_model(ctx.out, model, tokenizer, card)
+        write_text(_loss_csv(result.history), root / PLOT_FILE)
+        write_json({"train_sha256": train_hash, "validation_sha256": val_hash, "replay_sha256": replay_hash,
+                    "base_sha256": base_info.get("output_sha256"), "steps": cfg.max_steps}, ctx.out / "state.json")
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     ctx.log.info("validation perplexity %.3f -> %.3f over %d tokens; %.1f tokens/s", m["val_perplexity_base"] or float("nan"),
                  m["val_perplexity_final"] or float("nan"), m["val_tokens"], m["tokens_per_s"] or 0.0)
