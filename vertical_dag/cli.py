@@ -35,6 +35,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from .quality.gate import check_stage
+
+    project = find_project(args.project)
+    result = check_stage(project, args.stage)
+    print(f"gate {args.stage}: {'passed' if result.success else 'FAILED'} "
+          f"({len(result.expectations)} expectations; report in {project.rel(project.gates_dir / (args.stage + '.md'))})")
+    if not result.success:
+        print(result.failure_message(), file=sys.stderr)
+    return 0 if result.success else 1
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
@@ -79,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-gate", action="store_true", help="skip the stage's quality gate")
     s.add_argument("--json", action="store_true", help="print the stage metrics")
     s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("gate", help="re-run a stage's quality gate on its current outputs")
+    s.add_argument("stage", choices=list(STAGES))
+    s.set_defaults(func=_cmd_gate)
 
     s = sub.add_parser("explain", help="print everything that happened to one document")
     s.add_argument("doc_id")

@@ -79,43 +79,297 @@ class IngestParams(Section):
 
 
 class DedupParams(Section):
+    """Exact (canonical form) and near-duplicate (MinHash + LSH) removal; see vertical_dag/text/dedup_index.py."""
+
+    enabled: bool = True  # false: every document is kept (nothing is indexed)
+    exact: bool = True
+    near: bool = True
+    ngram_cjk: int = Field(5, ge=1, le=32)  # character n-grams over CJK text
+    ngram_words: int = Field(3, ge=1, le=16)  # word n-grams over space-separated scripts
+    num_perm: int = Field(128, ge=8, le=1024)
+    threshold: float = Field(0.7, gt=0, lt=1)  # target Jaccard similarity
+    bands: int | None = Field(None, ge=1)  # null: derived from threshold and num_perm (bands * rows <= num_perm)
+    rows: int | None = Field(None, ge=1)
+    verify: bool = True  # exact Jaccard of candidate pairs instead of the MinHash estimate
+    max_candidates: int = Field(32, ge=1, le=10_000)  # earliest documents checked per shared band
+    batch_size: int = Field(10_000, ge=1, le=1_000_000)  # documents in memory at once
+    seed: int = 1
+
+    @model_validator(mode="after")
+    def _bands_rows(self) -> DedupParams:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither (then they are derived from threshold)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows ({self.bands} * {self.rows}) must not exceed num_perm ({self.num_perm})")
+        return self
+
+
+class QualityFilterParams(Section):
+    """Quality thresholds; a key left null takes the value of the preset (see vertical_dag/text/quality.py)."""
+
+    min_chars: int | None = Field(None, ge=0)
+    max_chars: int | None = Field(None, gt=0)
+    max_digit_ratio: float | None = Field(None, ge=0, le=1)
+    max_symbol_ratio: float | None = Field(None, ge=0, le=1)
+    max_dup_line_frac: float | None = Field(None, ge=0, le=1)
+    max_dup_line_char_frac: float | None = Field(None, ge=0, le=1)
+    dup_ngram_n_words: int | None = Field(None, ge=2, le=50)
+    max_dup_ngram_frac_words: float | None = Field(None, ge=0, le=1)
+    dup_ngram_n_chars: int | None = Field(None, ge=2, le=100)
+    max_dup_ngram_frac_chars: float | None = Field(None, ge=0, le=1)
+    top_ngram_n_words: int | None = Field(None, ge=1, le=20)
+    max_top_ngram_frac_words: float | None = Field(None, ge=0, le=1)
+    top_ngram_n_chars: int | None = Field(None, ge=1, le=50)
+    max_top_ngram_frac_chars: float | None = Field(None, ge=0, le=1)
+    repetition_min_tokens: int | None = Field(None, ge=0)
+    ignore_numbering: bool | None = None
+    cjk_threshold: float | None = Field(None, ge=0, le=1)
+
+
+PiiType = Literal["EMAIL", "ID_CARD", "BANK_CARD", "IP", "PHONE"]
+
+
+class PiiParams(Section):
     enabled: bool = True
+    types: list[PiiType] = Field(default_factory=lambda: ["EMAIL", "ID_CARD", "BANK_CARD", "IP", "PHONE"])
+    # NAME -> regex; matches become <NAME>. NAME: capital letters, digits, underscore.
+    extra_patterns: dict[str, str] = Field(default_factory=dict)
+    max_pii_char_frac: float = Field(0.8, gt=0, le=1)  # above this share of redacted characters: dropped (all_pii)
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _patterns_compile(cls, v: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name, pattern in v.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+                raise ValueError(f"pattern name {name!r} must be capital letters, digits and _ (it becomes <{name}>)")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name} is not a valid regex: {exc}") from None
+        return v
 
 
 class NormalizeParams(Section):
     enabled: bool = True
+    unicode_form: Literal["nfkc_cjk", "nfkc", "nfc", "none"] = "nfkc_cjk"
+    strip_markup: bool = True
+    traditional_to_simplified: bool = False
+    preset: Literal["auto", "general", "legal", "medical", "finance", "technical"] = "auto"  # auto: project.domain
+    filters: QualityFilterParams = QualityFilterParams()
+    allowed_languages: list[str] = Field(default_factory=list)  # ISO 639-1; empty: any language
+    min_lang_score: float = Field(0.4, ge=0, le=1)
+    drop_undetermined_language: bool = True  # only applies when allowed_languages is set
+    pii: PiiParams = PiiParams()
+    batch_size: int = Field(2048, ge=1)
+
+
+class SplitFractions(Section):
+    train: float = Field(0.9, ge=0, le=1)
+    validation: float = Field(0.05, ge=0, le=1)
+    test: float = Field(0.05, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        return self
+
+
+class DecontaminateParams(Section):
+    enabled: bool = True
+    word_ngram: int = Field(13, ge=3, le=100)  # word n-grams for space-separated text
+    char_ngram: int = Field(25, ge=5, le=200)  # character n-grams for CJK text
+    min_shared_ngrams: int = Field(1, ge=1)  # a train document sharing this many n-grams is contaminated
+    action: Literal["dropped", "flagged"] = "dropped"
+    extra_eval_files: list[str] = Field(default_factory=list)  # JSONL of evaluation tasks (project-relative)
 
 
 class SplitParams(Section):
     enabled: bool = True
+    fractions: SplitFractions = SplitFractions()
+    group_by: str = "cluster_id"  # cluster_id, or a meta field (e.g. law_name) kept whole within one split
+    seed: int | None = None  # None: project.seed
+    decontaminate: DecontaminateParams = DecontaminateParams()
 
 
 class BaseModelParams(Section):
-    enabled: bool = True
+    """The starting model, imported once into data/models/base/model (safetensors + tokenizer)."""
+
+    source: str = "data/cache/models"  # local HF folder, folder/file holding a GGUF, or a hub id (online only)
+    gguf_file: str | None = None  # file name inside `source` when it is a GGUF
+    revision: str | None = None  # hub revision (commit) to pin
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
 class PretrainParams(Section):
-    enabled: bool = True
+    """Continued (domain-adaptive) pretraining on the train split, with optional general-text replay."""
+
+    block_size: int = Field(256, ge=8, le=131072)
+    batch_size: int = Field(4, ge=1)  # blocks per micro-batch per device
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(2, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(20, ge=1)  # optimizer steps; or set max_tokens
+    max_tokens: int | None = Field(None, ge=1)  # training tokens (converted to steps)
+    epochs: float | None = Field(None, gt=0)  # or passes over the packed data
+    eval_every: int = Field(10, ge=1)
+    eval_blocks: int = Field(8, ge=1)  # validation perplexity on the first N validation blocks
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)
+    log_every: int = Field(1, ge=1)
+    replay_ratio: float = Field(0.0, ge=0, lt=0.9)  # share of training tokens that are general text
+    replay_path: str | None = None  # .txt / .jsonl / .parquet / folder of general text
+    replay_heldout_docs: int = Field(200, ge=0)  # general documents kept out of training, for forgetting
+    seed: int = 1234
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    compile: bool = False
+    threads: int | None = Field(None, ge=1)  # CPU threads for torch (None: torch's default)
+
+    @model_validator(mode="after")
+    def _length(self) -> PretrainParams:
+        if sum(x is not None for x in (self.max_steps, self.max_tokens, self.epochs)) != 1:
+            raise ValueError("set exactly one of max_steps, max_tokens, epochs (the others null)")
+        if self.replay_ratio > 0 and not self.replay_path:
+            raise ValueError("replay_ratio > 0 needs replay_path")
+        return self
+
+
+class GenerationParams(Section):
+    """Decoding settings shared by `vertical-dag generate` and the sample prompts of the eval report."""
+
+    mode: Literal["greedy", "sample"] = "greedy"
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    temperature: float = Field(0.7, gt=0, le=5)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.1, ge=1, le=3)
+    stop: list[str] = Field(default_factory=list)  # output is cut at the first of these
+    max_prompt_tokens: int = Field(2048, ge=8)  # longer prompts are refused with a clear error
 
 
 class FinetuneParams(Section):
+    """Supervised fine-tuning: user instruction files + tasks generated from the corpus, mixed by weight."""
+
     enabled: bool = True
+    init_from: Literal["pretrained", "base"] = "pretrained"
+    # Weight of each source of instruction data; 0 leaves it out. Unknown task names are rejected.
+    task_weights: dict[str, float] = Field(default_factory=lambda: {
+        "user": 1.0, "article_lookup": 1.0, "law_department": 1.0, "in_force": 1.0,
+        "heading_passage": 0.5, "continuation": 0.5, "fill_in": 0.5})
+    instruction_files: list[str] = Field(default_factory=list)  # globs, relative to the project root
+    system_prompt: str | None = None  # None: the chat template's own default
+    max_train_items: int = Field(2000, ge=1)
+    eval_items_per_task: int = Field(30, ge=0)  # held-out items per task, made from test documents only
+    max_context_chars: int = Field(160, ge=16)  # passage shown in a prompt
+    max_answer_chars: int = Field(160, ge=4)  # reference answers are cut here
+    method: Literal["full", "lora"] = "lora"
+    lora_r: int = Field(16, ge=1, le=1024)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    block_size: int = Field(512, ge=16)
+    packing: bool = True
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(60, ge=1)  # optimizer steps; training ends at this or after `epochs`
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0, lt=1)
+    warmup_steps: int = Field(5, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(20, ge=1)  # steps; a crashed run resumes from the last one
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 1234
+    generation: GenerationParams = GenerationParams()
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        known = {"user", "article_lookup", "law_department", "in_force", "heading_passage", "continuation", "fill_in"}
+        bad = sorted(set(v) - known)
+        if bad:
+            raise ValueError(f"unknown task(s) {bad}; known: {sorted(known)}")
+        if any(w < 0 for w in v.values()):
+            raise ValueError("weights must be >= 0")
+        return v
 
 
 class EvaluateParams(Section):
+    """Base vs pretrained vs fine-tuned: perplexity / bits per character, task accuracy, samples, model gates."""
+
     enabled: bool = True
+    max_test_docs: int = Field(200, ge=1)
+    max_test_tokens: int = Field(6000, ge=16)  # per model, over the domain test split
+    general_corpus: str | None = None  # a text/JSONL/Parquet file of general text (forgetting check)
+    max_general_tokens: int = Field(3000, ge=16)
+    block_size: int = Field(512, ge=16)
+    batch_size: int = Field(4, ge=1)
+    max_task_items: int = Field(120, ge=0)  # held-out generated items scored per model
+    max_free_answer_items: int = Field(10, ge=0)  # of those, free-answer ones (generation is slow)
+    eval_files: list[str] = Field(default_factory=list)  # user eval JSONL globs (MC or free answer)
+    bootstrap_samples: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    sample_prompts: list[str] = Field(default_factory=list)
+    sample_max_new_tokens: int = Field(48, ge=1)
+    # Model gates
+    max_general_bpc_increase: float = Field(0.10, ge=0)  # pretrained vs base, absolute bits per char
+    min_domain_bpc_gain: float = Field(0.0, ge=0)  # pretrained must beat base by at least this
+    min_task_accuracy_gain: float = Field(0.0, ge=0)  # fine-tuned vs base
+    seed: int = 1234
 
 
 class GatesParams(Section):
+    """Bounds of the quality gates (Great Expectations suites, one per stage; see vertical_dag/quality)."""
+
     enabled: bool = True
+    min_documents: int = Field(1, ge=0)  # every data stage keeps at least this many documents
+    max_quarantine_rate: float = Field(0.05, ge=0, le=1)  # ingest: quarantined / records read
+    min_duplicate_rate: float = Field(0.0, ge=0, le=1)  # dedup: dropped / documents in
+    max_duplicate_rate: float = Field(0.9, ge=0, le=1)
+    allowed_langs: list[str] | None = None  # normalize: None = normalize.allowed_languages (empty: any, not null)
+    min_doc_chars: int = Field(1, ge=0)  # normalize: document length bounds
+    max_doc_chars: int | None = Field(None, gt=0)  # None = ingest.max_doc_chars
+    split_fractions: dict[str, float] | None = None  # None = what the split section asks for
+    split_fraction_tolerance: float = Field(0.05, ge=0, le=1)
+    split_fraction_sigmas: float = Field(3.0, ge=0)  # allow this many binomial std errors on small corpora
+    max_contamination: float = Field(0.5, ge=0, le=1)  # split: max share of a validation/test doc's n-grams in train
+    min_perplexity_gain: float = 0.0  # pretrain: base - final validation perplexity must exceed this
+    # evaluate bounds; None = the evaluate section's value of the same name
+    min_domain_bpc_gain: float | None = None  # base - pretrained domain bits/char must exceed this
+    max_general_bpc_increase: float | None = Field(None, ge=0)  # forgetting bound on general text
+    min_task_accuracy_gain: float | None = None  # finetuned - base task accuracy must exceed this
+
+    @model_validator(mode="after")
+    def _bounds(self) -> GatesParams:
+        if self.min_duplicate_rate > self.max_duplicate_rate:
+            raise ValueError(f"min_duplicate_rate ({self.min_duplicate_rate}) must not exceed max_duplicate_rate ({self.max_duplicate_rate})")
+        if self.split_fractions is not None and abs(sum(self.split_fractions.values()) - 1) > 1e-6:
+            raise ValueError(f"split_fractions must sum to 1, got {sum(self.split_fractions.values())}")
+        return self
 
 
 class AutomationParams(Section):
-    """Dagster schedule / sensor settings."""
+    """Dagster schedule / sensor settings (all of them stopped until switched on in the UI or CLI)."""
 
-    schedule_cron: str = "0 2 * * *"
-    training_cron: str = "0 3 * * 0"
-    sensor_interval_seconds: int = Field(60, ge=5)
+    schedule_cron: str = "0 2 * * *"  # rebuild-what-is-stale schedule: nightly
+    training_cron: str = "0 3 * * 0"  # training assets' automation condition: weekly, not on every new file
+    observe_cron: str = "*/5 * * * *"  # how often automation observes data/raw/ for new files
+    sensor_interval_seconds: int = Field(60, ge=5)  # raw-files sensor and automation sensor polling interval
+
+    @field_validator("schedule_cron", "training_cron", "observe_cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        fields = v.split()
+        allowed = set("0123456789*/,-?") | set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+        if len(fields) != 5 or not all(set(f) <= allowed for f in fields):
+            raise ValueError("must be a cron expression of 5 fields, e.g. '0 2 * * *'")
+        return v
 
 
 class Params(Section):

@@ -56,16 +56,14 @@ def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, An
     metrics.setdefault("seconds", round(time.perf_counter() - started, 3))
     write_json(metrics, project.metrics_file(name))
     log.info("%s done in %.1f s; metrics in %s", name, metrics["seconds"], project.rel(project.metrics_file(name)))
-    if gate and params.gates.enabled:
-        _run_gate(ctx, metrics)
+    from ..quality import gate as quality_gate
+
+    if not params.gates.enabled:
+        quality_gate.skip_gate(ctx, "gates.enabled is false in params.yaml")
+    elif not gate:
+        quality_gate.skip_gate(ctx, "run with --no-gate")
+    else:
+        result = quality_gate.run_gate(ctx, metrics)
+        if not result.success:
+            raise GateFailed(result.failure_message())
     return metrics
-
-
-def _run_gate(ctx: StageContext, metrics: dict[str, Any]) -> None:
-    try:
-        from ..quality import gate as quality_gate
-    except ImportError:  # quality gates not installed for this stage yet
-        return
-    result = quality_gate.run_gate(ctx, metrics)
-    if result is not None and not result.success:
-        raise GateFailed(result.failure_message())
