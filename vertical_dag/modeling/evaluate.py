@@ -154,8 +154,12 @@ class ItemResult:
 
 
 def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system_prompt: str | None,
-                max_new_tokens: int = 32, max_free: int = 10) -> list[ItemResult]:
-    """Multiple choice by log-likelihood; free answers by greedy generation, exact match and ROUGE-L."""
+                max_new_tokens: int = 32, max_free: int = 10, max_option_chars: int | None = None) -> list[ItemResult]:
+    """Multiple choice by log-likelihood; free answers by greedy generation, exact match and ROUGE-L.
+
+    With max_option_chars, every option is scored on the same-length prefix: passages of a few hundred
+    tokens cost a forward pass each, and their first sentence already tells them apart.
+    """
     results = []
     free_done = 0
     greedy = GenerationSettings(mode="greedy", max_new_tokens=max_new_tokens, repetition_penalty=1.0,
@@ -164,7 +168,8 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system
         msgs = (it.messages[:-1] if it.messages else [{"role": "user", "content": it.prompt}])
         ids = prompt_ids(tokenizer, msgs, system_prompt)
         if it.options and it.answer_index is not None:
-            scores = option_logprobs(model, tokenizer, ids, it.options)
+            options = [o[:max_option_chars] for o in it.options] if max_option_chars else it.options
+            scores = option_logprobs(model, tokenizer, ids, options)
             pick = int(np.argmax(scores))
             results.append(ItemResult(it.task, "mc", float(pick == it.answer_index), None, it.options[pick], it.response))
         elif free_done < max_free:

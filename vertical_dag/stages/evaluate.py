@@ -88,7 +88,7 @@ def baselines(items: list[T.TaskItem]) -> dict[str, float]:
         group = [it for it in items if it.task == t and it.options]
         if not group:
             continue
-        if len({tuple(it.options) for it in group}) == 1:
+        if len(group) > 1 and len({tuple(it.options) for it in group}) == 1:  # a fixed label set
             out[t] = round(Counter(it.response for it in group).most_common(1)[0][1] / len(group), 4)
         else:
             out[t] = round(sum(1 / len(it.options) for it in group) / len(group), 4)
@@ -209,7 +209,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             g = E.score_texts(model, tok, general, max_tokens=p.max_general_tokens, block_size=p.block_size, batch_size=p.batch_size)
             row.update(general_ppl=round(g.ppl, 4), general_bpc=round(g.bpc, 4), general_tokens=g.tokens)
         if items:
-            res = E.score_items(model, tok, items, system_prompt=fp.system_prompt, max_free=p.max_free_answer_items)
+            res = E.score_items(model, tok, items, system_prompt=fp.system_prompt, max_free=p.max_free_answer_items,
+                                max_option_chars=p.max_option_chars)
             row.update(E.summarize(res, **boot))
             per_item[name] = [r.correct for r in res]
         if user_items:
