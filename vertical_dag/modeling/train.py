@@ -228,6 +228,8 @@ def train(model: Any, data: Packed, val: Packed, cfg: TrainConfig, ckpt_dir: Pat
             log.info("resuming from %s (step %d of %d, %d tokens seen)", latest.name, start, cfg.max_steps, tokens_seen)
     elif rank == 0:
         clear_checkpoints(ckpt_dir)
+    if world > 1:  # no rank trains before every rank has read (or rank 0 has cleared) the checkpoint
+        torch.distributed.barrier()
 
     eval_kw = {"max_blocks": cfg.eval_blocks, "batch_size": cfg.batch_size, "device": device,
                "objective": cfg.objective, "precision": precision}
@@ -248,6 +250,7 @@ def train(model: Any, data: Packed, val: Packed, cfg: TrainConfig, ckpt_dir: Pat
     per_step = cfg.batch_size * cfg.grad_accum * world
     flops_tok = _flops_per_token(model, data.block_size)
     peak = _peak_flops(device)
+    peak = peak * world if peak else None  # tokens/s below are global: MFU against every device's peak
     for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg)

@@ -163,7 +163,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log.info("packed %d documents (+%d general) into %d blocks of %d: efficiency %.4f, replay ratio %.4f",
                  len(train_docs), len(sel.docs), len(packed), p.block_size, packed.efficiency, realised)
 
-    tokens_per_step = p.batch_size * p.grad_accum * p.block_size
+    tokens_per_step = p.batch_size * p.grad_accum * p.block_size * int(os.environ.get("WORLD_SIZE", "1"))
     cfg = TrainConfig(
         max_steps=_steps(p, tokens_per_step, len(packed), p.block_size), batch_size=p.batch_size, grad_accum=p.grad_accum,
         lr=p.lr, min_lr_ratio=p.min_lr_ratio, warmup_steps=p.warmup_steps, weight_decay=p.weight_decay,
@@ -187,6 +187,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "block_size": p.block_size,
         "blocks": len(packed),
         "packing_efficiency": round(packed.efficiency, 6),
+        "padding_tokens": int(packed.input_ids.size - packed.real_tokens),  # the kept tail's padding, nothing dropped
         "document_masking": masking,
         "domain_tokens": packed.tokens_of(DOMAIN_SOURCE),
         "general_tokens": packed.tokens_of(GENERAL_SOURCE),
