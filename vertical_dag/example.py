@@ -129,6 +129,10 @@ def fetch_example(project_root: Path, *, only: set[str] | None = None, hold_back
     db = fetch_artifact(LAWS, project_root / "data" / "cache" / "downloads", wheels)
     written = write_law_batches(db, project_root / "data" / "raw" / "china_law", only=only, hold_back=hold_back)
     out: dict[str, object] = {"laws_db": str(db), "batches": written}
+    from .example_general import fetch_general_text
+
+    # General (non-legal) text: held-out forgetting measurements and optional replay.
+    out["general_text"] = str(fetch_general_text(project_root, wheels))
     if with_model:
         model_dir = model_dir or project_root / "data" / "cache" / "models"
         out["base_model"] = str(fetch_artifact(SMOLLM2, model_dir, wheels))

@@ -305,13 +305,14 @@ class EvaluateParams(Section):
 
     enabled: bool = True
     max_test_docs: int = Field(200, ge=1)
-    max_test_tokens: int = Field(6000, ge=16)  # per model, over the domain test split
+    max_test_tokens: int = Field(4000, ge=16)  # per model, over the domain test split
     general_corpus: str | None = None  # a text/JSONL/Parquet file of general text (forgetting check)
-    max_general_tokens: int = Field(3000, ge=16)
+    max_general_tokens: int = Field(2000, ge=16)
     block_size: int = Field(512, ge=16)
     batch_size: int = Field(4, ge=1)
-    max_task_items: int = Field(120, ge=0)  # held-out generated items scored per model
+    max_task_items: int = Field(90, ge=0)  # held-out generated items scored per model
     max_free_answer_items: int = Field(10, ge=0)  # of those, free-answer ones (generation is slow)
+    max_option_chars: int = Field(48, ge=4)  # passage options are scored on their first N characters (cost)
     eval_files: list[str] = Field(default_factory=list)  # user eval JSONL globs (MC or free answer)
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.5, lt=1)
