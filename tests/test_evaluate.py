@@ -122,13 +122,16 @@ def test_text_nll_and_option_scores_match_a_direct_computation(tokenizer_dir, tm
     windows = E.score_texts(model, tok, [text], max_tokens=1000, block_size=8)
     assert windows.tokens == s.tokens  # short windows still score every token once
     prompt = prompt_ids(tok, [{"role": "user", "content": "哪个？"}])
-    scores = E.option_logprobs(model, tok, prompt, ["刑法", "民法商法"])
-    for opt, got in zip(["刑法", "民法商法"], scores, strict=True):
-        full = prompt + tok(opt + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            lp = model(input_ids=torch.tensor([full])).logits[0, :-1].log_softmax(-1)
-        want = float(lp[torch.arange(len(prompt) - 1, len(full) - 1), torch.tensor(full[len(prompt):])].sum()) / len(opt)
-        assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+    options = ["刑法", "民法商法", "诉讼与非诉讼程序法"]
+    whole = E.option_logprobs(model, tok, prompt, options)  # total log-likelihood, end of turn included
+    prefix = E.option_logprobs(model, tok, prompt, options, end=False, per_char=True)
+    for opt, got, got_prefix in zip(options, whole, prefix, strict=True):
+        for suffix, value, div in (("<|im_end|>", got, 1), ("", got_prefix, len(opt))):
+            full = prompt + tok(opt + suffix, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = model(input_ids=torch.tensor([full])).logits[0, :-1].log_softmax(-1)
+            want = float(lp[torch.arange(len(prompt) - 1, len(full) - 1), torch.tensor(full[len(prompt):])].sum()) / div
+            assert value == pytest.approx(want, rel=1e-4, abs=1e-4)
 
 
 def test_bootstrap_and_rouge():

@@ -2,9 +2,9 @@
 
 Bits per character divide the total negative log-likelihood (in bits) by the characters scored, so models
 with different tokenizers compare fairly; perplexity is per token of each model's own tokenizer. A
-multiple-choice item is answered by the option with the highest log-likelihood per character after the
-prompt (the end-of-turn marker included, so "an answer that stops here" is what is scored). The prompt is
-run once and its KV cache reused for every option.
+multiple-choice item is answered by the option with the highest log-likelihood after the prompt: whole
+short answers by their total (end-of-turn marker included), long passages on a common prefix per character.
+The prompt is run once and its KV cache reused for every option.
 """
 
 from __future__ import annotations
@@ -91,15 +91,20 @@ def _cache_kw(model: Any) -> str:
 
 
 @torch.no_grad()
-def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequence[str]) -> list[float]:
-    """Log-likelihood per character of each option (+ end of turn) as the answer to `prompt`.
+def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequence[str], *, end: bool = True,
+                    per_char: bool = False) -> list[float]:
+    """Log-likelihood of each option as the answer to `prompt`.
 
+    end: the option is a whole answer, so the end-of-turn marker is part of it (then "刑法" cannot win by
+    being the start of "刑法学"). per_char: divide by the option's characters (for passages cut to a common
+    prefix); whole short answers are compared by their total log-likelihood, i.e. their probability, since
+    per-character scores favour long labels whose later characters are near-certain once begun.
     The prompt runs once; its KV cache is repeated for all options, which run together as one batch
     (right-padded: a padded position comes after every real one, so it changes nothing they see).
     """
     out = model(input_ids=torch.tensor([prompt]), use_cache=True)
     last = out.logits[0, -1].float().log_softmax(-1)
-    eot = end_of_turn(tokenizer)
+    eot = end_of_turn(tokenizer) if end else ""
     opt_ids = [tokenizer(opt + eot, add_special_tokens=False)["input_ids"] for opt in options]
     totals = [float(last[ids[0]]) for ids in opt_ids]
     rest = [ids[:-1] for ids in opt_ids]
@@ -114,7 +119,7 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequ
             n = len(ids) - 1
             if n:
                 totals[i] += float(lp[i, torch.arange(n), torch.tensor(ids[1:])].sum())
-    return [t / max(1, len(opt)) for t, opt in zip(totals, options, strict=True)]
+    return [t / max(1, len(opt)) if per_char else t for t, opt in zip(totals, options, strict=True)]
 
 
 def rouge_l(pred: str, ref: str) -> float:
@@ -168,8 +173,9 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system
         msgs = (it.messages[:-1] if it.messages else [{"role": "user", "content": it.prompt}])
         ids = prompt_ids(tokenizer, msgs, system_prompt)
         if it.options and it.answer_index is not None:
-            options = [o[:max_option_chars] for o in it.options] if max_option_chars else it.options
-            scores = option_logprobs(model, tokenizer, ids, options)
+            whole = not max_option_chars or all(len(o) <= max_option_chars for o in it.options)
+            options = it.options if whole else [o[:max_option_chars] for o in it.options]
+            scores = option_logprobs(model, tokenizer, ids, options, end=whole, per_char=not whole)
             pick = int(np.argmax(scores))
             results.append(ItemResult(it.task, "mc", float(pick == it.answer_index), None, it.options[pick], it.response))
         elif free_done < max_free:

@@ -76,7 +76,7 @@ def _bars(metrics: dict[str, Any], keys: list[tuple[str, str]], title: str, ci_k
         ax.set_title(label, fontsize=10)
         if not xs:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, y=1.03)
     return _png(fig)
 
 
@@ -89,7 +89,13 @@ def _curves(curves: dict[str, list[tuple[float, float]]]) -> str:
     fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(5 * max(1, len(curves)), 3.2), squeeze=False)
     for ax, (name, pts) in zip(axes[0], curves.items(), strict=False):
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ax.plot(xs, ys, lw=0.8, alpha=0.5, label="per step")
+            k = max(1, len(ys) // 10)  # a moving average: single-block steps are noisy
+            if k > 1:
+                smooth = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+                ax.plot(xs, smooth, lw=1.8, label=f"mean of {k}")
+                ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no curve recorded", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{name} loss", fontsize=10)

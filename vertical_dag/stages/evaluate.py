@@ -14,6 +14,7 @@ import gc
 import hashlib
 import json
 import random
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -182,7 +183,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     prompts = list(p.sample_prompts) or (DEFAULT_SAMPLES_ZH if ctx.params.project.domain == "legal" else
                                          [it.prompt for it in items[:2]])
 
-    fingerprint = hashlib.sha256(json.dumps([p.model_dump(), vars(gate_bounds(ctx.params)), fp.system_prompt, {k: _stamp(v) for k, v in dirs.items()},
+    code = [hashlib.sha256(Path(mod.__file__).read_bytes()).hexdigest() for mod in (E, T, sys.modules[__name__],
+                                                                                   sys.modules[render_report.__module__])]
+    fingerprint = hashlib.sha256(json.dumps([code, p.model_dump(), vars(gate_bounds(ctx.params)), fp.system_prompt, {k: _stamp(v) for k, v in dirs.items()},
                                              [it.to_json() for it in items + user_items], len(texts), n_test,
                                              len(general), str(general_path)], sort_keys=True, default=str).encode()).hexdigest()[:16]
     state = read_json(out / "state.json", {})

@@ -143,7 +143,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     T.write_items(eval_items, out / "tasks/eval.jsonl")
     write_parquet(ledger_table(ledger), out / "ledger/finetune.parquet")
 
-    fp = _fingerprint(p.model_dump(), [it.to_json() for it in kept], _model_stamp(init_dir))
+    code = [hashlib.sha256(Path(mod.__file__).read_bytes()).hexdigest() for mod in (sft, T)]
+    fp = _fingerprint(code, p.model_dump(), [it.to_json() for it in kept], _model_stamp(init_dir))
     state = read_json(out / "state.json", {})
     model_dir = out / "model"
     # in = every user record (good or malformed) + the generated items the mix chose
