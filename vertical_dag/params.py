@@ -265,7 +265,7 @@ class FinetuneParams(Section):
         "heading_passage": 0.5, "continuation": 0.5, "fill_in": 0.5})
     instruction_files: list[str] = Field(default_factory=list)  # globs, relative to the project root
     system_prompt: str | None = None  # None: the chat template's own default
-    max_train_items: int = Field(2000, ge=1)
+    max_train_items: int = Field(120, ge=1)
     eval_items_per_task: int = Field(30, ge=0)  # held-out items per task, made from test documents only
     max_context_chars: int = Field(160, ge=16)  # passage shown in a prompt
     max_answer_chars: int = Field(160, ge=4)  # reference answers are cut here
@@ -278,7 +278,7 @@ class FinetuneParams(Section):
     packing: bool = True
     batch_size: int = Field(1, ge=1)
     grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(60, ge=1)  # optimizer steps; training ends at this or after `epochs`
+    max_steps: int = Field(40, ge=1)  # optimizer steps; training ends at this or after `epochs`
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(2e-4, gt=0, lt=1)
     warmup_steps: int = Field(5, ge=0)
