@@ -22,6 +22,7 @@ def test_repo_params_are_valid():
 
 def test_repo_dvc_yaml_is_the_template():
     assert (REPO / "dvc.yaml").read_text() == (REPO / "vertical_dag/templates/dvc.yaml").read_text()
+    assert (REPO / "dagster.yaml").read_text() == (REPO / "vertical_dag/templates/dagster.yaml").read_text()
     generated = yaml.safe_load(project_dvc_yaml())
     for stage in generated["stages"].values():
         assert all(not str(d).startswith("vertical_dag/") for d in stage.get("deps", []))
@@ -68,7 +69,7 @@ def test_commands_work_from_a_subfolder(project: Path):
 
 
 def test_init_scaffolds_git_and_dvc(project: Path):
-    for name in ("params.yaml", "dvc.yaml", ".gitignore", ".git", ".dvc", "data/raw"):
+    for name in ("params.yaml", "dvc.yaml", "dagster.yaml", ".gitignore", ".git", ".dvc", "data/raw"):
         assert (project / name).exists(), name
     load_params(project / "params.yaml")
     proc = run_cli("init", str(project), cwd=project.parent, check=False)

@@ -41,6 +41,8 @@ def init_project(root: Path, domain: str = "general", force: bool = False) -> Pa
     (root / "dvc.yaml").write_text(project_dvc_yaml(), encoding="utf-8")
     (root / "data" / "raw").mkdir(parents=True, exist_ok=True)
     (root / "data" / "raw" / ".gitkeep").touch()
+    if not (root / "dagster.yaml").exists():  # the `dvc` pool sized 1 for `dagster dev` in this folder
+        (root / "dagster.yaml").write_text((TEMPLATES / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     gitignore = root / ".gitignore"
     if not gitignore.exists():
         gitignore.write_text((TEMPLATES / "gitignore").read_text(encoding="utf-8"), encoding="utf-8")
