@@ -71,3 +71,13 @@ def project(tmp_path: Path) -> Path:
         ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], cwd=root, check=True, capture_output=True
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def instance():
+    """A real (temporary, sqlite) Dagster instance configured by this project's dagster.yaml: pool "dvc" sized 1."""
+    import dagster as dg
+    import yaml
+
+    with dg.instance_for_test(overrides=yaml.safe_load((REPO / "dagster.yaml").read_text())) as inst:
+        yield inst
