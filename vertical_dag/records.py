@@ -126,6 +126,18 @@ def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def file_fingerprint(path: Path | str, old: dict | None = None) -> dict[str, Any]:
+    """size + mtime_ns + sha256; the sha256 is reused from `old` when size and mtime are unchanged, so an
+    incremental stage does not re-read files it has already seen."""
+    st = Path(path).stat()
+    fp: dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if old and old.get("size") == fp["size"] and old.get("mtime_ns") == fp["mtime_ns"] and old.get("sha256"):
+        fp["sha256"] = old["sha256"]
+    else:
+        fp["sha256"] = file_sha256(path)
+    return fp
+
+
 # ---------------------------------------------------------------- parts
 
 

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import torch
 
+from ..records import file_sha256
+
 log = logging.getLogger("vertical_dag.modeling.load")
 
 SourceKind = Literal["gguf", "hf_folder", "hub"]
@@ -53,21 +55,13 @@ class ImportedModel:
         return asdict(self)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def folder_weights_sha256(folder: Path) -> str:
     """One hash for a model folder: the sha256 of its weight and tokenizer files, in name order."""
     h = hashlib.sha256()
     names = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in {".safetensors", ".json", ".model", ".gguf"})
     for p in names:
         h.update(p.name.encode())
-        h.update(sha256_file(p).encode())
+        h.update(file_sha256(p).encode())
     return h.hexdigest()
 
 
@@ -147,7 +141,7 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
     if kind == "gguf":
         assert path is not None
         log.info("importing GGUF %s (dequantising; this takes a while on CPU)", path)
-        src_hash = sha256_file(path)
+        src_hash = file_sha256(path)
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
         objective = objective_for(config)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -192,7 +186,7 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
         dtype=dtype,
         is_instruct=bool(warnings),
         warnings=warnings,
-        output_sha256=sha256_file(out_dir / "model.safetensors") if (out_dir / "model.safetensors").exists() else "",
+        output_sha256=file_sha256(out_dir / "model.safetensors") if (out_dir / "model.safetensors").exists() else "",
     )
 
 

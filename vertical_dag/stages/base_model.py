@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..modeling.load import detect_kind, folder_weights_sha256, import_model, sha256_file
-from ..records import read_json, write_json
+from ..modeling.load import detect_kind, folder_weights_sha256, import_model
+from ..records import file_sha256, read_json, write_json
 from .context import StageContext
 
 
 def _source_hash(kind: str, path: Path | None) -> str | None:
     if kind == "gguf" and path is not None:
-        return sha256_file(path)
+        return file_sha256(path)
     if kind == "hf_folder" and path is not None:
         return folder_weights_sha256(path)
     return None  # hub: the revision pins it
@@ -36,7 +36,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     src_hash = _source_hash(kind, path)
     weights = model_dir / "model.safetensors"
     if (previous and previous.get("settings") == settings and (src_hash is None or previous.get("sha256") == src_hash)
-            and weights.exists() and sha256_file(weights) == previous.get("output_sha256")):
+            and weights.exists() and file_sha256(weights) == previous.get("output_sha256")):
         ctx.log.info("base model already imported from %s (sha256 %s); nothing to do", previous["source"], previous["sha256"][:12])
         record, imported = previous, False
         for w in record.get("warnings", []):  # a fresh import has logged them already

@@ -31,7 +31,7 @@ from ..params import DedupParams
 from ..records import (
     LedgerEntry,
     atomic_path,
-    file_sha256,
+    file_fingerprint,
     ledger_table,
     list_parts,
     read_json,
@@ -72,15 +72,6 @@ def read_rows(path: Path, rows: np.ndarray, column: str = "text") -> list[str]:
     return table[column].take(pa.array(np.searchsorted(local, rows))).to_pylist()
 
 
-def fingerprint(path: Path, old: dict | None) -> dict:
-    """size + mtime, and the sha256 only when those changed (so unchanged parts are not re-read)."""
-    st = path.stat()
-    fp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if old and old.get("size") == fp["size"] and old.get("mtime_ns") == fp["mtime_ns"]:
-        return {**fp, "sha256": old["sha256"]}
-    return {**fp, "sha256": file_sha256(path)}
-
-
 def _rebuild_reason(state: dict, current: dict[str, Path], config: DedupConfig, index_dir: Path) -> str | None:
     if not state.get("parts"):
         return None
@@ -89,7 +80,7 @@ def _rebuild_reason(state: dict, current: dict[str, Path], config: DedupConfig, 
     for p in state["parts"]:
         if p["name"] not in current:
             return f"input part {p['name']} vanished"
-        fp = fingerprint(current[p["name"]], p)
+        fp = file_fingerprint(current[p["name"]], p)
         if fp["sha256"] != p["sha256"]:
             return f"input part {p['name']} changed"
         p.update(fp)  # same content, maybe a new mtime: remember it so the next run does not re-hash
@@ -124,7 +115,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     docs_new = 0
     for name in new:
         entry = process_part(ctx, index, name, current[name], config)
-        entry.update(fingerprint(current[name], None))
+        entry.update(file_fingerprint(current[name], None))
         state["parts"].append(entry)
         index.save()  # commit point 1: the index; state.json (commit point 2) names what it holds
         write_json(state, state_file)

@@ -27,7 +27,7 @@ from ..records import (
     DOC_SCHEMA,
     LedgerEntry,
     atomic_path,
-    file_sha256,
+    file_fingerprint,
     ledger_table,
     make_doc_id,
     read_json,
@@ -190,16 +190,11 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
 
 
 def fingerprint(path: Path, old: dict | None) -> dict[str, Any]:
-    st = path.stat()
-    fp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if old and old.get("size") == fp["size"] and old.get("mtime_ns") == fp["mtime_ns"]:
-        fp["sha256"] = old["sha256"]  # untouched: do not re-hash
-    else:
-        try:
-            fp["sha256"] = file_sha256(path)
-        except OSError:  # unreadable: read it anyway, so the failure becomes a ledger row (read_error)
-            fp["sha256"] = "unreadable"
-    return fp
+    try:
+        return file_fingerprint(path, old)
+    except OSError:  # unreadable: read it anyway, so the failure becomes a ledger row (read_error)
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": "unreadable"}
 
 
 def params_fingerprint(p: IngestParams) -> str:

@@ -26,7 +26,7 @@ from ..params import NormalizeParams, Params
 from ..records import (
     LedgerEntry,
     atomic_path,
-    file_sha256,
+    file_fingerprint,
     ledger_table,
     list_parts,
     read_json,
@@ -153,9 +153,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     new = changed = 0
     run_bytes = 0
     for name, src in inputs.items():
-        digest = file_sha256(src)
         old = known.get(name)
-        if old and old.get("sha256") == digest:
+        fp = file_fingerprint(src, old)  # re-reads a part only when its size or mtime changed
+        if old and old.get("sha256") == fp["sha256"]:
+            known[name] = {**old, **fp}
             continue
         if old:
             changed += 1
@@ -170,7 +171,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             counts = {"documents_in": 0, "documents_out": 0, "dropped": 0, "redacted": 0, "error": str(exc)}
             (parts_dir / f"{name}.parquet").unlink(missing_ok=True)
         run_bytes += counts.pop("text_bytes", 0)
-        known[name] = {"sha256": digest, **counts}
+        known[name] = {**fp, **counts}
         write_json({"version": STATE_VERSION, "params": pfp, "parts": known}, state_path)
     write_json({"version": STATE_VERSION, "params": pfp, "parts": known}, state_path)
     seconds = time.perf_counter() - started
