@@ -110,7 +110,7 @@ def generate_ids(model: Any, tokenizer: Any, ids: list[int], settings: Generatio
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if settings.stop:
         kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=model.device)  # the prompt goes where the model is (CPU or GPU)
     out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs)
     return out[0, len(ids):].tolist()
 

@@ -144,11 +144,12 @@ def pack(examples: Sequence[tuple[list[int], list[int]]], block_size: int, pad_i
     return open_blocks
 
 
-def collate(blocks: Sequence[Block]) -> dict[str, torch.Tensor]:
+def collate(blocks: Sequence[Block], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """A batch of blocks as tensors, on `device` (the model's) when given."""
     return {
-        "input_ids": torch.tensor([b.input_ids for b in blocks]),
-        "labels": torch.tensor([b.labels for b in blocks]),
-        "position_ids": torch.tensor([b.position_ids for b in blocks]),
+        "input_ids": torch.tensor([b.input_ids for b in blocks], device=device),
+        "labels": torch.tensor([b.labels for b in blocks], device=device),
+        "position_ids": torch.tensor([b.position_ids for b in blocks], device=device),
     }
 
 
@@ -213,9 +214,10 @@ def block_loss(model: Any, blocks: Sequence[Block], batch_size: int = 4) -> floa
         return None
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(blocks), batch_size):
-        batch = collate(blocks[i:i + batch_size])
+        batch = collate(blocks[i:i + batch_size], device)
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
         if n == 0:
             continue
@@ -231,8 +233,11 @@ def _save_state(ckpt: Path, model: Any, opt: torch.optim.Optimizer, step: int, c
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"trainable": trainable, "optimizer": opt.state_dict(), "step": step, "tokens": tokens,
-                "rng": torch.get_rng_state()}, tmp / "state.pt")
+    rng = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+        rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save({"trainable": trainable, "optimizer": opt.state_dict(), "step": step, "tokens": tokens, **rng},
+               tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, "fingerprint": cfg.fingerprint, "curve": curve}))
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.rename(ckpt)
@@ -253,6 +258,8 @@ def _load_state(ckpt: Path, model: Any, opt: torch.optim.Optimizer, cfg: TrainCo
             params[n].copy_(t)
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     log.info("resuming fine-tuning from step %d", state["step"])
     return int(state["step"]), list(meta.get("curve", [])), int(state.get("tokens", 0))
 
@@ -267,6 +274,7 @@ def train(model: Any, blocks: list[Block], cfg: TrainConfig, *, val_blocks: Sequ
     if cfg.method == "lora":
         model = wrap_lora(model, cfg)
     model.train()
+    device = next(model.parameters()).device  # batches follow the model (the caller places it: CPU or GPU)
     params = _trainable(model)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_step = cfg.batch_size * cfg.grad_accum
@@ -292,7 +300,7 @@ def train(model: Any, blocks: list[Block], cfg: TrainConfig, *, val_blocks: Sequ
         step_loss = 0.0
         for a in range(cfg.grad_accum):
             idx = order[(step * cfg.grad_accum + a) * cfg.batch_size:(step * cfg.grad_accum + a + 1) * cfg.batch_size]
-            batch = collate([blocks[i] for i in idx])
+            batch = collate([blocks[i] for i in idx], device)
             out = model(**batch, use_cache=False)
             (out.loss / cfg.grad_accum).backward()
             step_loss += float(out.loss.detach()) / cfg.grad_accum
