@@ -285,6 +285,7 @@ class FinetuneParams(Section):
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(20, ge=1)  # steps; a crashed run resumes from the last one
     dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # training and `vertical-dag generate` (auto: a GPU when there is one)
     seed: int = 1234
     generation: GenerationParams = GenerationParams()
 
@@ -322,6 +323,7 @@ class EvaluateParams(Section):
     max_general_bpc_increase: float = Field(0.10, ge=0)  # pretrained vs base, absolute bits per char
     min_domain_bpc_gain: float = Field(0.0, ge=0)  # pretrained must beat base by at least this
     min_task_accuracy_gain: float = Field(0.0, ge=0)  # fine-tuned vs base
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where models are scored (auto: a GPU when there is one)
     seed: int = 1234
 
 

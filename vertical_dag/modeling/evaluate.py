@@ -76,6 +76,7 @@ def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_tokens:
         for j, w in enumerate(group):
             x[j, :len(w)] = torch.tensor(w)
             mask[j, :len(w)] = 1
+        x, mask = x.to(model.device), mask.to(model.device)
         logits = model(input_ids=x, attention_mask=mask, use_cache=False).logits[:, :-1].float()
         target = x[:, 1:]
         lp = -F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
@@ -102,7 +103,8 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequ
     The prompt runs once; its KV cache is repeated for all options, which run together as one batch
     (right-padded: a padded position comes after every real one, so it changes nothing they see).
     """
-    out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+    dev = model.device
+    out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
     last = out.logits[0, -1].float().log_softmax(-1)
     eot = end_of_turn(tokenizer) if end else ""
     opt_ids = [tokenizer(opt + eot, add_special_tokens=False)["input_ids"] for opt in options]
@@ -113,12 +115,12 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequ
         cache = getattr(out, "cache", None) or out.past_key_values
         cache.batch_repeat_interleave(len(options))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        x = torch.tensor([r + [pad] * (width - len(r)) for r in rest])
+        x = torch.tensor([r + [pad] * (width - len(r)) for r in rest], device=dev)
         lp = model(input_ids=x, use_cache=True, **{_cache_kw(model): cache}).logits.float().log_softmax(-1)
         for i, ids in enumerate(opt_ids):
             n = len(ids) - 1
             if n:
-                totals[i] += float(lp[i, torch.arange(n), torch.tensor(ids[1:])].sum())
+                totals[i] += float(lp[i, torch.arange(n, device=dev), torch.tensor(ids[1:], device=dev)].sum())
     return [t / max(1, len(opt)) if per_char else t for t, opt in zip(totals, options, strict=True)]
 
 

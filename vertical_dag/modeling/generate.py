@@ -43,16 +43,17 @@ class GenerationSettings:
                    system_prompt=system_prompt, seed=seed)
 
 
-def load_for_inference(folder: Path | str) -> tuple[Any, Any]:
-    """(model, tokenizer) from a saved model folder, or ModelMissing saying how to make one."""
+def load_for_inference(folder: Path | str, device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) from a saved model folder, on `device` (auto | cpu | cuda), or ModelMissing saying how to make one."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ModelMissing(f"no model at {folder} (no config.json); train it first, e.g. `vertical-dag run finetune` "
                            "or `dvc repro`, or pass --model with a model folder")
     from .load import load_model_folder
+    from .train import pick_device
 
     model, tok = load_model_folder(folder, objective="clm")
-    model.eval()
+    model.to(pick_device(device)).eval()
     return model, tok
 
 

@@ -84,7 +84,8 @@ def main(args: Any) -> int:
     else:
         prompts = [(0, prompt)]
     try:
-        model, tok = load_for_inference(resolve_model(getattr(args, "model", None) or "finetuned", project.root))
+        model, tok = load_for_inference(resolve_model(getattr(args, "model", None) or "finetuned", project.root),
+                                        params.finetune.device)
     except ModelMissing as exc:
         _err(str(exc))
         return EXIT_BAD_INPUT

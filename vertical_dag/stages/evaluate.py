@@ -202,7 +202,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     domain_docs = 0
     for name, folder in dirs.items():
         t0 = time.perf_counter()
-        model, tok = load_for_inference(folder)
+        model, tok = load_for_inference(folder, p.device)
         row: dict[str, Any] = {}
         if texts:
             s = E.score_texts(model, tok, texts, max_tokens=p.max_test_tokens, block_size=p.block_size, batch_size=p.batch_size)

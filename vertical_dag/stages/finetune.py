@@ -158,6 +158,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
                  ctx.project.rel(init_dir), p.method, len(kept), len(blocks), p.block_size, len(eval_items))
     dtype = torch.bfloat16 if p.dtype == "bfloat16" else torch.float32
     model, _ = load_model_folder(init_dir, objective="clm", dtype=dtype)
+    from ..modeling.train import pick_device
+
+    model.to(pick_device(p.device))
     cfg = sft.TrainConfig(method=p.method, lora_r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
                           lora_target_modules=p.lora_target_modules, batch_size=p.batch_size, grad_accum=p.grad_accum,
                           max_steps=p.max_steps, epochs=p.epochs, lr=p.lr, warmup_steps=p.warmup_steps,
