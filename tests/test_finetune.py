@@ -149,6 +149,29 @@ def test_tasks_are_corpus_facts_and_respect_splits():
     assert len(mixed) == 20 and counts == {"article_lookup": 15, "in_force": 5}
 
 
+def test_distractors_follow_each_passage_tasks_policy():
+    """Lookup/heading offer other laws' articles (same branch first); continuations offer the same law's."""
+    docs = T.docs_from_rows(law_docs())
+    by_task = T.generate_tasks(docs, ("article_lookup", "heading_passage", "continuation"), seed=1)
+    law_of = {it.response: it.meta["law_name"] for v in by_task.values() for it in v}
+    dept_of = {law: dept for law, dept, _ in LAWS}
+    items = T.eval_sample({t: [i for i in v if i.split == "test"] for t, v in by_task.items()}, 4, seed=1)
+    assert {it.task for it in items} == {"article_lookup", "heading_passage", "continuation"}
+    for it in items:
+        law = it.meta["law_name"]
+        distractors = [o for k, o in enumerate(it.options) if k != it.answer_index]
+        assert len(distractors) == 3 and it.response not in distractors
+        laws = [law_of[o] for o in distractors]
+        if it.task == "continuation":
+            assert laws == [law] * 3
+        else:
+            assert law not in laws
+            # the one other law of the same branch comes first; the rest are any other law
+            same_branch = [lw for lw, d, _ in LAWS if d == dept_of[law] and lw != law]
+            if same_branch:
+                assert same_branch[0] in laws
+
+
 @pytest.mark.parametrize("record,reason", [
     ({"instruction": "", "output": "x"}, "missing instruction"),
     ({"instruction": "q"}, "missing output"),

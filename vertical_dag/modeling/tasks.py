@@ -107,8 +107,8 @@ def _title(doc: Doc) -> str | None:
 
 
 def _law(doc: Doc) -> dict[str, Any]:
-    """Distractors are drawn from the same law (or source document group) first: harder, more telling."""
-    return {"law_name": doc.meta["law_name"]} if doc.meta.get("law_name") else {}
+    """The document's law and branch of law: mc_for_eval picks distractors by them."""
+    return {k: str(doc.meta[k]) for k in ("law_name", "law_department") if doc.meta.get(k)}
 
 
 # ---------------------------------------------------------------- the tasks, one function each
@@ -215,26 +215,6 @@ class TaskConfig:
 # ---------------------------------------------------------------- building the item sets
 
 
-def _add_distractors(items: list[TaskItem], pool: dict[str, list[str]], all_answers: list[str], rng: random.Random) -> None:
-    """Multiple choice for free-text tasks: the reference among answers of other documents (same law first)."""
-    for it in items:
-        if it.options is not None:
-            continue
-        same = [a for a in pool.get(it.meta.get("law_name", ""), []) if a != it.response]
-        picked = rng.sample(same, min(N_DISTRACTORS, len(same)))
-        tries = 0
-        while len(picked) < N_DISTRACTORS and tries < 50 and len(all_answers) > N_DISTRACTORS:
-            a = rng.choice(all_answers)
-            tries += 1
-            if a != it.response and a not in picked:
-                picked.append(a)
-        if not picked:
-            continue
-        options = picked + [it.response]
-        rng.shuffle(options)
-        it.options, it.answer_index = options, options.index(it.response)
-
-
 def generate_tasks(docs: list[Doc], tasks: Iterable[str], *, max_context_chars: int = 160, max_answer_chars: int = 160,
                    seed: int = 1234) -> dict[str, list[TaskItem]]:
     """Every task item the documents support, per task name (each item knows its doc and split)."""
@@ -255,25 +235,51 @@ def generate_tasks(docs: list[Doc], tasks: Iterable[str], *, max_context_chars: 
     return out
 
 
-def mc_for_eval(items: list[TaskItem], seed: int, pool_items: Iterable[TaskItem] = ()) -> None:
-    """Give free-text items of tasks whose answers are passages (lookup, heading, continuation) distractors.
+# Where a passage task's distractors come from. A held-out article was never trained on, so telling it from
+# other articles of the *same* law would take memorising text the model has not seen; what domain adaptation
+# can teach is what each law is about. Lookup and heading items therefore offer articles of *other* laws
+# (of the same branch first, so the law's subject, not the branch's vocabulary, decides). A continuation is
+# decided by its context, so its distractors come from the same law first (coherence, not topic).
+OTHER_GROUP_TASKS = ("article_lookup", "heading_passage")
+SAME_GROUP_TASKS = ("continuation",)
+PASSAGE_TASKS = (*OTHER_GROUP_TASKS, *SAME_GROUP_TASKS)
 
-    Distractors are other documents' answers to the same task (same law first), from `pool_items` + `items`.
-    """
+
+def _distractors(it: TaskItem, pool: list[tuple[str, str, str]], rng: random.Random) -> list[str]:
+    """N_DISTRACTORS answers from `pool` rows (law, branch, answer), by the task's policy, never the reference."""
+    law, dept = it.meta.get("law_name", ""), it.meta.get("law_department", "")
+    if it.task in OTHER_GROUP_TASKS and law:
+        tiers = [[a for lw, d, a in pool if lw != law and d == dept and dept], [a for lw, _, a in pool if lw != law]]
+    else:
+        tiers = [[a for lw, _, a in pool if lw == law and law], [a for *_, a in pool]]
+    picked: list[str] = []
+    for tier in tiers:
+        candidates = list(dict.fromkeys(a for a in tier if a != it.response and a not in picked))
+        picked += rng.sample(candidates, min(N_DISTRACTORS - len(picked), len(candidates)))
+        if len(picked) == N_DISTRACTORS:
+            break
+    return picked
+
+
+def mc_for_eval(items: list[TaskItem], seed: int, pool_items: Iterable[TaskItem] = ()) -> None:
+    """Give free-text items of the passage tasks distractors (in place): other documents' answers to the
+    same task, from `pool_items` + `items`, picked by the task's policy above."""
     rng = random.Random(seed)
-    passage_tasks = ("article_lookup", "heading_passage", "continuation")
-    pool: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    answers: dict[str, list[str]] = defaultdict(list)
+    pool: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
     for it in [*items, *pool_items]:
-        if it.task in passage_tasks and (it.task, it.doc_id) not in seen:
+        if it.task in PASSAGE_TASKS and (it.task, it.doc_id) not in seen:
             seen.add((it.task, it.doc_id))
-            pool[it.task][it.meta.get("law_name", "")].append(it.response)
-            answers[it.task].append(it.response)
-    for task in passage_tasks:
-        group = [it for it in items if it.task == task]
-        if group:
-            _add_distractors(group, pool[task], answers[task], rng)
+            pool[it.task].append((it.meta.get("law_name", ""), it.meta.get("law_department", ""), it.response))
+    for it in items:
+        if it.task not in PASSAGE_TASKS or it.options is not None:
+            continue
+        picked = _distractors(it, pool[it.task], rng)
+        if not picked:
+            continue
+        options = [*picked, it.response]
+        rng.shuffle(options)
+        it.options, it.answer_index = options, options.index(it.response)
 
 
 def mix(items_by_task: dict[str, list[TaskItem]], weights: dict[str, float], total: int, seed: int) -> tuple[list[TaskItem], int]:
