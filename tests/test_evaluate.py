@@ -55,6 +55,14 @@ def test_three_models_side_by_side_with_sane_numbers(evaluated):
     assert "mine.jsonl:3 skipped" in m["note"]
     assert m["samples"][0]["prompt"].startswith("《中华人民共和国刑法》") and "finetuned" in m["samples"][0]
     assert m["documents_in"] == m["documents_out"] + m["dropped"] + m["quarantined"]
+    # paired differences overall and per task, over the same items
+    cmp = m["comparisons"]["finetuned - base"]
+    per_model = {k: m["models"][k]["tasks"] for k in ("base", "finetuned")}
+    assert set(cmp["tasks"]) == set(per_model["base"])
+    for task, c in cmp["tasks"].items():
+        assert c["n"] == per_model["base"][task]["n"]
+        assert c["diff"] == pytest.approx(per_model["finetuned"][task]["accuracy"] - per_model["base"][task]["accuracy"], abs=1e-3)
+        assert c["ci"][0] <= c["diff"] <= c["ci"][1]
 
 
 def test_report_shows_the_three_models_and_matches_metrics_json(evaluated):
@@ -124,14 +132,37 @@ def test_text_nll_and_option_scores_match_a_direct_computation(tokenizer_dir, tm
     prompt = prompt_ids(tok, [{"role": "user", "content": "哪个？"}])
     options = ["刑法", "民法商法", "诉讼与非诉讼程序法"]
     whole = E.option_logprobs(model, tok, prompt, options)  # total log-likelihood, end of turn included
-    prefix = E.option_logprobs(model, tok, prompt, options, end=False, per_char=True)
+    prefix = E.option_logprobs(model, tok, prompt, options, end=False)
     for opt, got, got_prefix in zip(options, whole, prefix, strict=True):
-        for suffix, value, div in (("<|im_end|>", got, 1), ("", got_prefix, len(opt))):
+        for suffix, value in (("<|im_end|>", got), ("", got_prefix)):
             full = prompt + tok(opt + suffix, add_special_tokens=False)["input_ids"]
             with torch.no_grad():
                 lp = model(input_ids=torch.tensor([full])).logits[0, :-1].log_softmax(-1)
-            want = float(lp[torch.arange(len(prompt) - 1, len(full) - 1), torch.tensor(full[len(prompt):])].sum()) / div
+            want = float(lp[torch.arange(len(prompt) - 1, len(full) - 1), torch.tensor(full[len(prompt):])].sum())
             assert value == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+def test_passage_options_are_scored_by_pmi_against_a_neutral_prompt(tokenizer_dir, tmp_path):
+    from vertical_dag.modeling.load import load_model_folder
+    from vertical_dag.modeling.sft import prompt_ids
+    from vertical_dag.modeling.tasks import TaskItem
+    from vertical_dag.modeling.tiny import build_tiny_llama
+
+    model, tok = load_model_folder(build_tiny_llama(tokenizer_dir, tmp_path / "m"))
+    model.eval()
+    prompt = prompt_ids(tok, [{"role": "user", "content": "《中华人民共和国刑法》第一条规定了什么？"}])
+    neutral = prompt_ids(tok, [{"role": "user", "content": ""}])
+    options = ["为了惩罚犯罪，保护人民，根据宪法，制定本法。", "本法自公布之日起施行。", "本法自公布之日起施行。"]
+    cache: dict[str, float] = {}
+    got = E.passage_pmi(model, tok, prompt, neutral, options, cache)
+    cond = E.option_logprobs(model, tok, prompt, options, end=False)
+    prior = E.option_logprobs(model, tok, neutral, options, end=False)
+    assert got == pytest.approx([c - p for c, p in zip(cond, prior, strict=True)], abs=1e-4)
+    assert set(cache) == set(options)  # one neutral score per distinct option, reused for later items
+    # score_items uses it for passage tasks: the pick is the option with the highest PMI, not the shortest one
+    item = TaskItem("article_lookup", "《中华人民共和国刑法》第一条规定了什么？", options[0], options=options[:2], answer_index=0)
+    (res,) = E.score_items(model, tok, [item], system_prompt=None, max_option_chars=48)
+    assert res.predicted == options[int(got[1] > got[0])]
 
 
 def test_bootstrap_and_rouge():
@@ -141,3 +172,14 @@ def test_bootstrap_and_rouge():
     assert lo == hi == 1.0
     assert E.rouge_l("为了保护权益", "为了保护合法权益") == pytest.approx(2 * 1 * 0.75 / 1.75)
     assert E.rouge_l("the cat sat", "the cat sat") == 1.0 and E.rouge_l("", "x") == 0.0
+
+
+def test_summary_flags_a_model_that_gives_one_answer_to_everything():
+    """Majority-label accuracy is not knowledge: the per-task summary says which answer dominates, and how much."""
+    gold = ["经济法", "经济法", "行政法", "刑法"]
+    parrot = [E.ItemResult("law_department", "mc", float(g == "经济法"), None, "经济法", g) for g in gold]
+    reader = [E.ItemResult("law_department", "mc", 1.0, None, g, g) for g in gold]
+    s = E.summarize(parrot, samples=100, confidence=0.95, seed=1)["tasks"]["law_department"]
+    assert s["accuracy"] == 0.5 and s["top_answer"] == "经济法" and s["top_answer_share"] == 1.0
+    s = E.summarize(reader, samples=100, confidence=0.95, seed=1)["tasks"]["law_department"]
+    assert s["accuracy"] == 1.0 and s["top_answer_share"] == 0.5

@@ -3,13 +3,16 @@
 Bits per character divide the total negative log-likelihood (in bits) by the characters scored, so models
 with different tokenizers compare fairly; perplexity is per token of each model's own tokenizer. A
 multiple-choice item is answered by the option with the highest log-likelihood after the prompt: whole
-short answers by their total (end-of-turn marker included), long passages on a common prefix per character.
-The prompt is run once and its KV cache reused for every option.
+short answers by their total (end-of-turn marker included); passages (options drawn from other documents)
+by domain-conditional PMI on a common prefix: log P(option | prompt) - log P(option | a neutral prompt)
+(Holtzman et al. 2021, "Surface Form Competition"), so an option wins by what the question adds, not by
+being short or made of common words. The prompt is run once and its KV cache reused for every option.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 
 from .generate import GenerationSettings, generate_ids, postprocess
 from .sft import end_of_turn, prompt_ids
-from .tasks import TaskItem
+from .tasks import PASSAGE_TASKS, TaskItem
 
 LN2 = math.log(2)
 
@@ -92,14 +95,13 @@ def _cache_kw(model: Any) -> str:
 
 
 @torch.no_grad()
-def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequence[str], *, end: bool = True,
-                    per_char: bool = False) -> list[float]:
-    """Log-likelihood of each option as the answer to `prompt`.
+def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequence[str], *,
+                    end: bool = True) -> list[float]:
+    """Total log-likelihood of each option as the answer to `prompt`.
 
     end: the option is a whole answer, so the end-of-turn marker is part of it (then "刑法" cannot win by
-    being the start of "刑法学"). per_char: divide by the option's characters (for passages cut to a common
-    prefix); whole short answers are compared by their total log-likelihood, i.e. their probability, since
-    per-character scores favour long labels whose later characters are near-certain once begun.
+    being the start of "刑法学"). Whole short answers are compared by this total, i.e. their probability:
+    per-character means favour long labels whose later characters are near-certain once begun.
     The prompt runs once; its KV cache is repeated for all options, which run together as one batch
     (right-padded: a padded position comes after every real one, so it changes nothing they see).
     """
@@ -121,7 +123,7 @@ def option_logprobs(model: Any, tokenizer: Any, prompt: list[int], options: Sequ
             n = len(ids) - 1
             if n:
                 totals[i] += float(lp[i, torch.arange(n, device=dev), torch.tensor(ids[1:], device=dev)].sum())
-    return [t / max(1, len(opt)) if per_char else t for t, opt in zip(totals, options, strict=True)]
+    return totals
 
 
 def rouge_l(pred: str, ref: str) -> float:
@@ -160,24 +162,49 @@ class ItemResult:
     reference: str = ""
 
 
+def passage_pmi(model: Any, tokenizer: Any, prompt: list[int], neutral: list[int], options: Sequence[str],
+                prior_cache: dict[str, float] | None = None) -> list[float]:
+    """Domain-conditional PMI of passage options: log P(option | prompt) - log P(option | neutral prompt).
+
+    A passage's total log-likelihood mostly measures how short and how generic its wording is (every
+    model then picks the same short distractor); subtracting its likelihood under a neutral prompt leaves
+    what the question itself says about it. Unlike per-character or per-token means, it needs no
+    assumption about how likelihood scales with length. prior_cache: the neutral scores by option text
+    (distractors recur across items; the neutral prompt is the same for all of them).
+    """
+    cond = option_logprobs(model, tokenizer, prompt, options, end=False)
+    cache = prior_cache if prior_cache is not None else {}
+    todo = [o for o in dict.fromkeys(options) if o not in cache]
+    if todo:
+        cache.update(zip(todo, option_logprobs(model, tokenizer, neutral, todo, end=False), strict=True))
+    return [c - cache[o] for c, o in zip(cond, options, strict=True)]
+
+
 def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system_prompt: str | None,
                 max_new_tokens: int = 32, max_free: int = 10, max_option_chars: int | None = None) -> list[ItemResult]:
     """Multiple choice by log-likelihood; free answers by greedy generation, exact match and ROUGE-L.
 
     With max_option_chars, every option is scored on the same-length prefix: passages of a few hundred
-    tokens cost a forward pass each, and their first sentence already tells them apart.
+    tokens cost a forward pass each, and their first sentence already tells them apart. Options of the
+    passage tasks (and any option list that needs cutting) are scored by passage_pmi against the same
+    chat turn with an empty question, identically for every model.
     """
     results = []
     free_done = 0
     greedy = GenerationSettings(mode="greedy", max_new_tokens=max_new_tokens, repetition_penalty=1.0,
                                 system_prompt=system_prompt)
+    neutral = prompt_ids(tokenizer, [{"role": "user", "content": ""}], system_prompt)
+    priors: dict[str, float] = {}
     for it in items:
         msgs = (it.messages[:-1] if it.messages else [{"role": "user", "content": it.prompt}])
         ids = prompt_ids(tokenizer, msgs, system_prompt)
         if it.options and it.answer_index is not None:
             whole = not max_option_chars or all(len(o) <= max_option_chars for o in it.options)
             options = it.options if whole else [o[:max_option_chars] for o in it.options]
-            scores = option_logprobs(model, tokenizer, ids, options, end=whole, per_char=not whole)
+            if it.task in PASSAGE_TASKS or not whole:
+                scores = passage_pmi(model, tokenizer, ids, neutral, options, priors)
+            else:
+                scores = option_logprobs(model, tokenizer, ids, options, end=True)
             pick = int(np.argmax(scores))
             results.append(ItemResult(it.task, "mc", float(pick == it.answer_index), None, it.options[pick], it.response))
         elif free_done < max_free:
@@ -224,6 +251,10 @@ def summarize(results: Sequence[ItemResult], *, samples: int, confidence: float,
         rl = [r.rouge_l for r in results if r.task == t and r.rouge_l is not None]
         if rl:
             entry["rouge_l"] = round(float(np.mean(rl)), 4)
+        picks = Counter(r.predicted for r in results if r.task == t and r.kind == "mc")
+        if picks:  # a model that gives one answer to everything scores the majority share and knows nothing
+            answer, count = picks.most_common(1)[0]
+            entry["top_answer"], entry["top_answer_share"] = answer[:40], round(count / sum(picks.values()), 4)
         per[t] = entry
         out[f"acc_{t}"] = entry["accuracy"]
     out["tasks"] = per

@@ -119,6 +119,15 @@ vertical-align:top;font-size:14px}th{background:#f3f3f3}.pass{color:#137333;font
 .fail{color:#c5221f;font-weight:bold}.note{color:#555;font-size:13px}img{max-width:100%}"""
 
 
+SCORING_NOTE = (
+    "<p class='note'>Items come from test documents only. Fixed-label tasks (e.g. branch of law, in force) are scored by "
+    "the total log-likelihood of each label; passage tasks offer the reference among three other documents' "
+    "answers (article lookup and heading: passages of other laws or documents, same branch first; continuation: "
+    "the same law or document), scored on a common prefix by PMI, log P(option | question) &minus; log P(option | empty question), so "
+    "short or generic passages gain nothing. \"answers X to N%\" flags a model giving one answer to most "
+    "items: its accuracy is then the majority share, not knowledge.</p>")
+
+
 def render_report(metrics: dict[str, Any], curves: dict[str, list[tuple[float, float]]]) -> str:
     """The whole page, from the metrics dict (as written to metrics.json) and the training loss curves."""
     models = [m for m in MODELS if m in metrics["models"]]
@@ -163,15 +172,24 @@ def render_report(metrics: dict[str, Any], curves: dict[str, list[tuple[float, f
             cells = []
             for m in models:
                 e = metrics["models"][m].get("tasks", {}).get(t)
+                same = (f"<br>answers {html.escape(e['top_answer'])} to {round(e['top_answer_share'] * 100)}%"
+                        if e and e.get("top_answer_share", 0) >= 0.5 else "")
                 cells.append(f"{fmt(e['accuracy'])} {_ci(e.get('ci'))} (n={e['n']})"
-                             + (f"<br>ROUGE-L {fmt(e['rouge_l'])}" if "rouge_l" in e else "") if e else "n/a")
+                             + (f"<br>ROUGE-L {fmt(e['rouge_l'])}" if "rouge_l" in e else "") + same if e else "n/a")
             base = metrics.get("task_baselines", {}).get(t)
             rows.append([html.escape(t), *cells, fmt(base)])
-        parts.append("<h2>Per task</h2>" + _table(["task", *models, "majority / chance"], rows))
+        parts.append("<h2>Per task</h2>" + _table(["task", *models, "majority / chance"], rows) + SCORING_NOTE)
     if metrics.get("comparisons"):
         parts.append("<h2>Paired differences</h2>" + _table(
             ["comparison", "difference in accuracy", "CI"],
             [[html.escape(k), fmt(v.get("diff")), _ci(v.get("ci"))] for k, v in metrics["comparisons"].items()]))
+        by_task = {k: v["tasks"] for k, v in metrics["comparisons"].items() if v.get("tasks")}
+        if by_task:
+            tasks = sorted({t for v in by_task.values() for t in v})
+            parts.append("<h3>Per task (same items)</h3>" + _table(
+                ["task", *map(html.escape, by_task)],
+                [[html.escape(t), *[f"{fmt(v[t]['diff'])} {_ci(v[t]['ci'])}" if t in v else "n/a" for v in by_task.values()]]
+                 for t in tasks]))
 
     parts.append("<h2>Training loss</h2>" + _curves(curves))
     samples = metrics.get("samples", [])

@@ -195,6 +195,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     models: dict[str, dict[str, Any]] = {}
     per_item: dict[str, list[float]] = {}
+    task_of: list[str] = []
     samples = [{"prompt": s} for s in prompts]
     gen = GenerationSettings(mode="greedy", max_new_tokens=p.sample_max_new_tokens, repetition_penalty=1.1,
                              stop=list(fp.generation.stop), system_prompt=fp.system_prompt)
@@ -216,6 +217,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                 max_option_chars=p.max_option_chars)
             row.update(E.summarize(res, **boot))
             per_item[name] = [r.correct for r in res]
+            task_of = [r.task for r in res]  # the same items in the same order for every model
         if user_items:
             ures = E.score_items(model, tok, user_items, system_prompt=fp.system_prompt, max_free=len(user_items))
             u = E.summarize(ures, **boot)
@@ -233,8 +235,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     comparisons = {}
     for a, b in (("base", "finetuned"), ("base", "pretrained"), ("pretrained", "finetuned")):
         if a in per_item and b in per_item:
-            diff = sum(per_item[b]) / len(per_item[b]) - sum(per_item[a]) / len(per_item[a])
-            comparisons[f"{b} - {a}"] = {"diff": round(diff, 4), "ci": E.paired_bootstrap_ci(per_item[a], per_item[b], **boot)}
+            comparisons[f"{b} - {a}"] = paired(per_item[a], per_item[b], boot)
+            # per task too: "better on article lookup" needs its own interval, not the pooled one
+            comparisons[f"{b} - {a}"]["tasks"] = {t: paired(*[[v for v, tt in zip(per_item[m], task_of, strict=True) if tt == t]
+                                                             for m in (a, b)], boot) for t in sorted(set(task_of))}
     gate_results = gates(models, gate_bounds(ctx.params))
     metrics: dict[str, Any] = {
         "models": models,
@@ -272,6 +276,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                  ", ".join(f"{k}={'pass' if g['success'] else 'FAIL'}" for k, g in gate_results.items()))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return metrics
+
+
+def paired(a: list[float], b: list[float], boot: dict[str, Any]) -> dict[str, Any]:
+    """Mean difference b - a over the same items, with its paired bootstrap interval."""
+    from ..modeling.evaluate import paired_bootstrap_ci
+
+    return {"diff": round(sum(b) / len(b) - sum(a) / len(a), 4), "ci": paired_bootstrap_ci(a, b, **boot), "n": len(a)}
 
 
 def _write_plots(folder: Path, models: dict[str, dict[str, Any]]) -> None:
