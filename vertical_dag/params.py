@@ -313,7 +313,7 @@ class EvaluateParams(Section):
     batch_size: int = Field(4, ge=1)
     max_task_items: int = Field(90, ge=0)  # held-out generated items scored per model
     max_free_answer_items: int = Field(10, ge=0)  # of those, free-answer ones (generation is slow)
-    max_option_chars: int = Field(48, ge=4)  # passage options are scored on their first N characters (cost)
+    max_option_chars: int = Field(32, ge=4)  # passage options are scored on their first N characters (cost)
     eval_files: list[str] = Field(default_factory=list)  # user eval JSONL globs (MC or free answer)
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.5, lt=1)
