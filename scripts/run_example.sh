@@ -7,5 +7,5 @@ source scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 vertical-dag example fetch
 dvc repro "$@"
-dvc metrics show
+vertical-dag summary              # every metric: dvc metrics show
 echo "gate reports: data/gates/*.md   ledger: data/*/ledger/   explain a document: vertical-dag explain DOC_ID"

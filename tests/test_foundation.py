@@ -74,3 +74,19 @@ def test_init_scaffolds_git_and_dvc(project: Path):
     load_params(project / "params.yaml")
     proc = run_cli("init", str(project), cwd=project.parent, check=False)
     assert proc.returncode != 0  # refuses to overwrite without --force
+
+
+def test_summary_shows_counts_gates_and_stages_not_run(project: Path):
+    import json
+
+    (project / "data/metrics").mkdir(parents=True, exist_ok=True)
+    (project / "data/gates").mkdir(parents=True, exist_ok=True)
+    (project / "data/metrics/dedup.json").write_text(json.dumps(
+        {"documents_in": 1200, "documents_out": 1000, "dropped": 200, "quarantined": 0,
+         "drops_by_reason": {"exact_duplicate": 50, "near_duplicate": 150}}))
+    (project / "data/gates/dedup.json").write_text(json.dumps({"success": False}))
+    out = run_cli("summary", cwd=project).stdout
+    dedup = next(line for line in out.splitlines() if line.startswith("dedup"))
+    assert dedup.split()[:6] == ["dedup", "1,200", "1,000", "200", "0", "FAIL"]
+    assert "near_duplicate 150, exact_duplicate 50" in dedup  # most frequent reason first
+    assert next(line for line in out.splitlines() if line.startswith("ingest")).split()[1:3] == ["not", "run"]

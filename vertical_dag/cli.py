@@ -56,6 +56,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0 if "not found" not in text.splitlines()[0] else 1
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import summary
+
+    print(summary(find_project(args.project)))
+    return 0
+
+
 def _cmd_example(args: argparse.Namespace) -> int:
     from .example import fetch_example
 
@@ -99,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("explain", help="print everything that happened to one document")
     s.add_argument("doc_id")
     s.set_defaults(func=_cmd_explain)
+
+    s = sub.add_parser("summary", help="documents kept/dropped per stage, gate results and the model headline")
+    s.set_defaults(func=_cmd_summary)
 
     s = sub.add_parser("example", help="the built-in Chinese-law example")
     s.add_argument("action", choices=["fetch"])
