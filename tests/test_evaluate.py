@@ -181,5 +181,6 @@ def test_summary_flags_a_model_that_gives_one_answer_to_everything():
     reader = [E.ItemResult("law_department", "mc", 1.0, None, g, g) for g in gold]
     s = E.summarize(parrot, samples=100, confidence=0.95, seed=1)["tasks"]["law_department"]
     assert s["accuracy"] == 0.5 and s["top_answer"] == "经济法" and s["top_answer_share"] == 1.0
+    assert s["balanced_accuracy"] == pytest.approx(1 / 3, abs=1e-4)  # right on one of the three true labels
     s = E.summarize(reader, samples=100, confidence=0.95, seed=1)["tasks"]["law_department"]
-    assert s["accuracy"] == 1.0 and s["top_answer_share"] == 0.5
+    assert s["accuracy"] == 1.0 and s["top_answer_share"] == 0.5 and s["balanced_accuracy"] == 1.0

@@ -235,6 +235,14 @@ def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], **kw: Any) -> li
     return bootstrap_ci([y - x for x, y in zip(a, b, strict=True)], **kw)
 
 
+def balanced_accuracy(references: Sequence[str], predictions: Sequence[str]) -> float:
+    """Mean over the true labels of the share of their items answered right: 1/#labels for a constant answer."""
+    by_label: dict[str, list[float]] = {}
+    for ref, pred in zip(references, predictions, strict=True):
+        by_label.setdefault(ref, []).append(float(ref == pred))
+    return round(float(np.mean([np.mean(v) for v in by_label.values()])), 4)
+
+
 def summarize(results: Sequence[ItemResult], *, samples: int, confidence: float, seed: int) -> dict[str, Any]:
     """Accuracy (+ CI) over all exact-scored items and per task; ROUGE-L for free answers."""
     out: dict[str, Any] = {}
@@ -255,6 +263,9 @@ def summarize(results: Sequence[ItemResult], *, samples: int, confidence: float,
         if picks:  # a model that gives one answer to everything scores the majority share and knows nothing
             answer, count = picks.most_common(1)[0]
             entry["top_answer"], entry["top_answer_share"] = answer[:40], round(count / sum(picks.values()), 4)
+        mc = [r for r in results if r.task == t and r.kind == "mc"]
+        if len({r.reference for r in mc}) < len(mc):  # a label set: also the mean recall over the true labels
+            entry["balanced_accuracy"] = balanced_accuracy([r.reference for r in mc], [r.predicted for r in mc])
         per[t] = entry
         out[f"acc_{t}"] = entry["accuracy"]
     out["tasks"] = per

@@ -125,7 +125,8 @@ SCORING_NOTE = (
     "answers (article lookup and heading: passages of other laws or documents, same branch first; continuation: "
     "the same law or document), scored on a common prefix by PMI, log P(option | question) &minus; log P(option | empty question), so "
     "short or generic passages gain nothing. \"answers X to N%\" flags a model giving one answer to most "
-    "items: its accuracy is then the majority share, not knowledge.</p>")
+    "items: its accuracy is then the majority share, not knowledge; \"balanced\" (the mean recall over the true labels) "
+    "is 1/#labels for such a model.</p>")
 
 
 def render_report(metrics: dict[str, Any], curves: dict[str, list[tuple[float, float]]]) -> str:
@@ -174,8 +175,9 @@ def render_report(metrics: dict[str, Any], curves: dict[str, list[tuple[float, f
                 e = metrics["models"][m].get("tasks", {}).get(t)
                 same = (f"<br>answers {html.escape(e['top_answer'])} to {round(e['top_answer_share'] * 100)}%"
                         if e and e.get("top_answer_share", 0) >= 0.5 else "")
+                bal = f"<br>balanced {fmt(e['balanced_accuracy'])}" if e and "balanced_accuracy" in e else ""
                 cells.append(f"{fmt(e['accuracy'])} {_ci(e.get('ci'))} (n={e['n']})"
-                             + (f"<br>ROUGE-L {fmt(e['rouge_l'])}" if "rouge_l" in e else "") + same if e else "n/a")
+                             + (f"<br>ROUGE-L {fmt(e['rouge_l'])}" if "rouge_l" in e else "") + bal + same if e else "n/a")
             base = metrics.get("task_baselines", {}).get(t)
             rows.append([html.escape(t), *cells, fmt(base)])
         parts.append("<h2>Per task</h2>" + _table(["task", *models, "majority / chance"], rows) + SCORING_NOTE)
