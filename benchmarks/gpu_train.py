@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import json
 import logging
 import math
@@ -54,21 +53,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-import yaml
+from gpu_assets import (  # puts ROOT on sys.path
+    ROOT,
+    build_model,
+    peak_gib,
+    prepare,
+    read_split,
+    reset_memory,
+    section,
+)
+from gpu_sft import run_sft_and_generate
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from vertical_dag.modeling.packing import cross_document_attention_blocked, pack, tokenize
+from vertical_dag.modeling.train import TrainConfig, _flops_per_token, _peak_flops, train
 
-from vertical_dag.modeling import sft  # noqa: E402
-from vertical_dag.modeling.generate import GenerationSettings, generate_one, load_for_inference  # noqa: E402
-from vertical_dag.modeling.packing import cross_document_attention_blocked, pack, tokenize  # noqa: E402
-from vertical_dag.modeling.train import TrainConfig, _flops_per_token, _peak_flops, train  # noqa: E402
-
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "chat_template.jinja", "generation_config.json")
-SPLITS = ("train", "validation", "test")
 # params-gpu.yaml pretrain keys that TrainConfig takes as they are (replay and step budget are handled here)
 TRAIN_KEYS = ("block_size", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup_steps", "weight_decay",
               "grad_clip", "eval_every", "eval_blocks", "checkpoint_every", "keep_checkpoints", "log_every", "seed")
@@ -78,50 +77,6 @@ log = logging.getLogger("gpu_train")
 
 class Interrupt(Exception):
     """Raised from on_step to stop a run right after a checkpoint, as a kill would."""
-
-
-# ---------------------------------------------------------------- assets and settings
-
-
-def prepare(project: Path, assets: Path) -> None:
-    """Copy the small files the benchmark needs (config, tokenizer, splits; no weights) into `assets`."""
-    src = project / "data/models/base/model"
-    (assets / "model").mkdir(parents=True, exist_ok=True)
-    (assets / "splits").mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, assets / "model" / name)
-    for name in SPLITS:
-        shutil.copy2(project / f"data/splits/{name}.parquet", assets / "splits" / f"{name}.parquet")
-    print(f"copied config, tokenizer and splits to {assets}")
-
-
-def section(path: Path, name: str) -> dict[str, Any]:
-    """One section of a params file, read as plain YAML (the benchmark does not need the pydantic schema)."""
-    try:
-        return dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(name) or {})
-    except (OSError, yaml.YAMLError) as exc:
-        log.warning("%s: %s; using defaults for %s", path, exc, name)
-        return {}
-
-
-def read_split(assets: Path, name: str, limit: int | None) -> list[dict[str, Any]]:
-    path = assets / "splits" / f"{name}.parquet"
-    cols = [c for c in ("doc_id", "text", "meta", "lang") if c in pq.read_schema(path).names]
-    rows = pq.read_table(path, columns=cols).to_pylist()
-    return rows[:limit] if limit else rows
-
-
-def build_model(assets: Path, smoke: bool, seed: int) -> Any:
-    """The base model's architecture from its config.json, randomly initialised (tiny under --smoke)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(assets / "model"))
-    if smoke:
-        config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16})
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).float()
 
 
 # ---------------------------------------------------------------- measuring one run
@@ -137,17 +92,6 @@ class StepTimes(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if isinstance(record.msg, str) and record.msg.startswith("step %d/%d") and len(record.args or ()) >= 6:
             self.tps[int(record.args[0])] = float(record.args[5])  # type: ignore[index]
-
-
-def reset_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_gib(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
 
 
 def run_pretrain(name: str, init: Any, packed: Any, val: Any, cfg: TrainConfig, work: Path, device: torch.device,
@@ -211,7 +155,7 @@ def table(rows: dict[str, dict[str, Any]], base: str) -> str:
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------- resume, fine-tuning, generation
+# ---------------------------------------------------------------- resume
 
 
 def check_resume(init: Any, packed: Any, val: Any, cfg: TrainConfig, reference: list[float], k: int, work: Path,
@@ -237,86 +181,6 @@ def check_resume(init: Any, packed: Any, val: Any, cfg: TrainConfig, reference: 
             "max_abs_diff_before_resume": max(before, default=0.0), "max_abs_diff_after_resume": max(after, default=0.0),
             "tolerance": tol, "wall_s": round(time.perf_counter() - started, 1),
             "ok": summary["resumed_from"] == k and len(got) == len(reference) and max(after, default=0.0) <= tol}
-
-
-def task_items(assets: Path, ft: dict[str, Any], n_docs: int | None, seed: int) -> tuple[list[Any], str]:
-    """Instruction items generated from train documents by the project's task builders."""
-    from vertical_dag.modeling import tasks as T
-
-    rows = read_split(assets, "train", n_docs)
-    for r in rows:
-        r["split"] = "train"
-    docs = T.docs_from_rows(rows)
-    by_task = T.generate_tasks(docs, list(T.TASK_FUNCS), max_context_chars=int(ft.get("max_context_chars", 60)),
-                               max_answer_chars=int(ft.get("max_answer_chars", 100)), seed=seed)
-    weights = {k: float(v) for k, v in (ft.get("task_weights") or dict.fromkeys(T.TASK_FUNCS, 1.0)).items()}
-    items, _ = T.mix(by_task, weights, int(ft.get("max_train_items", 120)), seed)
-    return items, ",".join(sorted({it.task for it in items}))
-
-
-def run_sft_and_generate(base: Any, assets: Path, ft: dict[str, Any], steps: int, n_docs: int | None, work: Path,
-                         device: torch.device, max_new_tokens: int | None) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
-    out: dict[str, Any] = {}
-    tok = AutoTokenizer.from_pretrained(str(assets / "model"))
-    seed = int(ft.get("seed", 1234))
-    items, tasks = task_items(assets, ft, n_docs, seed)
-    system = ft.get("system_prompt")
-    block = int(ft.get("block_size", 512))
-    examples = [e for e in (sft.encode_chat(tok, it.chat(), system) for it in items) if len(e[0]) <= block]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    blocks = sft.pack(examples, block, pad, bool(ft.get("packing", True)))
-    dtype = torch.bfloat16  # finetune.dtype: bfloat16, the GPU setting (bf16 weights; LoRA adapters stay fp32)
-    cfg = sft.TrainConfig(method=str(ft.get("method", "lora")), lora_r=int(ft.get("lora_r", 16)),
-                          lora_alpha=float(ft.get("lora_alpha", 32)), lora_dropout=float(ft.get("lora_dropout", 0.05)),
-                          lora_target_modules=ft.get("lora_target_modules", "all-linear"),
-                          batch_size=int(ft.get("batch_size", 1)), grad_accum=int(ft.get("grad_accum", 1)),
-                          max_steps=steps, epochs=float(ft.get("epochs", 1.0)), lr=float(ft.get("lr", 2e-4)),
-                          warmup_steps=min(int(ft.get("warmup_steps", 5)), max(0, steps // 4)),
-                          checkpoint_every=max(1, steps // 2), seed=seed, fingerprint="gpu-benchmark")
-    model = copy.deepcopy(base).to(dtype=dtype).to(device)
-    reset_memory(device)
-    probe = blocks[:8]  # the same blocks scored before and after: one step's loss is too noisy at batch size 1
-    probe_before = sft.block_loss(model, probe)
-    started = time.perf_counter()
-    merged, res = sft.train(model, blocks, cfg, val_blocks=probe, checkpoint_dir=work / "sft_checkpoint")
-    losses = [row["loss"] for row in res.curve]
-    out["sft"] = {
-        "method": cfg.method, "dtype": str(dtype).replace("torch.", ""), "items": len(items), "tasks": tasks,
-        "examples": len(examples), "blocks": len(blocks), "block_size": block, "steps": res.steps,
-        "trainable_parameters": res.trainable_parameters, "tokens_per_s": round(res.tokens / max(res.seconds, 1e-9), 1),
-        "seconds": round(res.seconds, 2), "wall_s": round(time.perf_counter() - started, 1),
-        "peak_gpu_gib": peak_gib(device), "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None, "losses": losses,
-        "probe_loss_before": probe_before, "probe_loss_after": res.val_loss,
-        "loss_finite": all(math.isfinite(x) for x in losses),
-        "loss_falls": probe_before is not None and res.val_loss is not None and res.val_loss < probe_before,
-        "merged_plain_model": not any("lora" in n for n, _ in merged.named_parameters()),
-        "merged_device": str(next(merged.parameters()).device),
-    }
-    print(f"sft: {json.dumps({k: v for k, v in out['sft'].items()}, ensure_ascii=False)}", flush=True)
-
-    # the merged model saved as the finetune stage saves it, loaded back as `vertical-dag generate` loads it
-    folder = work / "finetuned"
-    sft.save_model(merged.to("cpu"), tok, folder)
-    del merged, model
-    reset_memory(device)
-    gen_model, gen_tok = load_for_inference(folder)
-    gen_model.to(device)
-    g = section(ROOT / "params.yaml", "finetune").get("generation") or {}
-    settings = GenerationSettings(mode=str(g.get("mode", "greedy")),
-                                  max_new_tokens=max_new_tokens or int(g.get("max_new_tokens", 128)),
-                                  repetition_penalty=float(g.get("repetition_penalty", 1.1)),
-                                  stop=list(g.get("stop") or []), system_prompt=system, seed=seed)
-    prompt = items[0].prompt if items else "《中华人民共和国民法典》第一条规定了什么？"
-    started = time.perf_counter()
-    res_g = generate_one(gen_model, gen_tok, prompt, settings)
-    seconds = time.perf_counter() - started
-    out["generate"] = {**res_g, "device": str(gen_model.device), "seconds": round(seconds, 2),
-                       "new_tokens_per_s": round(res_g["new_tokens"] / max(seconds, 1e-9), 1)}
-    print(f"generate: {json.dumps(out['generate'], ensure_ascii=False)}", flush=True)
-    return out
 
 
 # ---------------------------------------------------------------- main
