@@ -235,6 +235,17 @@ def paired_bootstrap_ci(a: Sequence[float], b: Sequence[float], **kw: Any) -> li
     return bootstrap_ci([y - x for x, y in zip(a, b, strict=True)], **kw)
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float], tasks: Sequence[str], **kw: Any) -> dict[str, Any]:
+    """Mean b - a over the same items with its paired interval, pooled and per task ("better on article
+    lookup" needs its own interval, not the pooled one)."""
+    def one(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+        return {"diff": round(sum(y) / len(y) - sum(x) / len(x), 4), "ci": paired_bootstrap_ci(x, y, **kw), "n": len(x)}
+
+    out = one(a, b)
+    out["tasks"] = {t: one(*[[v for v, vt in zip(m, tasks, strict=True) if vt == t] for m in (a, b)]) for t in sorted(set(tasks))}
+    return out
+
+
 def balanced_accuracy(references: Sequence[str], predictions: Sequence[str]) -> float:
     """Mean over the true labels of the share of their items answered right: 1/#labels for a constant answer."""
     by_label: dict[str, list[float]] = {}
@@ -259,11 +270,10 @@ def summarize(results: Sequence[ItemResult], *, samples: int, confidence: float,
         rl = [r.rouge_l for r in results if r.task == t and r.rouge_l is not None]
         if rl:
             entry["rouge_l"] = round(float(np.mean(rl)), 4)
-        picks = Counter(r.predicted for r in results if r.task == t and r.kind == "mc")
-        if picks:  # a model that gives one answer to everything scores the majority share and knows nothing
-            answer, count = picks.most_common(1)[0]
-            entry["top_answer"], entry["top_answer_share"] = answer[:40], round(count / sum(picks.values()), 4)
         mc = [r for r in results if r.task == t and r.kind == "mc"]
+        if mc:  # a model that gives one answer to everything scores the majority share and knows nothing
+            answer, count = Counter(r.predicted for r in mc).most_common(1)[0]
+            entry["top_answer"], entry["top_answer_share"] = answer[:40], round(count / len(mc), 4)
         if len({r.reference for r in mc}) < len(mc):  # a label set: also the mean recall over the true labels
             entry["balanced_accuracy"] = balanced_accuracy([r.reference for r in mc], [r.predicted for r in mc])
         per[t] = entry

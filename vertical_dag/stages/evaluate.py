@@ -235,10 +235,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     comparisons = {}
     for a, b in (("base", "finetuned"), ("base", "pretrained"), ("pretrained", "finetuned")):
         if a in per_item and b in per_item:
-            comparisons[f"{b} - {a}"] = paired(per_item[a], per_item[b], boot)
-            # per task too: "better on article lookup" needs its own interval, not the pooled one
-            comparisons[f"{b} - {a}"]["tasks"] = {t: paired(*[[v for v, tt in zip(per_item[m], task_of, strict=True) if tt == t]
-                                                             for m in (a, b)], boot) for t in sorted(set(task_of))}
+            comparisons[f"{b} - {a}"] = E.paired_difference(per_item[a], per_item[b], task_of, **boot)
     gate_results = gates(models, gate_bounds(ctx.params))
     metrics: dict[str, Any] = {
         "models": models,
@@ -276,13 +273,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
                  ", ".join(f"{k}={'pass' if g['success'] else 'FAIL'}" for k, g in gate_results.items()))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return metrics
-
-
-def paired(a: list[float], b: list[float], boot: dict[str, Any]) -> dict[str, Any]:
-    """Mean difference b - a over the same items, with its paired bootstrap interval."""
-    from ..modeling.evaluate import paired_bootstrap_ci
-
-    return {"diff": round(sum(b) / len(b) - sum(a) / len(a), 4), "ci": paired_bootstrap_ci(a, b, **boot), "n": len(a)}
 
 
 def _write_plots(folder: Path, models: dict[str, dict[str, Any]]) -> None:
