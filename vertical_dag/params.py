@@ -127,6 +127,7 @@ class QualityFilterParams(Section):
 
 
 PiiType = Literal["EMAIL", "ID_CARD", "BANK_CARD", "IP", "PHONE"]
+Device = Literal["auto", "cpu", "cuda"]  # auto: a GPU when there is one
 
 
 class PiiParams(Section):
@@ -228,7 +229,7 @@ class PretrainParams(Section):
     replay_path: str | None = None  # .txt / .jsonl / .parquet / folder of general text
     replay_heldout_docs: int = Field(200, ge=0)  # general documents kept out of training, for forgetting
     seed: int = 1234
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False
     threads: int | None = Field(None, ge=1)  # CPU threads for torch (None: torch's default)
@@ -285,14 +286,16 @@ class FinetuneParams(Section):
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(20, ge=1)  # steps; a crashed run resumes from the last one
     dtype: Literal["float32", "bfloat16"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # training and `vertical-dag generate` (auto: a GPU when there is one)
+    device: Device = "auto"  # training and `vertical-dag generate` (auto: a GPU when there is one)
     seed: int = 1234
     generation: GenerationParams = GenerationParams()
 
     @field_validator("task_weights")
     @classmethod
     def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
-        known = {"user", "article_lookup", "law_department", "in_force", "heading_passage", "continuation", "fill_in"}
+        from .modeling.tasks import ALL_TASKS  # stdlib only: no torch on the params path
+
+        known = set(ALL_TASKS)
         bad = sorted(set(v) - known)
         if bad:
             raise ValueError(f"unknown task(s) {bad}; known: {sorted(known)}")
@@ -323,7 +326,7 @@ class EvaluateParams(Section):
     max_general_bpc_increase: float = Field(0.10, ge=0)  # pretrained vs base, absolute bits per char
     min_domain_bpc_gain: float = Field(0.0, ge=0)  # pretrained must beat base by at least this
     min_task_accuracy_gain: float = Field(0.0, ge=0)  # fine-tuned vs base
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # where models are scored (auto: a GPU when there is one)
+    device: Device = "auto"  # where models are scored (auto: a GPU when there is one)
     seed: int = 1234
 
 

@@ -49,8 +49,7 @@ def load_for_inference(folder: Path | str, device: str = "cpu") -> tuple[Any, An
     if not (folder / "config.json").is_file():
         raise ModelMissing(f"no model at {folder} (no config.json); train it first, e.g. `vertical-dag run finetune` "
                            "or `dvc repro`, or pass --model with a model folder")
-    from .load import load_model_folder
-    from .train import pick_device
+    from .load import load_model_folder, pick_device
 
     model, tok = load_model_folder(folder, objective="clm")
     model.to(pick_device(device)).eval()

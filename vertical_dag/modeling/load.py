@@ -55,6 +55,15 @@ class ImportedModel:
         return asdict(self)
 
 
+def pick_device(name: str) -> torch.device:
+    """auto | cpu | cuda as a torch device; under torchrun, cuda is this rank's card."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
+
+
 def folder_weights_sha256(folder: Path) -> str:
     """One hash for a model folder: the sha256 of its weight and tokenizer files, in name order."""
     h = hashlib.sha256()

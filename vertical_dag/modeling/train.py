@@ -30,6 +30,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from .load import pick_device
 from .packing import GENERAL_SOURCE, IGNORE, PAD_SOURCE, Packed
 
 log = logging.getLogger("vertical_dag.modeling.train")
@@ -97,14 +98,6 @@ def block_order(n_blocks: int, seed: int, start: int, count: int) -> np.ndarray:
             cache[epoch] = np.random.default_rng([seed, epoch]).permutation(n_blocks)
         out[i] = cache[epoch][offset]
     return out
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
 
 
 def _dist() -> tuple[int, int]:

@@ -76,7 +76,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from ..modeling import sft
-    from ..modeling.load import load_model_folder
+    from ..modeling.load import load_model_folder, pick_device
 
     p = ctx.params.finetune
     root, out = ctx.project.root, ctx.out
@@ -158,8 +158,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
                  ctx.project.rel(init_dir), p.method, len(kept), len(blocks), p.block_size, len(eval_items))
     dtype = torch.bfloat16 if p.dtype == "bfloat16" else torch.float32
     model, _ = load_model_folder(init_dir, objective="clm", dtype=dtype)
-    from ..modeling.train import pick_device
-
     model.to(pick_device(p.device))
     cfg = sft.TrainConfig(method=p.method, lora_r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
                           lora_target_modules=p.lora_target_modules, batch_size=p.batch_size, grad_accum=p.grad_accum,
