@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from vertical_dag.params import ParamsError, load_params, parse_params
 from vertical_dag.project import ProjectNotFound, find_project
-from vertical_dag.scaffold import project_dvc_yaml
 
 from .conftest import REPO, run_cli
 
@@ -20,12 +18,14 @@ def test_repo_params_are_valid():
     assert params.ingest.source("china_law").format == "jsonl"
 
 
-def test_repo_dvc_yaml_is_the_template():
-    assert (REPO / "dvc.yaml").read_text() == (REPO / "vertical_dag/templates/dvc.yaml").read_text()
+def test_repo_dvc_yaml_is_generated_from_the_registry(project: Path):
+    assert run_cli("dvc-yaml", "--check", cwd=REPO).returncode == 0
+    assert (project / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()  # init writes the same file
     assert (REPO / "dagster.yaml").read_text() == (REPO / "vertical_dag/templates/dagster.yaml").read_text()
-    generated = yaml.safe_load(project_dvc_yaml())
-    for stage in generated["stages"].values():
-        assert all(not str(d).startswith("vertical_dag/") for d in stage.get("deps", []))
+    edited = project / "dvc.yaml"
+    edited.write_text(edited.read_text().replace("- data/ingested\n", "", 1))
+    proc = run_cli("dvc-yaml", "--check", cwd=project, check=False)
+    assert proc.returncode == 1 and "differs from the stage registry" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inputs(args: argparse.Namespace) -> int:
+    from .stages.inputs import write_inputs
+
+    project = find_project(args.project)
+    written = write_inputs(project)
+    print(f"inputs of {len(written)} stages in {project.rel(project.data / 'inputs')}/")
+    return 0
+
+
+def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
+    from . import dvcyaml
+
+    project = find_project(args.project)
+    path = project.root / "dvc.yaml"
+    if args.check:
+        if dvcyaml.is_current(path):
+            print("dvc.yaml matches the stage registry")
+            return 0
+        print("dvc.yaml differs from the stage registry: run `vertical-dag dvc-yaml` to regenerate it", file=sys.stderr)
+        return 1
+    print(f"{'wrote' if dvcyaml.write(path) else 'unchanged:'} {project.rel(path)}")
+    return 0
+
+
 def _cmd_gate(args: argparse.Namespace) -> int:
     from .quality.gate import check_stage
 
@@ -99,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the stage metrics")
     s.set_defaults(func=_cmd_run)
 
+    s = sub.add_parser("inputs", help="fingerprint each stage's code and the files params name (first DVC stage)")
+    s.set_defaults(func=_cmd_inputs)
+
+    s = sub.add_parser("dvc-yaml", help="write dvc.yaml from the stage registry (--check: only compare)")
+    s.add_argument("--check", action="store_true", help="exit 1 when dvc.yaml differs from the registry")
+    s.set_defaults(func=_cmd_dvc_yaml)
+
     s = sub.add_parser("gate", help="re-run a stage's quality gate on its current outputs")
     s.add_argument("stage", choices=list(STAGES))
     s.set_defaults(func=_cmd_gate)
@@ -138,10 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except Exception as exc:
         from .scaffold import InitError
+        from .stages.lock import StageLocked
+        from .stages.parts import PartsFailed
 
         if isinstance(exc, InitError):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        if isinstance(exc, StageLocked | PartsFailed):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         raise
 
 

@@ -28,6 +28,24 @@ class ProjectParams(Section):
     name: str = "vertical"
     domain: Literal["legal", "medical", "finance", "technical", "general"] = "general"
     seed: int = 1234
+    # Dotted module paths of the vertical's plugins (its own task generators, general-text readers, sample
+    # prompts); a module in the project folder or an installed package.
+    plugins: list[str] = Field(default_factory=list)
+
+
+class ExecutionParams(Section):
+    """Where the data stages' per-part work runs. Results are identical whatever the choice."""
+
+    backend: Literal["local", "ray"] = "local"
+    workers: int | Literal["auto"] = "auto"  # local: processes (auto: every core); 1 runs in-process
+    ray_address: str | None = None  # ray: a cluster address, "auto" for a running one, null: a local one
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'auto' or a whole number >= 1")
+        return v
 
 
 # ---------------------------------------------------------------- ingest
@@ -322,10 +340,6 @@ class EvaluateParams(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     sample_prompts: list[str] = Field(default_factory=list)
     sample_max_new_tokens: int = Field(48, ge=1)
-    # Model gates
-    max_general_bpc_increase: float = Field(0.10, ge=0)  # pretrained vs base, absolute bits per char
-    min_domain_bpc_gain: float = Field(0.0, ge=0)  # pretrained must beat base by at least this
-    min_task_accuracy_gain: float = Field(0.0, ge=0)  # fine-tuned vs base
     device: Device = "auto"  # where models are scored (auto: a GPU when there is one)
     seed: int = 1234
 
@@ -338,25 +352,19 @@ class GatesParams(Section):
     max_quarantine_rate: float = Field(0.05, ge=0, le=1)  # ingest: quarantined / records read
     min_duplicate_rate: float = Field(0.0, ge=0, le=1)  # dedup: dropped / documents in
     max_duplicate_rate: float = Field(0.9, ge=0, le=1)
-    allowed_langs: list[str] | None = None  # normalize: None = normalize.allowed_languages (empty: any, not null)
-    min_doc_chars: int = Field(1, ge=0)  # normalize: document length bounds
-    max_doc_chars: int | None = Field(None, gt=0)  # None = ingest.max_doc_chars
-    split_fractions: dict[str, float] | None = None  # None = what the split section asks for
+    min_doc_chars: int = Field(1, ge=0)  # normalize: shortest kept document (the longest is ingest.max_doc_chars)
     split_fraction_tolerance: float = Field(0.05, ge=0, le=1)
     split_fraction_sigmas: float = Field(3.0, ge=0)  # allow this many binomial std errors on small corpora
     max_contamination: float = Field(0.5, ge=0, le=1)  # split: max share of a validation/test doc's n-grams in train
     min_perplexity_gain: float = 0.0  # pretrain: base - final validation perplexity must exceed this
-    # evaluate bounds; None = the evaluate section's value of the same name
-    min_domain_bpc_gain: float | None = None  # base - pretrained domain bits/char must exceed this
-    max_general_bpc_increase: float | None = Field(None, ge=0)  # forgetting bound on general text
-    min_task_accuracy_gain: float | None = None  # finetuned - base task accuracy must exceed this
+    min_domain_bpc_gain: float = 0.0  # evaluate: base - pretrained domain bits/char must exceed this
+    max_general_bpc_increase: float = Field(0.1, ge=0)  # evaluate: forgetting bound on general text
+    min_task_accuracy_gain: float = 0.0  # evaluate: finetuned - base task accuracy must exceed this
 
     @model_validator(mode="after")
     def _bounds(self) -> GatesParams:
         if self.min_duplicate_rate > self.max_duplicate_rate:
             raise ValueError(f"min_duplicate_rate ({self.min_duplicate_rate}) must not exceed max_duplicate_rate ({self.max_duplicate_rate})")
-        if self.split_fractions is not None and abs(sum(self.split_fractions.values()) - 1) > 1e-6:
-            raise ValueError(f"split_fractions must sum to 1, got {sum(self.split_fractions.values())}")
         return self
 
 
@@ -380,6 +388,7 @@ class AutomationParams(Section):
 
 class Params(Section):
     project: ProjectParams = ProjectParams()
+    execution: ExecutionParams = ExecutionParams()
     ingest: IngestParams = IngestParams()
     dedup: DedupParams = DedupParams()
     normalize: NormalizeParams = NormalizeParams()
@@ -435,3 +444,45 @@ def load_params(path: Path | str) -> Params:
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     return parse_params(data, file=path.name)
+
+
+# ---------------------------------------------------------------- paths named in params
+
+
+def is_hub_id(value: str) -> bool:
+    """'org/name' or 'name' that is not a local path: a model hub id (usable only online)."""
+    return not value.startswith((".", "/", "~")) and value.count("/") <= 1 and not Path(value).suffix
+
+
+def glob_files(root: Path, pattern: str) -> list[Path]:
+    """Files matching a params glob (relative to the project root, or absolute), in name order."""
+    import glob
+
+    base = pattern if Path(pattern).is_absolute() else str(root / pattern)
+    return sorted(Path(p) for p in glob.glob(base, recursive=True) if Path(p).is_file())
+
+
+def _value(params: Params, key: str) -> Any:
+    value: Any = params
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_paths(params: Params, root: Path, keys: tuple[str, ...] | list[str]) -> None:
+    """Every path a stage's params name must exist (null / [] means not used); ParamsError naming the key.
+
+    A glob must match at least one file; a model source may also be a hub id (checked when importing)."""
+    for key in keys:
+        value = _value(params, key)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if item is None or item == "":
+                continue
+            if isinstance(value, list):
+                if not glob_files(root, item):
+                    raise ParamsError(f"params.yaml: {key} = {item!r}: no file matches (relative to {root})")
+                continue
+            path = Path(item) if Path(item).is_absolute() else root / item
+            if not path.exists() and not (key == "base_model.source" and is_hub_id(item)):
+                raise ParamsError(f"params.yaml: {key} = {item!r}: no such file or folder ({path})")

@@ -1,8 +1,8 @@
-"""The pipeline as Dagster sees it: one node per stage, read from the stage registry, dvc.yaml and dvc.lock.
+"""The pipeline as Dagster sees it: one node per registry stage, plus what dvc.yaml / dvc.lock recorded.
 
-Nothing here imports Dagster. A stage present in dvc.yaml is *runnable* (its asset runs `dvc repro` on it);
-a registry stage not yet in dvc.yaml is only *declared*, so the lineage graph is whole either way. A stage
-in dvc.yaml that the registry does not know becomes an asset named after the stage.
+Nothing here imports Dagster. Lineage comes from the stage registry (vertical_dag/stages/__init__.py), the
+same table dvc.yaml is generated from. A registry stage missing from the project's dvc.yaml (an older
+project) is shown but not materializable.
 """
 
 from __future__ import annotations
@@ -17,21 +17,9 @@ import yaml
 
 from ..project import Project
 from ..stages import STAGES
+from ..stages.context import declared_keys
 
 RAW_ASSET = "raw_sources"
-TRAINING_STAGES = ("base_model", "pretrain", "finetune", "evaluate")
-
-# Lineage for stages not (yet) in dvc.yaml, by stage name; "raw" is the observable source.
-DEFAULT_DEPS: dict[str, tuple[str, ...]] = {
-    "ingest": ("raw",),
-    "dedup": ("ingest",),
-    "normalize": ("dedup",),
-    "split": ("normalize",),
-    "base_model": (),
-    "pretrain": ("split", "base_model"),
-    "finetune": ("pretrain", "split"),
-    "evaluate": ("base_model", "pretrain", "finetune", "split"),
-}
 
 
 @dataclass(frozen=True)
@@ -43,11 +31,8 @@ class StageNode:
     runnable: bool  # present in dvc.yaml
     code_version: str | None
     description: str
-    plots: tuple[str, ...] = ()  # DVC plots files of the stage (loss curves, ...)
-
-    @property
-    def is_training(self) -> bool:
-        return self.name in TRAINING_STAGES
+    is_training: bool
+    plots: tuple[str, ...] = ()  # DVC plots files of the stage (loss curves, drops by reason, ...)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -64,82 +49,35 @@ def _paths(entries: list[Any] | None) -> list[str]:
     return [p.rstrip("/") for p in out]
 
 
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder + "/")
-
-
-def _hash_path(h: xxhash.xxh64, path: Path) -> None:
-    files = (
-        sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        if path.is_dir()
-        else [path]
-    )
-    for f in files:
-        h.update(str(f.relative_to(path.parent)).encode())
-        if not f.exists():
-            h.update(b"(missing)")
-        elif f.stat().st_size > 4 << 20:  # a model file: size + mtime, not a full read on every load
-            h.update(f"{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
-        else:
-            h.update(f.read_bytes())
-
-
-def code_version(project: Project, stage: dict[str, Any], params: dict[str, Any]) -> str:
-    """What DVC looks at besides data: the command, the stage's params sections and its code deps.
-
-    Changes exactly when DVC would call the stage changed for a reason other than new data.
-    """
+def code_version(project: Project, name: str, params: dict[str, Any]) -> str:
+    """What DVC looks at besides upstream data: the stage's inputs file (code, user-named paths) and the
+    values of its declared params. Changes exactly when DVC would re-run the stage for that reason."""
     h = xxhash.xxh64()
-    h.update(str(stage.get("cmd", "")).encode())
-    for entry in stage.get("params") or []:
-        keys = [entry] if isinstance(entry, str) else [k for v in entry.values() for k in (v or [])]
-        for key in keys:
-            h.update(json.dumps({key: params.get(key)}, sort_keys=True, default=str).encode())
-    for dep in _paths(stage.get("deps")):
-        if not dep.startswith("data/"):  # code (and model files outside data/) are part of the version
-            _hash_path(h, project.root / dep)
+    spec = STAGES[name]
+    inputs = project.root / spec.inputs_file
+    h.update(inputs.read_bytes() if inputs.is_file() else b"(no inputs yet)")
+    for key in declared_keys(spec):
+        value: Any = params
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        h.update(json.dumps({key: value}, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
 def load_pipeline(project: Project) -> list[StageNode]:
-    """Registry stages in lineage order, then any extra stages dvc.yaml declares."""
+    """Registry stages in lineage order."""
     dvc_stages: dict[str, dict[str, Any]] = read_yaml(project.root / "dvc.yaml").get("stages") or {}
     params = read_yaml(project.params_file)
-    outs = {name: _paths(s.get("outs")) for name, s in dvc_stages.items()}
-    for name, spec in STAGES.items():  # a registry stage's folder is known even before dvc.yaml has it
-        outs.setdefault(name, [spec.out])
-    asset_of = {name: spec.asset for name, spec in STAGES.items()} | {
-        n: n for n in dvc_stages if n not in STAGES
-    }
-    asset_of["raw"] = RAW_ASSET
-
-    def deps_from_dvc(name: str) -> tuple[str, ...]:
-        found: list[str] = []
-        for dep in _paths(dvc_stages[name].get("deps")):
-            if _under(dep, "data/raw"):
-                found.append(RAW_ASSET)
-            for other, other_outs in outs.items():
-                if other != name and any(_under(dep, o) for o in other_outs):
-                    found.append(asset_of[other])
-        return tuple(dict.fromkeys(found))
-
     nodes = []
-    for name in [*STAGES, *(n for n in dvc_stages if n not in STAGES)]:
-        spec = STAGES.get(name)
-        out = spec.out if spec else (outs.get(name) or [f"data/{name}"])[0]
-        if name in dvc_stages:
-            stage = dvc_stages[name]
-            deps = deps_from_dvc(name)
-            if not deps and name in DEFAULT_DEPS:  # e.g. a model stage reading only code/params
-                deps = tuple(asset_of[d] for d in DEFAULT_DEPS[name])
-            text = f"DVC stage `{name}`: `{stage.get('cmd', '')}` -> `{out}`."
-            version = code_version(project, stage, params)
-        else:
-            deps = tuple(asset_of[d] for d in DEFAULT_DEPS.get(name, ()))
-            text = f"Stage `{name}` -> `{out}` (declared; not in dvc.yaml yet, so it cannot be materialized)."
-            version = None
-        plots = tuple(_paths(dvc_stages.get(name, {}).get("plots")))
-        nodes.append(StageNode(name, asset_of[name], out, deps, name in dvc_stages, version, text, plots))
+    for name, spec in STAGES.items():
+        deps = ((RAW_ASSET,) if spec.raw else ()) + tuple(STAGES[r].asset for r in spec.reads)
+        runnable = name in dvc_stages
+        text = (f"{spec.description}. DVC stage `{name}` (`vertical-dag run {name}`) -> `{spec.out}`."
+                if runnable else f"{spec.description}. Stage `{name}` -> `{spec.out}` (not in dvc.yaml: "
+                "run `vertical-dag dvc-yaml` to add it).")
+        nodes.append(StageNode(name, spec.asset, spec.out, deps, runnable,
+                               code_version(project, name, params) if runnable else None, text, spec.training,
+                               tuple(_paths(dvc_stages.get(name, {}).get("plots")))))
     return nodes
 
 

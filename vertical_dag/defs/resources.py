@@ -55,7 +55,7 @@ class DvcResource(dg.ConfigurableResource):
         return env
 
     def repro(self, stage: str, log: dg.DagsterLogManager | None = None) -> DvcRun:
-        cmd = self._command("repro", "--single-item", stage)
+        cmd = self._command("repro", "--single-item", "inputs", stage)  # inputs: code + user-named paths
         started, t0 = time.time(), time.perf_counter()
         tail: deque[str] = deque(maxlen=40)
         skipped, last_progress = False, 0.0

@@ -18,7 +18,7 @@ from typing import Any
 from ..params import Params, load_params
 from ..project import Project
 from ..records import read_json, write_json, write_text
-from ..stages import STAGES
+from ..stages import DATA_STAGES, STAGES
 from . import profile
 from .contamination import eval_contamination
 from .suites import checks_for, expected_fractions, gate_check_names
@@ -28,9 +28,6 @@ __all__ = ["GateResult", "ExpectationResult", "run_gate", "skip_gate", "check_st
 
 log = logging.getLogger("vertical_dag.quality")
 
-# The stage whose output a data stage reads (ingest reads raw files: its input count comes from its metrics).
-INPUT_STAGE = {"dedup": "ingest", "normalize": "dedup", "split": "normalize"}
-DATA_STAGES = ("ingest", "dedup", "normalize", "split")
 
 
 @dataclass
@@ -104,13 +101,14 @@ def stage_tables(stage: str, project: Project, params: Params, metrics: dict[str
 
 
 def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> dict[str, Any]:
-    out = project.root / STAGES[stage].out
-    pii = getattr(params.normalize, "pii", None) if stage == "normalize" else False
-    docs = profile.documents(out, pii=pii, text_column=stage == "split")
-    if stage == "ingest":
+    spec = STAGES[stage]
+    out = project.root / spec.out
+    docs = profile.documents(out, pii=params.normalize.pii if stage == "normalize" else False,
+                             text_column=stage == "split")
+    if not spec.reads:  # reads raw files: its input count is what it reports
         rows_in = int(metrics.get("documents_in") or 0)
-    else:
-        rows_in = profile.count_docs(project.root / STAGES[INPUT_STAGE[stage]].out)
+    else:  # the registry's lineage: the documents the upstream stage kept
+        rows_in = profile.count_docs(project.root / STAGES[spec.reads[0]].out)
     summary = profile.conservation(rows_in, out, metrics, rows_out=len(docs))
     tables = {"documents": docs, "summary": summary, "conservation": summary}
     if stage == "split":

@@ -98,7 +98,7 @@ def dedup_checks(p: Params) -> list[Check]:
 
 def normalize_checks(p: Params) -> list[Check]:
     g = p.gates
-    max_chars = g.max_doc_chars if g.max_doc_chars is not None else p.ingest.max_doc_chars
+    max_chars = p.ingest.max_doc_chars  # what ingest let through; normalize must not produce longer
     allowed = allowed_langs(p)
     if allowed:
         lang = Check("lang_allowed", "documents", "ExpectColumnValuesToBeInSet",
@@ -116,7 +116,7 @@ def normalize_checks(p: Params) -> list[Check]:
         lang,
         Check("length_within_bounds", "documents", "ExpectColumnValuesToBeBetween",
               _between(g.min_doc_chars, max_chars, column="n_chars"), f"{g.min_doc_chars} <= n_chars <= {max_chars}",
-              "document lengths within gates.min_doc_chars / max_doc_chars", id_column="doc_id"),
+              "document lengths within gates.min_doc_chars / ingest.max_doc_chars", id_column="doc_id"),
         _conservation("normalize"),
     ]
 
@@ -164,7 +164,7 @@ def finetune_checks(p: Params) -> list[Check]:
 
 
 def evaluate_checks(p: Params) -> list[Check]:
-    g = evaluate_bounds(p)
+    g = p.gates
     return [
         Check("metrics_present", "metrics", "ExpectColumnValuesToNotBeNull", {"column": "value"},
               "domain_bpc, general_bpc, task_accuracy reported for base, pretrained, finetuned",
@@ -209,76 +209,15 @@ def gate_check_names(stage: str) -> list[str]:
     return [c.name for c in checks_for(stage, Params())]
 
 
-# The params.gates keys each stage's suite reads: list them as DVC params of that stage (e.g.
-# `params: [dedup, gates.min_duplicate_rate, ...]`) so changing a bound re-runs only the stages it concerns.
-GATE_PARAMS = {
-    "ingest": ["enabled", "min_documents", "max_quarantine_rate"],
-    "dedup": ["enabled", "min_documents", "min_duplicate_rate", "max_duplicate_rate"],
-    "normalize": ["enabled", "min_documents", "allowed_langs", "min_doc_chars", "max_doc_chars"],
-    "split": ["enabled", "min_documents", "split_fractions", "split_fraction_tolerance", "split_fraction_sigmas",
-              "max_contamination"],
-    "pretrain": ["enabled", "min_perplexity_gain"],
-    "finetune": ["enabled"],
-    "evaluate": ["enabled", "min_domain_bpc_gain", "max_general_bpc_increase", "min_task_accuracy_gain"],
-}
-
-
-def gate_param_keys(stage: str) -> list[str]:
-    """Dotted params keys (gates.X) a stage's gate depends on."""
-    return [f"gates.{k}" for k in GATE_PARAMS.get(stage, ["enabled"])]
-
-
 def allowed_langs(p: Params) -> list[str]:
-    """gates.allowed_langs, else normalize.allowed_languages (plus "und" when normalize keeps undetermined
-    documents); empty: any language."""
-    if p.gates.allowed_langs:
-        return list(p.gates.allowed_langs)
+    """normalize.allowed_languages (plus "und" when normalize keeps undetermined documents); empty: any."""
     n = p.normalize
-    langs = list(getattr(n, "allowed_languages", None) or [])
-    if langs and not getattr(n, "drop_undetermined_language", True):
+    langs = list(n.allowed_languages)
+    if langs and not n.drop_undetermined_language:
         langs.append("und")
     return langs
 
 
-@dataclass(frozen=True)
-class EvaluateBounds:
-    min_domain_bpc_gain: float
-    max_general_bpc_increase: float
-    min_task_accuracy_gain: float
-
-
-def evaluate_bounds(p: Params) -> EvaluateBounds:
-    """Each model bound from params.gates, else the evaluate section's value of the same name, else a default."""
-    defaults = {"min_domain_bpc_gain": 0.0, "max_general_bpc_increase": 0.1, "min_task_accuracy_gain": 0.0}
-    values = {}
-    for key, default in defaults.items():
-        value = getattr(p.gates, key)
-        if value is None:
-            value = getattr(p.evaluate, key, None)
-        values[key] = float(default if value is None else value)
-    return EvaluateBounds(**values)
-
-
 def expected_fractions(p: Params) -> dict[str, float]:
-    """gates.split_fractions, else what the split section asks for, else 0.8 / 0.1 / 0.1."""
-    if p.gates.split_fractions:
-        return dict(p.gates.split_fractions)
-    s = p.split
-    for key in ("fractions", "split_fractions", "ratios"):
-        value = getattr(s, key, None)
-        if isinstance(value, dict) and value:
-            return {k: float(v) for k, v in value.items()}
-        if value is not None and hasattr(value, "model_dump"):
-            return {k: float(v) for k, v in value.model_dump().items()}
-    named = {}
-    for split in SPLIT_NAMES:
-        for key in (split, f"{split}_fraction", f"{split}_frac", "val_fraction" if split == "validation" else ""):
-            value = getattr(s, key, None) if key else None
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                named[split] = float(value)
-                break
-    if len(named) == len(SPLIT_NAMES):
-        return named
-    if {"validation", "test"} <= named.keys():
-        return {"train": 1 - named["validation"] - named["test"], **named}
-    return {"train": 0.8, "validation": 0.1, "test": 0.1}
+    """What the split section asks for."""
+    return p.split.fractions.model_dump()

@@ -6,10 +6,11 @@ documents plus `cluster_id` (doc_id of the cluster's kept document; a kept docum
 ref_doc_id = the kept document, detail = similarities as JSON); the persistent index in
 data/deduplicated/index/ (see vertical_dag/text/dedup_index.py for the decision rule).
 
-Parts are processed in name order; each run processes only parts it has not seen, against everything
-indexed before. A processed input part that changed or vanished, or changed dedup params, makes the
-stage rebuild from scratch (logged, and `rebuilt` in the metrics). Text is streamed `batch_size`
-documents at a time.
+Parts are processed in arrival order (stages/ingest.py), so an incremental run and a from-scratch run decide
+alike whatever the files are called; each run processes only parts it has not seen, against everything
+indexed before (the part-stage core, stages/parts.py). A processed input part that changed or vanished, or
+changed dedup params, makes the stage rebuild from scratch (logged, and `rebuilt` in the metrics). Text is
+streamed `batch_size` documents at a time.
 """
 
 from __future__ import annotations
@@ -24,28 +25,18 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..params import DedupParams
-from ..records import (
-    LedgerEntry,
-    atomic_path,
-    file_fingerprint,
-    ledger_table,
-    list_parts,
-    read_json,
-    write_json,
-    write_parquet,
-)
+from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, read_json, write_parquet
 from ..text.canonical import hash_hex
 from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex
 from ..text.lsh import optimal_bands, recall_bands
 from .context import StageContext
+from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
 
 STAGE = "dedup"
 REASONS = {EXACT: "exact_duplicate", NEAR: "near_duplicate"}
-INPUT = "data/ingested/parts"
 
 
 def config_from_params(p: DedupParams) -> DedupConfig:
@@ -72,99 +63,80 @@ def read_rows(path: Path, rows: np.ndarray, column: str = "text") -> list[str]:
     return table[column].take(pa.array(np.searchsorted(local, rows))).to_pylist()
 
 
-def _rebuild_reason(state: dict, current: dict[str, Path], config: DedupConfig, index_dir: Path) -> str | None:
-    if not state.get("parts"):
-        return None
-    if state.get("config") != config.fingerprint():
-        return "dedup params changed"
-    for p in state["parts"]:
-        if p["name"] not in current:
-            return f"input part {p['name']} vanished"
-        fp = file_fingerprint(current[p["name"]], p)
-        if fp["sha256"] != p["sha256"]:
-            return f"input part {p['name']} changed"
-        p.update(fp)  # same content, maybe a new mtime: remember it so the next run does not re-hash
-    manifest = read_json(index_dir / "manifest.json", {})
-    if [p["name"] for p in manifest.get("parts", [])] != [p["name"] for p in state["parts"]]:
-        return "index and state disagree (an interrupted run)"
-    return None
+def input_units(in_dir: Path) -> list[Unit]:
+    """Input parts in arrival order (ties and parts without an arrival number: by name)."""
+    from .ingest import arrival_of
+
+    parts = [(arrival_of(p), part_name(in_dir, p), p) for p in list_parts(in_dir)]
+    return [Unit(name, path, name) for _, name, path in sorted(parts, key=lambda t: (t[0], t[1]))]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
-    out, config = ctx.out, config_from_params(ctx.params.dedup)
-    in_dir = ctx.project.root / INPUT
-    index_dir, state_file = out / "index", out / "state.json"
-    current = {part_name(in_dir, p): p for p in list_parts(in_dir)}
-    state = read_json(state_file, {}) or {}
-    rebuilt = _rebuild_reason(state, current, config, index_dir)
-    if rebuilt:
-        ctx.log.warning("dedup: rebuilding from scratch: %s", rebuilt)
-    if rebuilt or not state.get("parts"):
-        for sub in ("parts", "ledger", "index"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        state = {"config": config.fingerprint(), "parts": []}
-    index_dir.mkdir(parents=True, exist_ok=True)
-    index = DedupIndex.load(index_dir, config) if state["parts"] else DedupIndex(index_dir, config)
+    config = config_from_params(ctx.params.dedup)
+    in_dir = ctx.input("ingest") / "parts"
+    store = PartStore(ctx.out, fingerprint_settings(config.fingerprint()), ctx.log)
+    index_dir = ctx.out / "index"
+    manifest = read_json(index_dir / "manifest.json", {}) or {}
+    if store.units and [p["name"] for p in manifest.get("parts", [])] != store.ordered():
+        ctx.log.warning("dedup: index and state disagree (an interrupted run): rebuilding")
+        store.reset()
+    plan = store.plan(input_units(in_dir), order_dependent=True)
+    if plan.rebuild or not store.units:
+        shutil.rmtree(index_dir, ignore_errors=True)
+    for d in (store.parts_dir, store.ledger_dir, index_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    index = DedupIndex.load(index_dir, config) if store.units else DedupIndex(index_dir, config)
+    paths = {i: in_dir / f"{p['name']}.parquet" for i, p in enumerate(index.parts)}
 
-    done = {p["name"] for p in state["parts"]}
-    new = [n for n in sorted(current) if n not in done]
-    if new and state["parts"] and new[0] < state["parts"][-1]["name"]:
-        ctx.log.warning("dedup: new part %s sorts before processed part %s; earlier decisions stay, so the kept "
-                        "set can differ from a from-scratch run", new[0], state["parts"][-1]["name"])
-    docs_new = 0
-    for name in new:
-        entry = process_part(ctx, index, name, current[name], config)
-        entry.update(file_fingerprint(current[name], None))
-        state["parts"].append(entry)
+    def work(unit: Unit) -> PartResult:
+        paths[len(index.parts)] = unit.path
+        res = process_part(ctx, index, unit, paths, config, store)
         index.save()  # commit point 1: the index; state.json (commit point 2) names what it holds
-        write_json(state, state_file)
         pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
-        docs_new += entry["documents_in"]
-        ctx.log.info("dedup: %s: %d in, %d kept, %d exact, %d near", name, entry["documents_in"],
-                     entry["documents_out"], entry["exact"], entry["near"])
-    if state["parts"] and not new:
-        write_json(state, state_file)  # refreshed fingerprints (mtime) of unchanged parts
-    seconds = time.perf_counter() - started
-    return metrics(out, state, new, docs_new, seconds, rebuilt, config)
+        return res
+
+    def progress(unit: Unit, res: PartResult) -> None:
+        ctx.log.info("dedup: %s: %d in, %d kept, %d exact, %d near", unit.key, res.documents_in, res.documents_out,
+                     res.dropped.counts["exact_duplicate"], res.dropped.counts["near_duplicate"])
+
+    failed = run_units(store, plan.todo, work, progress=progress, sequential=True)
+    raise_failures(STAGE, failed)
+    return metrics(store, plan, time.perf_counter() - started, config)
 
 
-def process_part(ctx: StageContext, index: DedupIndex, name: str, path: Path, config: DedupConfig) -> dict:
-    out, bs = ctx.out, ctx.params.dedup.batch_size
-    src = pq.ParquetFile(path)
-    k = len(index.parts)
-    index.begin_part(name, src.metadata.num_rows)
-    input_paths = {i: ctx.project.root / INPUT / f"{p['name']}.parquet" for i, p in enumerate(index.parts)}
+def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[int, Path], config: DedupConfig,
+                 store: PartStore) -> PartResult:
+    src = pq.ParquetFile(unit.path)
+    index.begin_part(unit.key, src.metadata.num_rows)
 
     def fetch(part: int, rows: np.ndarray) -> list[str]:
-        return read_rows(input_paths[part] if part != k else path, rows)
+        return read_rows(paths[part], rows)
 
     entries: list[LedgerEntry] = []
-    counts: Counter = Counter()
-    by_source: dict[str, list[int]] = {}
+    res = PartResult(extra={"by_source": {}})
     schema = src.schema_arrow.append(pa.field("cluster_id", pa.string())).append(pa.field("canonical_hash", pa.string()))
-    with atomic_path(out / "parts" / f"{name}.parquet") as tmp:
+    with atomic_path(store.part_path(unit.part)) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for rb in src.iter_batches(batch_size=bs):
+            for rb in src.iter_batches(batch_size=ctx.params.dedup.batch_size):
                 ids = rb.column("doc_id").to_pylist()
-                res = index.add_batch(rb.column("text").to_pylist(), ids, fetch)
-                keep = res.action == KEEP
-                t = pa.Table.from_batches([rb]).append_column("cluster_id", pa.array(res.root_id, pa.string()))
-                t = t.append_column("canonical_hash", pa.array([hash_hex(h) for h in res.canonical_hash]))
+                dec = index.add_batch(rb.column("text").to_pylist(), ids, fetch)
+                keep = dec.action == KEEP
+                t = pa.Table.from_batches([rb]).append_column("cluster_id", pa.array(dec.root_id, pa.string()))
+                t = t.append_column("canonical_hash", pa.array([hash_hex(h) for h in dec.canonical_hash]))
                 writer.write_table(t.filter(pa.array(keep)))
-                sources = rb.column("source").to_pylist()
                 for j in np.flatnonzero(~keep).tolist():
-                    entries.append(ledger_entry(res, j, ids[j], config))
-                for s, kept in zip(sources, keep.tolist(), strict=True):
-                    c = by_source.setdefault(s, [0, 0])
+                    entries.append(ledger_entry(dec, j, ids[j], config))
+                    res.dropped.add(REASONS[int(dec.action[j])], ids[j])
+                for s, kept in zip(rb.column("source").to_pylist(), keep.tolist(), strict=True):
+                    c = res.extra["by_source"].setdefault(s, [0, 0])
                     c[0] += 1
                     c[1] += 0 if kept else 1
-                counts.update(res.action.tolist())
+                res.documents_in += len(ids)
+                res.documents_out += int(keep.sum())
     index.end_part()
-    write_parquet(ledger_table(entries), out / "ledger" / f"{name}.parquet")
-    n = sum(counts.values())
-    return {"name": name, "documents_in": n, "documents_out": counts[KEEP], "exact": counts[EXACT],
-            "near": counts[NEAR], "by_source": by_source}
+    write_parquet(ledger_table(entries), store.ledger_path(unit.part))
+    return res
 
 
 def ledger_entry(res, j: int, doc_id: str, config: DedupConfig) -> LedgerEntry:
@@ -179,45 +151,33 @@ def ledger_entry(res, j: int, doc_id: str, config: DedupConfig) -> LedgerEntry:
                        detail=json.dumps(detail), ref_doc_id=res.root_id[j])
 
 
-def metrics(out: Path, state: dict, new: list[str], docs_new: int, seconds: float, rebuilt: str | None,
-            config: DedupConfig) -> dict[str, Any]:
-    parts = state["parts"]
-    total = {k: sum(p[k] for p in parts) for k in ("documents_in", "documents_out", "exact", "near")}
-    dropped = total["exact"] + total["near"]
+def metrics(store: PartStore, plan: Any, seconds: float, config: DedupConfig) -> dict[str, Any]:
     sources: dict[str, list[int]] = {}
-    for p in parts:
-        for s, (n_in, n_drop) in p["by_source"].items():
+    for e in store.units.values():
+        for s, (n_in, n_drop) in e["by_source"].items():
             c = sources.setdefault(s, [0, 0])
             c[0], c[1] = c[0] + n_in, c[1] + n_drop
-    refs, examples = Counter(), {}
-    for lp in list_parts(out / "ledger"):
-        t = pq.read_table(lp, columns=["doc_id", "reason", "ref_doc_id"])
-        refs.update(t["ref_doc_id"].to_pylist())
-        for reason in REASONS.values():
-            ex = examples.setdefault(reason, [])
-            if len(ex) < 5:
-                ex.extend(t.filter(pc.equal(t["reason"], reason))["doc_id"].to_pylist()[: 5 - len(ex)])
+    refs: Counter = Counter()
+    for lp in list_parts(store.ledger_dir):
+        refs.update(pq.read_table(lp, columns=["ref_doc_id"])["ref_doc_id"].to_pylist())
+    totals = store.totals()
+    new_docs = sum(store.units[u.key]["documents_in"] for u in plan.todo if u.key in store.units)
     return {
-        "documents_in": total["documents_in"],
-        "documents_out": total["documents_out"],
-        "dropped": dropped,
-        "quarantined": 0,
-        "drops_by_reason": {"exact_duplicate": total["exact"], "near_duplicate": total["near"]},
-        "examples_by_reason": {k: v for k, v in examples.items() if v},
-        "exact_duplicates": total["exact"],
-        "near_duplicates": total["near"],
+        **totals,
+        "exact_duplicates": totals["drops_by_reason"].get("exact_duplicate", 0),
+        "near_duplicates": totals["drops_by_reason"].get("near_duplicate", 0),
         "clusters": len(refs),  # clusters with at least one dropped member
         "largest_cluster": 1 + max(refs.values()) if refs else 1,
-        "duplicate_rate": round(dropped / total["documents_in"], 4) if total["documents_in"] else 0.0,
+        "duplicate_rate": round(totals["dropped"] / totals["documents_in"], 4) if totals["documents_in"] else 0.0,
         "duplicate_rate_by_source": {s: round(d / n, 4) if n else 0.0 for s, (n, d) in sorted(sources.items())},
-        "parts": len(parts),
-        "new_parts": len(new),
-        "new_documents": docs_new,
-        "rebuilt": rebuilt,
+        "parts": len(store.units),
+        "new_parts": plan.new,
+        "new_documents": new_docs,
+        "rebuilt": plan.rebuild,
         "bands": config.bands,
         "rows": config.rows,
         "seconds": round(seconds, 3),
-        "documents_per_second": round(docs_new / seconds, 1) if seconds > 0 else 0.0,
+        "documents_per_second": round(new_docs / seconds, 1) if seconds > 0 else 0.0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **memory_split(),
     }

@@ -114,40 +114,6 @@ def find_loss_csv(folder: Path) -> Path | None:
     return None
 
 
-def gate_bounds(params: Any) -> Any:
-    """Each bound from params.gates when set there, else from the evaluate section."""
-    from types import SimpleNamespace
-
-    keys = ("min_domain_bpc_gain", "max_general_bpc_increase", "min_task_accuracy_gain")
-    over = {k: getattr(params.gates, k, None) for k in keys}
-    return SimpleNamespace(**{k: float(over[k] if over[k] is not None else getattr(params.evaluate, k)) for k in keys})
-
-
-def gates(models: dict[str, dict[str, Any]], p: Any) -> dict[str, dict[str, Any]]:
-    """The three model gates; a gate whose models are missing fails (observed is null)."""
-    def m(name: str, key: str) -> float | None:
-        return models.get(name, {}).get(key)
-
-    out: dict[str, dict[str, Any]] = {}
-    b, pr = m("base", "domain_bpc"), m("pretrained", "domain_bpc")
-    gain = None if b is None or pr is None else round(b - pr, 4)
-    out["pretrained_beats_base_domain_bpc"] = {
-        "success": gain is not None and gain > p.min_domain_bpc_gain, "observed": gain, "bound": p.min_domain_bpc_gain,
-        "description": "base domain bits/char minus pretrained domain bits/char must exceed the bound"}
-    gb, gp = m("base", "general_bpc"), m("pretrained", "general_bpc")
-    inc = None if gb is None or gp is None else round(gp - gb, 4)
-    out["general_bpc_increase_within_bound"] = {
-        "success": inc is None or inc <= p.max_general_bpc_increase, "observed": inc, "bound": p.max_general_bpc_increase,
-        "description": "pretrained minus base general bits/char (forgetting); passes when no general corpus is set"}
-    ab, af = m("base", "task_accuracy"), m("finetuned", "task_accuracy")
-    acc_gain = None if ab is None or af is None else round(af - ab, 4)
-    out["finetuned_beats_base_task_accuracy"] = {
-        "success": acc_gain is not None and acc_gain > p.min_task_accuracy_gain, "observed": acc_gain,
-        "bound": p.min_task_accuracy_gain,
-        "description": "fine-tuned minus base accuracy on held-out generated tasks must exceed the bound"}
-    return out
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
@@ -185,7 +151,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     code = [hashlib.sha256(Path(mod.__file__).read_bytes()).hexdigest() for mod in (E, T, sys.modules[__name__],
                                                                                    sys.modules[render_report.__module__])]
-    fingerprint = hashlib.sha256(json.dumps([code, p.model_dump(), vars(gate_bounds(ctx.params)), fp.system_prompt, {k: _stamp(v) for k, v in dirs.items()},
+    fingerprint = hashlib.sha256(json.dumps([code, p.model_dump(), fp.system_prompt, {k: _stamp(v) for k, v in dirs.items()},
                                              [it.to_json() for it in items + user_items], len(texts), n_test,
                                              len(general), str(general_path)], sort_keys=True, default=str).encode()).hexdigest()[:16]
     state = read_json(out / "state.json", {})
@@ -236,11 +202,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for a, b in (("base", "finetuned"), ("base", "pretrained"), ("pretrained", "finetuned")):
         if a in per_item and b in per_item:
             comparisons[f"{b} - {a}"] = E.paired_difference(per_item[a], per_item[b], task_of, **boot)
-    gate_results = gates(models, gate_bounds(ctx.params))
     metrics: dict[str, Any] = {
         "models": models,
-        "gates": gate_results,
-        "gates_passed": all(g["success"] for g in gate_results.values()),
         "comparisons": comparisons,
         "task_baselines": baselines(items),
         "confidence": p.confidence,
@@ -261,7 +224,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(metrics, out / "metrics.json")
-    _write_plots(out / "plots", models)
+    _write_plots(ctx, models)
     with atomic_path(out / "samples.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
@@ -269,19 +232,31 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "finetune": read_curve(root / "data/models/finetuned/loss.csv")}
     write_text(render_report(metrics, curves), out / "report.html")
     write_json({"fingerprint": fingerprint, "metrics": metrics}, out / "state.json")
-    ctx.log.info("report: %s; gates %s", ctx.project.rel(out / "report.html"),
-                 ", ".join(f"{k}={'pass' if g['success'] else 'FAIL'}" for k, g in gate_results.items()))
+    ctx.log.info("report: %s", ctx.project.rel(out / "report.html"))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return metrics
 
 
-def _write_plots(folder: Path, models: dict[str, dict[str, Any]]) -> None:
-    """One small CSV per headline metric (model, value) for `dvc plots show` (bar charts)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for key in ("domain_bpc", "general_bpc", "task_accuracy"):
-        with atomic_path(folder / f"{key}.csv") as tmp, open(tmp, "w", newline="") as f:
+def _write_plots(ctx: StageContext, models: dict[str, dict[str, Any]]) -> None:
+    """One small CSV per headline metric (model, value) for `dvc plots show` (bar charts), where the stage
+    registry declares them."""
+    for plot in ctx.spec.plots:
+        key = plot.x
+        with atomic_path(ctx.project.root / plot.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["model", key])
             for name, row in models.items():
                 if row.get(key) is not None:
                     w.writerow([name, row[key]])
+
+
+def after_gate(ctx: StageContext, metrics: dict[str, Any], gate: Any) -> None:
+    """The report shows the model gates as the quality gate judged them (quality/suites.py)."""
+    from ..modeling.report import read_curve, render_report
+
+    root, out = ctx.project.root, ctx.out
+    shown = {**metrics, "gates": {e.name: {"success": e.success, "observed": e.observed, "bound": e.bound,
+                                           "description": e.description} for e in gate.expectations}}
+    curves = {"pretrain": read_curve(find_loss_csv(root / "data/models/pretrained")),
+              "finetune": read_curve(root / "data/models/finetuned/loss.csv")}
+    write_text(render_report(shown, curves), out / "report.html")

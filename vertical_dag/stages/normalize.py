@@ -5,17 +5,18 @@ data/normalized/parts/<same name>.parquet with `lang` set and a `pii_count` colu
 data/normalized/ledger/<same name>.parquet with a `dropped` row (reason) per removed document and a
 `redacted` row (counts per type) per kept document that had PII.
 
-Incremental: state.json records each input part's sha256; only new or changed parts are processed, a vanished
-part's output is removed, and a change of the normalize params (or the project domain, which picks the
-preset) rebuilds everything.
+Incremental through the part-stage core (stages/parts.py): only new or changed parts are processed (on every
+core, or on Ray: params `execution`), a vanished part's output is removed, and a change of the normalize
+params (or the project domain, which picks the preset) rebuilds everything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +24,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..params import NormalizeParams, Params
-from ..records import (
-    LedgerEntry,
-    atomic_path,
-    file_fingerprint,
-    ledger_table,
-    list_parts,
-    read_json,
-    write_json,
-    write_parquet,
-)
+from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, write_parquet
 from ..text.clean import CleanOptions
 from ..text.normalizer import DocResult, Normalizer, NormalizerConfig
 from ..text.quality import resolve_thresholds
-from . import STAGES
 from .context import StageContext
+from .executor import make_executor
+from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
 
 STAGE = "normalize"
-STATE_VERSION = 1
-EXAMPLES = 5
+STATE_VERSION = 2
 
 
 def preset_name(params: Params) -> str:
@@ -49,13 +41,13 @@ def preset_name(params: Params) -> str:
     return params.project.domain if p.preset == "auto" else p.preset
 
 
-def build_normalizer(params: Params) -> Normalizer | None:
+def normalizer_config(params: Params) -> NormalizerConfig | None:
     """None when normalize.enabled is false: documents then pass through unchanged."""
     p: NormalizeParams = params.normalize
     if not p.enabled:
         return None
     thresholds = resolve_thresholds(preset_name(params), p.filters.model_dump())
-    return Normalizer(NormalizerConfig(
+    return NormalizerConfig(
         clean=CleanOptions(p.unicode_form, p.strip_markup, p.traditional_to_simplified),
         thresholds=thresholds,
         pii_enabled=p.pii.enabled,
@@ -65,12 +57,12 @@ def build_normalizer(params: Params) -> Normalizer | None:
         allowed_languages=tuple(p.allowed_languages),
         min_lang_score=p.min_lang_score,
         drop_undetermined_language=p.drop_undetermined_language,
-    ))
+    )
 
 
-def params_fingerprint(params: Params) -> str:
-    blob = json.dumps({"normalize": params.normalize.model_dump(), "preset": preset_name(params)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def build_normalizer(params: Params) -> Normalizer | None:
+    config = normalizer_config(params)
+    return Normalizer(config) if config is not None else None
 
 
 def _out_schema(schema: pa.Schema) -> pa.Schema:
@@ -81,132 +73,115 @@ def _out_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer | None, batch_size: int, log: Any) -> dict[str, Any]:
-    """One input part -> its output part and ledger part (each replaced atomically). Returns the part's counts."""
+def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer | None, batch_size: int) -> PartResult:
+    """One input part -> its output part and ledger part (each replaced atomically)."""
     pf = pq.ParquetFile(src)
     schema = _out_schema(pf.schema_arrow)
     entries: list[LedgerEntry] = []
-    drops: Counter[str] = Counter()
-    examples: dict[str, list[str]] = {}
-    redactions: Counter[str] = Counter()
-    n_in = n_out = n_redacted = 0
-    text_bytes = 0
+    res = PartResult(extra={"redacted": 0, "redactions_by_type": Counter(), "text_bytes": 0})
     with atomic_path(dst) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for batch in pf.iter_batches(batch_size=batch_size):
-                tbl = pa.Table.from_batches([batch])
-                ids = tbl.column("doc_id").to_pylist()
-                texts = tbl.column("text").to_pylist() if "text" in tbl.column_names else [None] * len(ids)
-                text_bytes += sum(len(t.encode()) for t in texts if t)
-                results = normalizer.process(texts) if normalizer else [DocResult(text=t or "") for t in texts]
-                keep = [i for i, r in enumerate(results) if r.text is not None]
-                for i, r in enumerate(results):
-                    if r.text is None:
-                        drops[r.reason or "unknown"] += 1
-                        ex = examples.setdefault(r.reason or "unknown", [])
-                        if len(ex) < EXAMPLES:
-                            ex.append(ids[i])
-                        entries.append(LedgerEntry(ids[i], STAGE, "dropped", r.reason or "unknown", r.detail))
-                    elif r.redactions:
-                        n_redacted += 1
-                        redactions.update(r.redactions)
-                        entries.append(LedgerEntry(ids[i], STAGE, "redacted", "pii", json.dumps(r.redactions, sort_keys=True)))
-                kept = tbl.take(pa.array(keep, pa.int64()))
-                cols = {name: kept.column(name) for name in kept.column_names if name not in ("lang", "pii_count")}
-                cols["text"] = pa.array([results[i].text for i in keep], pa.large_string())
-                cols["lang"] = pa.array([results[i].lang for i in keep], pa.string())
-                cols["pii_count"] = pa.array([sum(results[i].redactions.values()) for i in keep], pa.int32())
-                writer.write_table(pa.table({f.name: cols[f.name] for f in schema}).cast(schema))
-                n_in += len(ids)
-                n_out += len(keep)
+                writer.write_table(_normalize_batch(pa.Table.from_batches([batch]), normalizer, schema, entries, res))
     write_parquet(ledger_table(entries), ledger)
-    log.info("%s: %d in, %d kept, %d dropped, %d redacted", src.name, n_in, n_out, n_in - n_out, n_redacted)
-    return {"documents_in": n_in, "documents_out": n_out, "dropped": n_in - n_out, "redacted": n_redacted,
-            "drops_by_reason": dict(drops), "examples_by_reason": examples,
-            "redactions_by_type": dict(redactions), "text_bytes": text_bytes}
+    res.extra["redactions_by_type"] = dict(res.extra["redactions_by_type"])
+    return res
+
+
+def _normalize_batch(tbl: pa.Table, normalizer: Normalizer | None, schema: pa.Schema, entries: list[LedgerEntry],
+                     res: PartResult) -> pa.Table:
+    ids = tbl.column("doc_id").to_pylist()
+    texts = tbl.column("text").to_pylist() if "text" in tbl.column_names else [None] * len(ids)
+    res.extra["text_bytes"] += sum(len(t.encode()) for t in texts if t)
+    results = normalizer.process(texts) if normalizer else [DocResult(text=t or "") for t in texts]
+    keep = [i for i, r in enumerate(results) if r.text is not None]
+    for i, r in enumerate(results):
+        if r.text is None:
+            res.dropped.add(r.reason or "unknown", ids[i])
+            entries.append(LedgerEntry(ids[i], STAGE, "dropped", r.reason or "unknown", r.detail))
+        elif r.redactions:
+            res.extra["redacted"] += 1
+            res.extra["redactions_by_type"].update(r.redactions)
+            entries.append(LedgerEntry(ids[i], STAGE, "redacted", "pii", json.dumps(r.redactions, sort_keys=True)))
+    kept = tbl.take(pa.array(keep, pa.int64()))
+    cols = {name: kept.column(name) for name in kept.column_names if name not in ("lang", "pii_count")}
+    cols["text"] = pa.array([results[i].text for i in keep], pa.large_string())
+    cols["lang"] = pa.array([results[i].lang for i in keep], pa.string())
+    cols["pii_count"] = pa.array([sum(results[i].redactions.values()) for i in keep], pa.int32())
+    res.documents_in += len(ids)
+    res.documents_out += len(keep)
+    return pa.table({f.name: cols[f.name] for f in schema}).cast(schema)
+
+
+@dataclass
+class _Work:
+    """The per-part work, picklable for the process pool and Ray (the normalizer is built once per process)."""
+
+    config: NormalizerConfig | None
+    batch_size: int
+    parts_dir: Path
+    ledger_dir: Path
+    _normalizer: Any = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_normalizer": None}
+
+    def __call__(self, unit: Unit) -> PartResult:
+        if self._normalizer is None and self.config is not None:
+            self._normalizer = Normalizer(self.config)
+        return normalize_part(unit.path, self.parts_dir / f"{unit.part}.parquet",
+                              self.ledger_dir / f"{unit.part}.parquet", self._normalizer, self.batch_size)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
-    in_dir = ctx.project.root / STAGES["dedup"].out / "parts"
-    parts_dir, ledger_dir = ctx.out / "parts", ctx.ledger_dir
-    state_path = ctx.out / "state.json"
-    state = read_json(state_path, default=None) or {}
-    pfp = params_fingerprint(ctx.params)
-    rebuild = bool(state) and (state.get("params") != pfp or state.get("version") != STATE_VERSION)
-    if rebuild:
-        ctx.log.info("normalize params changed: rebuilding every part")
-        for folder in (parts_dir, ledger_dir):
-            for f in list_parts(folder):
-                f.unlink()
-    known: dict[str, dict] = {} if rebuild else dict(state.get("parts", {}))
+    in_dir = ctx.input("dedup") / "parts"
+    config = normalizer_config(ctx.params)
+    settings = fingerprint_settings(STATE_VERSION, ctx.params.normalize.model_dump(), preset_name(ctx.params))
+    store = PartStore(ctx.out, settings, ctx.log, version=STATE_VERSION)
+    units = [Unit(name, p, name) for name, p in ((p.relative_to(in_dir).with_suffix("").as_posix(), p)
+                                                  for p in list_parts(in_dir))]
+    plan = store.plan(units)
+    for d in (store.parts_dir, store.ledger_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
 
-    inputs = {p.relative_to(in_dir).with_suffix("").as_posix(): p for p in list_parts(in_dir)}
-    removed = sorted(set(known) - set(inputs))
-    for name in removed:
-        (parts_dir / f"{name}.parquet").unlink(missing_ok=True)
-        (ledger_dir / f"{name}.parquet").unlink(missing_ok=True)
-        ctx.log.info("input part %s vanished: its normalized part and ledger are removed", name)
-        del known[name]
-
-    normalizer = build_normalizer(ctx.params)
-    new = changed = 0
+    bar = tqdm(total=len(plan.todo), unit="part", desc="normalize", file=sys.stderr, disable=None, mininterval=1.0)
     run_bytes = 0
-    for name, src in inputs.items():
-        old = known.get(name)
-        fp = file_fingerprint(src, old)  # re-reads a part only when its size or mtime changed
-        if old and old.get("sha256") == fp["sha256"]:
-            known[name] = {**old, **fp}
-            continue
-        if old:
-            changed += 1
-            ctx.log.info("input part %s changed: replacing its normalized part", name)
-        else:
-            new += 1
-        try:
-            counts = normalize_part(src, parts_dir / f"{name}.parquet", ledger_dir / f"{name}.parquet", normalizer,
-                                    ctx.params.normalize.batch_size, ctx.log)
-        except (OSError, KeyError, pa.ArrowException) as exc:  # unreadable part: recorded, the run goes on
-            ctx.log.error("cannot normalize part %s: %s", name, exc)
-            counts = {"documents_in": 0, "documents_out": 0, "dropped": 0, "redacted": 0, "error": str(exc)}
-            (parts_dir / f"{name}.parquet").unlink(missing_ok=True)
-        run_bytes += counts.pop("text_bytes", 0)
-        known[name] = {**fp, **counts}
-        write_json({"version": STATE_VERSION, "params": pfp, "parts": known}, state_path)
-    write_json({"version": STATE_VERSION, "params": pfp, "parts": known}, state_path)
+
+    def progress(unit: Unit, res: PartResult) -> None:
+        nonlocal run_bytes
+        run_bytes += res.extra["text_bytes"]
+        bar.update(1)
+        ctx.log.info("%s: %d in, %d kept, %d dropped, %d redacted", unit.key, res.documents_in, res.documents_out,
+                     res.dropped.total(), res.extra["redacted"])
+
+    executor = make_executor(ctx.params.execution, len(plan.todo))
+    work = _Work(config, ctx.params.normalize.batch_size, store.parts_dir, store.ledger_dir)
+    failed = run_units(store, plan.todo, work, executor, progress=progress)
+    bar.close()
+    raise_failures(STAGE, failed)
     seconds = time.perf_counter() - started
-    return _metrics(known, new=new, changed=changed, removed=len(removed), rebuilt=rebuild,
-                    run_bytes=run_bytes, seconds=seconds, preset=preset_name(ctx.params))
+    return _metrics(store, plan, run_bytes=run_bytes, seconds=seconds, preset=preset_name(ctx.params),
+                    workers=executor.workers)
 
 
-def _metrics(parts: dict[str, dict], *, new: int, changed: int, removed: int, rebuilt: bool, run_bytes: int,
-             seconds: float, preset: str) -> dict[str, Any]:
-    drops: Counter[str] = Counter()
+def _metrics(store: PartStore, plan: Any, *, run_bytes: int, seconds: float, preset: str,
+             workers: int) -> dict[str, Any]:
     red: Counter[str] = Counter()
-    examples: dict[str, list[str]] = {}
-    for entry in parts.values():
-        drops.update(entry.get("drops_by_reason", {}))
-        red.update(entry.get("redactions_by_type", {}))
-        for reason, ids in entry.get("examples_by_reason", {}).items():
-            slot = examples.setdefault(reason, [])
-            slot.extend(ids[: EXAMPLES - len(slot)])
-    total = lambda key: sum(int(e.get(key, 0)) for e in parts.values())  # noqa: E731
+    for e in store.units.values():
+        red.update(e.get("redactions_by_type", {}))
     return {
-        "documents_in": total("documents_in"),
-        "documents_out": total("documents_out"),
-        "dropped": total("dropped"),
-        "quarantined": 0,
-        "redacted": total("redacted"),
-        "drops_by_reason": dict(sorted(drops.items())),
-        "examples_by_reason": dict(sorted(examples.items())),
+        **store.totals(),
+        "redacted": sum(int(e.get("redacted", 0)) for e in store.units.values()),
         "redactions_by_type": dict(sorted(red.items())),
         "preset": preset,
-        "parts": len(parts),
-        "parts_with_errors": sum(1 for e in parts.values() if "error" in e),
-        "new_parts": new,
-        "changed_parts": changed,
-        "removed_parts": removed,
-        "rebuilt": rebuilt,
+        "parts": len(store.units),
+        "new_parts": plan.new,
+        "changed_parts": len(plan.todo) - plan.new,
+        "removed_parts": len(plan.removed),
+        "rebuilt": plan.rebuild,
+        "workers": workers,
         "seconds": round(seconds, 3),
         "mb_processed": round(run_bytes / 2**20, 3),
         "mb_per_s": round(run_bytes / 2**20 / seconds, 3) if seconds > 0 else 0.0,

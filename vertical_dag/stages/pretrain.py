@@ -47,6 +47,7 @@ from ..records import (
     write_parquet,
     write_text,
 )
+from . import STAGES, upstream
 from .context import StageContext
 
 PLOT_FILE = "data/plots/pretrain_loss.csv"
@@ -202,9 +203,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     if m["val_perplexity_base"] and m["val_perplexity_final"]:
         metrics["val_perplexity_gain"] = round(m["val_perplexity_base"] - m["val_perplexity_final"], 4)
-    gates = {f.stem: read_json(f) for f in sorted(ctx.project.gates_dir.glob("*.json")) if f.stem in ("ingest", "dedup", "normalize", "split")}
-    gates["pretrain (inline)"] = {"success": bool(metrics.get("val_perplexity_gain", 0) > 0), "expectations": [
-        {"name": "val_perplexity_final < val_perplexity_base", "success": bool(metrics.get("val_perplexity_gain", 0) > 0)}]}
+    gates = {s: read_json(ctx.project.root / STAGES[s].gate_file) for s in upstream(ctx.spec.name) if not STAGES[s].training}
     card = model_card(
         title=f"{ctx.params.project.name}: continued pretraining",
         base={k: base_info.get(k) for k in ("source", "kind", "sha256", "architecture", "parameters", "is_instruct", "warnings")},

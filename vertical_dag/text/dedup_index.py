@@ -22,6 +22,7 @@ On disk (`folder/`): manifest.json; per part `sig-<k>.npy` (uint32, one row of n
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,11 +99,6 @@ class DedupIndex:
         index.exact_index = KeyIndex.load(index.folder / "exact", manifest["exact_segments"])
         return index
 
-    @staticmethod
-    def stored_fingerprint(folder: Path) -> dict | None:
-        path = Path(folder) / "manifest.json"
-        return json.loads(path.read_text())["config"] if path.exists() else None
-
     def save(self) -> None:
         """Write new segments, then the manifest (the commit point), then delete unreferenced segments."""
         bands = self.bands_index.save(self.folder / "bands", "b", self.counter)
@@ -130,8 +126,12 @@ class DedupIndex:
     def begin_part(self, name: str, n_rows: int) -> None:
         k = len(self.parts)
         self.parts.append({"name": name, "start": self.num_docs, "count": 0, "file": k})
-        sig = np.lib.format.open_memmap(self.folder / f"sig-{k}.npy", mode="w+", dtype=np.uint32,
-                                        shape=(n_rows, self.config.num_perm))
+        path = self.folder / f"sig-{k}.npy"
+        sig = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint32, shape=(n_rows, self.config.num_perm))
+        # the memmap file is sparse: reserve its blocks now, so a full disk is an OSError (ENOSPC) here
+        # instead of a SIGBUS when a page is first written
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
         self._open = {"k": k, "n_rows": n_rows, "sig": sig, "ids": [], "roots": []}
         self._sig_cache[k] = sig
 

@@ -1,0 +1,95 @@
+"""Where per-part work runs: in this process, on a pool of local processes, or as Ray tasks.
+
+Every executor has one method, `map(fn, items)`, which yields fn(item) in the order of `items` whatever
+order the work finishes in, so a stage that writes or folds the results in that order produces the same
+outputs bit for bit with 1 worker, N workers or a Ray cluster. `fn` and the items must be picklable (a
+module-level function, or a functools.partial of one with plain data).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Executor(Protocol):
+    workers: int
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+
+
+class InProcess:
+    workers = 1
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        return (fn(x) for x in items)
+
+
+class LocalPool:
+    """A pool of `workers` processes (spawned: no inherited locks or threads); at most 2 * workers items in
+    flight, so memory stays bounded however many parts there are."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
+            pending: deque[Future] = deque()
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+
+class RayTasks:
+    """The same work as Ray tasks on a cluster (`address`: a cluster, "auto" for a running one, None to
+    start a local one). Data must sit where every node can read it (see the README on clusters)."""
+
+    def __init__(self, address: str | None, workers: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError("execution.backend is ray but ray is not installed: "
+                               "pip install 'vertical_dag[ray]'") from None
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+        self._ray = ray
+        self.workers = int(ray.cluster_resources().get("CPU", 1))
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        remote = self._ray.remote(fn)
+        pending: deque[Any] = deque()
+        for item in items:
+            pending.append(remote.remote(item))
+            if len(pending) >= 2 * self.workers:
+                yield self._ray.get(pending.popleft())
+        while pending:
+            yield self._ray.get(pending.popleft())
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_executor(execution: Any, n_items: int | None = None) -> Executor:
+    """The executor params.execution asks for; local work on one item (or one core) stays in-process."""
+    if execution.backend == "ray":
+        return RayTasks(execution.ray_address, None if execution.workers == "auto" else execution.workers)
+    workers = cpu_count() if execution.workers == "auto" else int(execution.workers)
+    if n_items is not None:
+        workers = min(workers, n_items)
+    return InProcess() if workers <= 1 else LocalPool(workers)

@@ -1,0 +1,236 @@
+"""The part-stage core: incremental state, fingerprints, atomic part + ledger writes, per-reason counts.
+
+A data stage maps *units* (a raw file, or an upstream part) to output parts of the same name in
+<out>/parts/ and ledger parts in <out>/ledger/. The core decides what to do (new and changed units; removed
+ones lose their parts; changed settings rebuild everything), hands the per-unit work to an executor (in
+this process, a local pool, or Ray: stages/executor.py) and records each finished unit in <out>/state.json.
+
+Faults: a unit whose work fails (a full disk, an unreadable file) is *not* recorded, so the next run redoes
+it; the stage then fails naming every such unit, after the others were kept. Stale temporaries of an
+interrupted run are removed at start, so they never end up inside a DVC output.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..records import file_fingerprint, read_json, write_json
+from .executor import Executor, InProcess
+from .metrics import ReasonCounts, contract_counts
+
+STATE = "state.json"
+
+
+class PartsFailed(RuntimeError):
+    """Some units failed; they are not recorded as done, so the next run redoes them."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    key: str  # stable name of the input: a raw file relative to data/raw, or an upstream part's name
+    path: Path  # the input file
+    part: str  # stem of its output part and ledger part
+
+
+@dataclass
+class PartResult:
+    documents_in: int = 0
+    documents_out: int = 0
+    dropped: ReasonCounts = field(default_factory=ReasonCounts)
+    quarantined: ReasonCounts = field(default_factory=ReasonCounts)
+    extra: dict[str, Any] = field(default_factory=dict)  # stage-specific numbers kept with the unit
+    retry: bool = False  # the input could not be read at all: account for it, but read it again next run
+
+    def to_json(self) -> dict[str, Any]:
+        return {"documents_in": self.documents_in, "documents_out": self.documents_out,
+                "dropped": self.dropped.to_json(), "quarantined": self.quarantined.to_json(), **self.extra}
+
+
+@dataclass
+class UnitFailed:
+    key: str
+    message: str
+
+
+def fingerprint_settings(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on device ({exc.filename or 'writing an output'}): free space and run again"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fingerprint(path: Path, old: dict[str, Any] | None) -> dict[str, Any]:
+    """size + mtime + sha256; an input that cannot be read gets no hash, so it is read again next run."""
+    try:
+        return file_fingerprint(path, old)
+    except OSError:
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": None}
+
+
+def _safe(work: Callable[[Unit], PartResult], unit: Unit) -> PartResult | UnitFailed:
+    try:
+        return work(unit)
+    except Exception as exc:  # one unit's failure must not cost the others
+        traceback.print_exc(file=sys.stderr)
+        return UnitFailed(unit.key, describe_error(exc))
+
+
+class _Bound:
+    """work wrapped so failures come back as values (picklable for process pools)."""
+
+    def __init__(self, work: Callable[[Unit], PartResult]) -> None:
+        self.work = work
+
+    def __call__(self, unit: Unit) -> PartResult | UnitFailed:
+        return _safe(self.work, unit)
+
+
+@dataclass
+class Plan:
+    todo: list[Unit]
+    unchanged: list[str]
+    removed: list[str]
+    rebuild: str | None  # why everything is redone, or None
+    new: int = 0
+
+
+class PartStore:
+    """The output folder of a part stage and its state.json: {version, settings, units: {key: entry}}."""
+
+    def __init__(self, out: Path, settings: str, log: Any, version: int = 1) -> None:
+        self.out, self.settings, self.log, self.version = out, settings, log, version
+        self.parts_dir, self.ledger_dir = out / "parts", out / "ledger"
+        self.state = read_json(out / STATE, None) or {}
+        self.units: dict[str, dict[str, Any]] = dict(self.state.get("units", {}))
+        self._fingerprints: dict[str, dict[str, Any]] = {}  # computed by plan(), recorded by commit()
+        self._saved = time.perf_counter()
+
+    def part_path(self, part: str) -> Path:
+        return self.parts_dir / f"{part}.parquet"
+
+    def ledger_path(self, part: str) -> Path:
+        return self.ledger_dir / f"{part}.parquet"
+
+    def clean_temporaries(self) -> None:
+        """Temporaries of an interrupted run (.name.*.tmp) anywhere in the output folder."""
+        for tmp in self.out.rglob(".*.tmp") if self.out.exists() else []:
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+    def plan(self, units: Iterable[Unit], *, order_dependent: bool = False) -> Plan:
+        """What to do. order_dependent: a changed or removed earlier unit invalidates every later decision
+        (dedup), so it rebuilds everything instead of redoing one unit."""
+        self.clean_temporaries()
+        units = list(units)
+        rebuild = None
+        if self.units and (self.state.get("settings") != self.settings or self.state.get("version") != self.version):
+            rebuild = "settings changed"
+        current = {u.key for u in units}
+        removed = sorted(k for k in self.units if k not in current)
+        todo, unchanged, changed = [], [], []
+        for u in units:
+            old = None if rebuild else self.units.get(u.key)
+            fp = self._fingerprints[u.key] = _fingerprint(u.path, old.get("fingerprint") if old else None)
+            if old and fp["sha256"] and old["fingerprint"].get("sha256") == fp["sha256"] and self.part_path(old["part"]).exists():
+                old["fingerprint"] = fp  # same bytes, maybe a new mtime: remembered, so not re-hashed
+                unchanged.append(u.key)
+            else:
+                todo.append(u)
+                if old:
+                    changed.append(u.key)
+        if order_dependent and not rebuild and (changed or removed):
+            rebuild = f"input {(changed or removed)[0]} {'changed' if changed else 'vanished'}"
+            todo, unchanged = units, []
+        if rebuild:
+            self.log.warning("%s: rebuilding every part (%s)", self.out.name, rebuild)
+            self.reset()
+        for key in removed if not rebuild else []:
+            self.forget(key)
+        new = sum(1 for u in todo if u.key not in self.units)
+        return Plan(todo, unchanged, removed, rebuild, new)
+
+    def reset(self) -> None:
+        for folder in (self.parts_dir, self.ledger_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.units = {}
+
+    def forget(self, key: str) -> None:
+        entry = self.units.pop(key)
+        self.part_path(entry["part"]).unlink(missing_ok=True)
+        self.ledger_path(entry["part"]).unlink(missing_ok=True)
+        self.log.info("%s: input %s is gone: its part and ledger rows are removed", self.out.name, key)
+
+    def commit(self, unit: Unit, result: PartResult, *, force: bool = False) -> None:
+        fp = dict(self._fingerprints.get(unit.key) or _fingerprint(unit.path, None))
+        if result.retry:
+            fp["sha256"] = None  # never equal to a real hash: the unit is read again next run
+        seq = self.units.get(unit.key, {}).get("seq", len(self.units))
+        self.units[unit.key] = {"part": unit.part, "seq": seq, "fingerprint": fp, **result.to_json()}
+        if force or time.perf_counter() - self._saved > 5:  # a crash loses at most a few seconds of work
+            self.save()
+
+    def save(self) -> None:
+        """state.json: the core's keys plus whatever a stage keeps there (e.g. ingest's arrival numbers)."""
+        own = {k: v for k, v in self.state.items() if k not in ("version", "settings", "units")}
+        write_json({**own, "version": self.version, "settings": self.settings, "units": self.units}, self.out / STATE)
+        self._saved = time.perf_counter()
+
+    def ordered(self) -> list[str]:
+        return sorted(self.units, key=lambda k: self.units[k]["seq"])
+
+    def totals(self) -> dict[str, Any]:
+        """The data-contract counts over every unit recorded so far."""
+        dropped, quarantined = ReasonCounts(), ReasonCounts()
+        n_in = n_out = 0
+        for e in self.units.values():
+            n_in += e["documents_in"]
+            n_out += e["documents_out"]
+            dropped.merge(e["dropped"])
+            quarantined.merge(e["quarantined"])
+        return contract_counts(n_in, n_out, dropped, quarantined)
+
+
+def run_units(store: PartStore, todo: list[Unit], work: Callable[[Unit], PartResult],
+              executor: Executor | None = None, *, progress: Callable[[Unit, PartResult], None] | None = None,
+              sequential: bool = False) -> list[UnitFailed]:
+    """Do every unit (results in order, whatever executes them), record each finished one; failures are
+    returned, and the caller raises PartsFailed once the stage's bookkeeping is written.
+
+    sequential: each unit builds on the ones before (dedup's index): state is saved after every unit and
+    the first failure stops the run, since later decisions would miss the failed unit."""
+    executor = executor or InProcess()
+    failed: list[UnitFailed] = []
+    for unit, result in zip(todo, executor.map(_Bound(work), todo), strict=True):
+        if isinstance(result, UnitFailed):
+            store.log.error("%s: %s failed: %s (not recorded; the next run redoes it)", store.out.name,
+                            unit.key, result.message)
+            failed.append(result)
+            if sequential:
+                break
+            continue
+        store.commit(unit, result, force=sequential)
+        if progress is not None:
+            progress(unit, result)
+    store.save()
+    return failed
+
+
+def raise_failures(stage: str, failed: list[UnitFailed]) -> None:
+    if failed:
+        lines = "; ".join(f"{f.key}: {f.message}" for f in failed[:5])
+        more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise PartsFailed(f"stage {stage}: {len(failed)} part(s) failed and will be redone on the next run: "
+                          f"{lines}{more}")
