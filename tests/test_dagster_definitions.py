@@ -19,7 +19,7 @@ from vertical_dag.defs import build_definitions
 from vertical_dag.defs.checks import check_results
 from vertical_dag.defs.jobs import FULL_JOB
 from vertical_dag.defs.metadata import read_metrics, stage_metadata
-from vertical_dag.defs.pipeline import DEFAULT_DEPS, StageNode, load_pipeline
+from vertical_dag.defs.pipeline import StageNode, load_pipeline
 from vertical_dag.defs.resources import DVC_POOL
 from vertical_dag.defs.schedules import REBUILD_SCHEDULE
 from vertical_dag.defs.sensors import AUTOMATION_SENSOR, RAW_SENSOR
@@ -36,10 +36,10 @@ def test_graph_is_whole_with_lineage_checks_and_automation():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert set(EXPECTED) <= keys
-    asset_of = {name: spec.asset for name, spec in STAGES.items()} | {"raw": "raw_sources"}
-    for name, deps in DEFAULT_DEPS.items():  # every registry stage's upstream is wired, runnable or not
-        parents = {p.to_user_string() for p in graph.get(dg.AssetKey(asset_of[name])).parent_keys}
-        assert {asset_of[d] for d in deps} <= parents, (name, parents)
+    for name, spec in STAGES.items():  # the registry's lineage is the graph's
+        parents = {p.to_user_string() for p in graph.get(dg.AssetKey(spec.asset)).parent_keys}
+        want = {STAGES[r].asset for r in spec.reads} | ({"raw_sources"} if spec.raw else set())
+        assert parents == want, (name, parents)
     assert graph.get(dg.AssetKey("raw_sources")).is_observable
     for node in load_pipeline(Project(REPO)):
         asset = graph.get(dg.AssetKey(node.asset))
@@ -77,8 +77,12 @@ def test_code_version_follows_params_and_code(tmp_path: Path):
     project.params_file.write_text(yaml.safe_dump(params, allow_unicode=True))
     after = {n.name: n.code_version for n in load_pipeline(project) if n.runnable}
     assert after["ingest"] != before["ingest"]
-    assert all(after[k] == v for k, v in before.items() if k != "ingest")
-    (project.root / "vertical_dag/stages/ingest.py").write_text("# changed\n", encoding="utf-8")
+    assert after["normalize"] != before["normalize"]  # its gate bounds lengths by ingest.max_doc_chars
+    assert all(after[k] == v for k, v in before.items() if k not in ("ingest", "normalize"))
+    # code and user-named files reach the version through the stage's inputs file (`vertical-dag inputs`)
+    inputs = project.root / STAGES["ingest"].inputs_file
+    inputs.parent.mkdir(parents=True, exist_ok=True)
+    inputs.write_text(json.dumps({"code": {"vertical_dag.stages.ingest": "changed"}}), encoding="utf-8")
     assert next(n for n in load_pipeline(project) if n.name == "ingest").code_version != after["ingest"]
 
 

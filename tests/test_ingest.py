@@ -124,7 +124,7 @@ def test_incremental_new_edited_removed_files(project: Path):
     batches = set(read_parts(project / "data/ingested/parts")["batch"].to_pylist())
     assert batches == {"src/a.jsonl", "src/c.jsonl"}
     state = json.loads((project / "data/ingested/state.json").read_text())
-    assert set(state["files"]) == {"src/a.jsonl", "src/c.jsonl"}
+    assert set(state["units"]) == {"src/a.jsonl", "src/c.jsonl"}
 
     # Changed ingest params change what a part holds: every file is read again.
     params = project / "params.yaml"

@@ -177,7 +177,7 @@ def test_decontamination_against_evaluation_task_files(tmp_path):
     english = ("the contractor shall indemnify and hold harmless the owner against all claims arising from "
                "negligent performance of the work under this agreement")
     proj = make_project(tmp_path / "p", params(decontaminate={
-        "extra_eval_files": ["evals/tasks.jsonl", "evals/missing.jsonl"], "char_ngram": 20}))
+        "extra_eval_files": ["evals/tasks.jsonl"], "char_ngram": 20}))
     evals = proj.root / "evals"
     evals.mkdir()
     (evals / "tasks.jsonl").write_text(
@@ -190,7 +190,7 @@ def test_decontamination_against_evaluation_task_files(tmp_path):
                       clusters=[key_in("train", "z")])[0]
     write_norm_part(proj.root, "e", [en_doc, zh_doc, *doc_rows([article(i) for i in range(30)], "c")])
     m = run_stage("split", proj, gate=False)
-    assert m["eval_task_items"] == 2 and m["eval_file_problems"] == {"missing_file": 1, "bad_json_line": 1}
+    assert m["eval_task_items"] == 2 and m["eval_file_problems"] == {"bad_json_line": 1}
     refs = {r["doc_id"]: r["ref_doc_id"] for r in read_ledger(proj.root / "data/splits/ledger").to_pylist()
             if r["action"] == "dropped"}
     assert refs == {"en-doc": "eval:evals/tasks.jsonl:q1", "zh-doc": "eval:evals/tasks.jsonl:3"}
@@ -249,3 +249,14 @@ def test_example_corpus_end_to_end_with_a_late_batch(tmp_path):
         for row in pq.read_table(root / "data/splits" / f"{name}.parquet", columns=["cluster_id"]).to_pylist():
             clusters.setdefault(row["cluster_id"], set()).add(name)
     assert max(len(s) for s in clusters.values()) == 1
+
+
+def test_a_missing_evaluation_file_is_an_error(tmp_path):
+    """A file the user named for decontamination must exist: silently covering less is worse than stopping."""
+    from vertical_dag.params import ParamsError
+
+    proj = make_project(tmp_path / "p", params(decontaminate={"extra_eval_files": ["evals/missing.jsonl"]}))
+    write_norm_part(proj.root, "e", doc_rows([article(i) for i in range(5)], "c"))
+    with pytest.raises(ParamsError, match="split.decontaminate.extra_eval_files = 'evals/missing.jsonl'"):
+        run_stage("split", proj, gate=False)
+    assert not (proj.root / "data/splits").exists()

@@ -46,16 +46,18 @@ def _cmd_inputs(args: argparse.Namespace) -> int:
 
 def _cmd_dvc_yaml(args: argparse.Namespace) -> int:
     from . import dvcyaml
+    from .params import load_params
 
     project = find_project(args.project)
     path = project.root / "dvc.yaml"
+    push = load_params(project.params_file).normalize.pii.push_unredacted
     if args.check:
-        if dvcyaml.is_current(path):
+        if dvcyaml.is_current(path, push):
             print("dvc.yaml matches the stage registry")
             return 0
         print("dvc.yaml differs from the stage registry: run `vertical-dag dvc-yaml` to regenerate it", file=sys.stderr)
         return 1
-    print(f"{'wrote' if dvcyaml.write(path) else 'unchanged:'} {project.rel(path)}")
+    print(f"{'wrote' if dvcyaml.write(path, push) else 'unchanged:'} {project.rel(path)}")
     return 0
 
 
@@ -75,7 +77,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
     project = find_project(args.project)
-    text = explain(project, args.doc_id)
+    text = explain(project, args.doc_id, show_pii=args.show_pii)
     print(text)
     return 0 if "not found" not in text.splitlines()[0] else 1
 
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("explain", help="print everything that happened to one document")
     s.add_argument("doc_id")
+    s.add_argument("--show-pii", action="store_true", help="print text as stored, without masking PII")
     s.set_defaults(func=_cmd_explain)
 
     s = sub.add_parser("summary", help="documents kept/dropped per stage, gate results and the model headline")

@@ -32,10 +32,10 @@ def _params(spec: Stage) -> list[str]:
     return [k for k in keys if not any(k != s and k.startswith(s + ".") for s in keys)]
 
 
-def stage_entry(spec: Stage) -> dict[str, Any]:
+def stage_entry(spec: Stage, push_unredacted: bool = False) -> dict[str, Any]:
     deps = ([RAW] if spec.raw else []) + [STAGES[r].out for r in spec.reads] + [spec.inputs_file]
     main: dict[str, Any] = {"persist": True}
-    if not spec.push:
+    if not spec.push and not push_unredacted:
         main["push"] = False
     outs: list[Any] = [{spec.out: main}, {spec.gate_file: dict(_SMALL)}, {perf_file(spec.name): dict(_SMALL)}]
     outs += [{r: dict(_SMALL)} for r in spec.reports]
@@ -52,24 +52,26 @@ def stage_entry(spec: Stage) -> dict[str, Any]:
     return entry
 
 
-def pipeline() -> dict[str, Any]:
+def pipeline(push_unredacted: bool = False) -> dict[str, Any]:
     inputs = {"cmd": "vertical-dag inputs", "always_changed": True,
               "outs": [{s.inputs_file: dict(_SMALL)} for s in STAGES.values()]}
-    return {"stages": {INPUTS: inputs, **{name: stage_entry(spec) for name, spec in STAGES.items()}}}
+    stages = {name: stage_entry(spec, push_unredacted) for name, spec in STAGES.items()}
+    return {"stages": {INPUTS: inputs, **stages}}
 
 
-def render() -> str:
-    return HEADER + yaml.safe_dump(pipeline(), sort_keys=False, allow_unicode=True, width=110)
+def render(push_unredacted: bool = False) -> str:
+    """dvc.yaml's text; push_unredacted is normalize.pii.push_unredacted (DVC cannot read it from params)."""
+    return HEADER + yaml.safe_dump(pipeline(push_unredacted), sort_keys=False, allow_unicode=True, width=110)
 
 
-def write(path: Path) -> bool:
+def write(path: Path, push_unredacted: bool = False) -> bool:
     """Write dvc.yaml; True when it changed."""
-    text = render()
+    text = render(push_unredacted)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
     path.write_text(text, encoding="utf-8")
     return True
 
 
-def is_current(path: Path) -> bool:
-    return path.is_file() and path.read_text(encoding="utf-8") == render()
+def is_current(path: Path, push_unredacted: bool = False) -> bool:
+    return path.is_file() and path.read_text(encoding="utf-8") == render(push_unredacted)

@@ -23,9 +23,23 @@ def _find_in(folder, doc_id: str) -> dict | None:
     return hit.slice(0, 1).to_pylist()[0] if hit.num_rows else None
 
 
-def explain(project: Project, doc_id: str) -> str:
+def _masker(project: Project, show_pii: bool):
+    """Text as explain prints it: PII masked the way normalize redacts it, unless asked for (--show-pii).
+    The stages before normalize keep the raw text; a terminal or a log is no place for it."""
+    if show_pii:
+        return lambda text: text
+    from .params import load_params
+    from .text.pii import PII_TYPES, Redactor
+
+    pii = load_params(project.params_file).normalize.pii
+    redactor = Redactor(pii.extra_patterns, tuple(pii.types) if pii.enabled else PII_TYPES)
+    return lambda text: redactor.redact(text).text
+
+
+def explain(project: Project, doc_id: str, show_pii: bool = False) -> str:
     lines: list[str] = []
     seen = False
+    mask = _masker(project, show_pii)
     for spec in STAGES.values():
         out = project.root / spec.out
         if not out.exists():
@@ -38,7 +52,7 @@ def explain(project: Project, doc_id: str) -> str:
             continue
         seen = True
         if row is not None:
-            text = (row.get("text") or "").replace("\n", " ")
+            text = mask(row.get("text") or "").replace("\n", " ")
             extra = {k: v for k, v in row.items() if k not in ("text", "meta", "doc_id")}
             lines.append(f"[{spec.name}] kept: {json.dumps(extra, ensure_ascii=False, default=str)}")
             lines.append(f"    text: {text[:120]}{'...' if len(text) > 120 else ''}")

@@ -154,6 +154,9 @@ class PiiParams(Section):
     # NAME -> regex; matches become <NAME>. NAME: capital letters, digits, underscore.
     extra_patterns: dict[str, str] = Field(default_factory=dict)
     max_pii_char_frac: float = Field(0.8, gt=0, le=1)  # above this share of redacted characters: dropped (all_pii)
+    # data/ingested and data/deduplicated still hold the raw text, PII included: `dvc push` leaves them out
+    # unless this is true (then run `vertical-dag dvc-yaml`, which writes it into dvc.yaml)
+    push_unredacted: bool = False
 
     @field_validator("extra_patterns")
     @classmethod

@@ -171,7 +171,7 @@ def metrics(store: PartStore, plan: Any, seconds: float, config: DedupConfig) ->
         "duplicate_rate": round(totals["dropped"] / totals["documents_in"], 4) if totals["documents_in"] else 0.0,
         "duplicate_rate_by_source": {s: round(d / n, 4) if n else 0.0 for s, (n, d) in sorted(sources.items())},
         "parts": len(store.units),
-        "new_parts": plan.new,
+        "new_parts": len(plan.todo),  # processed by this run
         "new_documents": new_docs,
         "rebuilt": plan.rebuild,
         "bands": config.bands,

@@ -85,11 +85,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def make_executor(execution: Any, n_items: int | None = None) -> Executor:
-    """The executor params.execution asks for; local work on one item (or one core) stays in-process."""
+# With workers: auto, less work than this stays in-process: starting a pool of fresh interpreters costs about
+# a second, more than a few MB of text take to process.
+MIN_POOL_BYTES = 16 << 20
+
+
+def make_executor(execution: Any, n_items: int | None = None, work_bytes: int | None = None) -> Executor:
+    """The executor params.execution asks for; one item, one core, or (auto) little work stays in-process."""
     if execution.backend == "ray":
         return RayTasks(execution.ray_address, None if execution.workers == "auto" else execution.workers)
-    workers = cpu_count() if execution.workers == "auto" else int(execution.workers)
+    auto = execution.workers == "auto"
+    workers = cpu_count() if auto else int(execution.workers)
     if n_items is not None:
         workers = min(workers, n_items)
+    if auto and work_bytes is not None and work_bytes < MIN_POOL_BYTES:
+        workers = 1
     return InProcess() if workers <= 1 else LocalPool(workers)

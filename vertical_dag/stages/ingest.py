@@ -234,7 +234,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f" {dict(res.quarantined.counts)}" if res.quarantined.total() else "")
 
     work = _Work(p, store.parts_dir, store.ledger_dir, arrival)
-    executor = make_executor(ctx.params.execution, len(plan.todo))
+    executor = make_executor(ctx.params.execution, len(plan.todo), total)
     started = time.perf_counter()
     failed = run_units(store, plan.todo, work, executor, progress=progress)
     seconds = time.perf_counter() - started
@@ -263,10 +263,12 @@ def _metrics(store: PartStore, plan: Any, *, files_total: int, bytes_read: int, 
         "files_changed": len(plan.todo) - plan.new,
         "files_removed": len(plan.removed),
         "files_skipped_unchanged": len(plan.unchanged),
+        "new_parts": len(plan.todo),
+        "documents_read": sum(store.units[u.key]["documents_out"] for u in plan.todo if u.key in store.units),
         "rebuilt": plan.rebuild,
         "workers": workers,
         "bytes_read": bytes_read,
-        "mb_per_s": round(bytes_read / 2**20 / seconds, 2) if seconds > 0 and bytes_read else 0.0,
+        "mb_per_s": round(bytes_read / 2**20 / seconds, 3) if seconds > 0 and bytes_read else 0.0,
         "seconds": round(seconds, 3),
     }
 

@@ -136,4 +136,11 @@ def write_inputs(project: Project) -> dict[str, Any]:
             write_json(data, target)
         written[spec.name] = data
     write_json(cache, cache_file)
+    from ..dvcyaml import is_current
+
+    if not is_current(project.root / "dvc.yaml", params.normalize.pii.push_unredacted):
+        import logging
+
+        logging.getLogger("vertical_dag.inputs").warning(
+            "dvc.yaml differs from what the stage registry and params give: run `vertical-dag dvc-yaml`")
     return written

@@ -156,7 +156,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log.info("%s: %d in, %d kept, %d dropped, %d redacted", unit.key, res.documents_in, res.documents_out,
                      res.dropped.total(), res.extra["redacted"])
 
-    executor = make_executor(ctx.params.execution, len(plan.todo))
+    executor = make_executor(ctx.params.execution, len(plan.todo), sum(u.path.stat().st_size for u in plan.todo))
     work = _Work(config, ctx.params.normalize.batch_size, store.parts_dir, store.ledger_dir)
     failed = run_units(store, plan.todo, work, executor, progress=progress)
     bar.close()

@@ -135,6 +135,7 @@ class PartStore:
         (dedup), so it rebuilds everything instead of redoing one unit."""
         self.clean_temporaries()
         units = list(units)
+        previous = set(self.units)
         rebuild = None
         if self.units and (self.state.get("settings") != self.settings or self.state.get("version") != self.version):
             rebuild = "settings changed"
@@ -152,14 +153,14 @@ class PartStore:
                 if old:
                     changed.append(u.key)
         if order_dependent and not rebuild and (changed or removed):
-            rebuild = f"input {(changed or removed)[0]} {'changed' if changed else 'vanished'}"
+            rebuild = f"input part {(changed or removed)[0]} {'changed' if changed else 'vanished'}"
             todo, unchanged = units, []
         if rebuild:
-            self.log.warning("%s: rebuilding every part (%s)", self.out.name, rebuild)
+            self.log.warning("%s: rebuilding from scratch: %s", self.out.name, rebuild)
             self.reset()
         for key in removed if not rebuild else []:
             self.forget(key)
-        new = sum(1 for u in todo if u.key not in self.units)
+        new = sum(1 for u in todo if u.key not in previous)
         return Plan(todo, unchanged, removed, rebuild, new)
 
     def reset(self) -> None:
