@@ -124,16 +124,8 @@ def test_model_and_report_metadata(tmp_path: Path):
         {"val_perplexity_base": 31.5, "val_perplexity_final": 19.25, "tokens_per_s": 110.0, "seconds": 9.0},
         project.metrics_file("pretrain"),
     )
-    node = StageNode(
-        "pretrain",
-        "pretrained_checkpoint",
-        "data/models/pretrained",
-        ("splits",),
-        True,
-        "v",
-        "",
-        ("data/plots/pretrain_loss.csv",),
-    )
+    node = StageNode("pretrain", "pretrained_checkpoint", "data/models/pretrained", ("splits",), True, "v", "",
+                     is_training=True, plots=("data/plots/pretrain_loss.csv",))
     meta = stage_metadata(project, node, read_metrics(project, "pretrain"), None)
     assert (
         list(meta)[list(meta).index("val_perplexity_base") - 1] != "tokens_per_s"
@@ -149,7 +141,7 @@ def test_model_and_report_metadata(tmp_path: Path):
         {"headline": {"finetuned_task_accuracy": 0.42, "base_domain_bpc": 2.1}},
         project.metrics_file("evaluate"),
     )
-    node = StageNode("evaluate", "eval_report", "data/reports/eval", (), True, "v", "")
+    node = StageNode("evaluate", "eval_report", "data/reports/eval", (), True, "v", "", is_training=True)
     meta = stage_metadata(project, node, read_metrics(project, "evaluate"), None)
     assert meta["report"].value == str(report)
     assert meta["headline.finetuned_task_accuracy"].value == 0.42

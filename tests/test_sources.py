@@ -241,8 +241,8 @@ def _ingest_one(tmp_path: Path, name: str, data: bytes, **params) -> tuple[int, 
     p = IngestParams(**params)
     part, ledger = tmp_path / "out" / "p.parquet", tmp_path / "out" / "ledger" / "p.parquet"
     res = ingest_file(raw, f"src/{name}", "src", p, part, ledger, log=__import__("logging").getLogger("t"))
-    assert pq.read_table(part).num_rows == res.documents
-    return res.documents, read_ledger(ledger.parent).to_pylist()
+    assert pq.read_table(part).num_rows == res.documents_out
+    return res.documents_out, read_ledger(ledger.parent).to_pylist()
 
 
 @pytest.mark.parametrize(

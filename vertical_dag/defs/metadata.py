@@ -23,11 +23,17 @@ MAX_NUMBERS = 40
 
 
 def read_metrics(project: Project, stage: str) -> dict[str, Any]:
-    try:
-        data = json.loads(project.metrics_file(stage).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The stage's quality metrics and its performance figures (kept apart for DVC, shown together here)."""
+    from ..stages.metrics import perf_file
+
+    out: dict[str, Any] = {}
+    for path in (project.metrics_file(stage), project.root / perf_file(stage)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        out.update(data if isinstance(data, dict) else {})
+    return out
 
 
 def _is_num(v: Any) -> bool:

@@ -49,13 +49,20 @@ def _paths(entries: list[Any] | None) -> list[str]:
     return [p.rstrip("/") for p in out]
 
 
-def code_version(project: Project, name: str, params: dict[str, Any]) -> str:
-    """What DVC looks at besides upstream data: the stage's inputs file (code, user-named paths) and the
-    values of its declared params. Changes exactly when DVC would re-run the stage for that reason."""
+def code_version(project: Project, name: str, params: dict[str, Any], cache: dict[str, Any]) -> str:
+    """What DVC looks at besides upstream data: the stage's inputs (its code, the files its params name;
+    stages/inputs.py) and the values of its declared params. Changes exactly when DVC would re-run the
+    stage for that reason, whether or not the inputs stage has run yet."""
+    from ..params import ParamsError, parse_params
+    from ..stages.inputs import stage_inputs
+
     h = xxhash.xxh64()
     spec = STAGES[name]
-    inputs = project.root / spec.inputs_file
-    h.update(inputs.read_bytes() if inputs.is_file() else b"(no inputs yet)")
+    try:
+        inputs = stage_inputs(spec, parse_params(params), project.root, cache)
+    except ParamsError as exc:  # the UI still loads; the stage itself will say what is wrong
+        inputs = {"invalid params": str(exc)}
+    h.update(json.dumps(inputs, sort_keys=True, default=str).encode())
     for key in declared_keys(spec):
         value: Any = params
         for part in key.split("."):
@@ -66,8 +73,12 @@ def code_version(project: Project, name: str, params: dict[str, Any]) -> str:
 
 def load_pipeline(project: Project) -> list[StageNode]:
     """Registry stages in lineage order."""
+    from ..records import read_json
+    from ..stages.inputs import CACHE
+
     dvc_stages: dict[str, dict[str, Any]] = read_yaml(project.root / "dvc.yaml").get("stages") or {}
     params = read_yaml(project.params_file)
+    cache = read_json(project.root / CACHE, {}) or {}  # file hashes by size + mtime, shared with `inputs`
     nodes = []
     for name, spec in STAGES.items():
         deps = ((RAW_ASSET,) if spec.raw else ()) + tuple(STAGES[r].asset for r in spec.reads)
@@ -76,7 +87,7 @@ def load_pipeline(project: Project) -> list[StageNode]:
                 if runnable else f"{spec.description}. Stage `{name}` -> `{spec.out}` (not in dvc.yaml: "
                 "run `vertical-dag dvc-yaml` to add it).")
         nodes.append(StageNode(name, spec.asset, spec.out, deps, runnable,
-                               code_version(project, name, params) if runnable else None, text, spec.training,
+                               code_version(project, name, params, cache) if runnable else None, text, spec.training,
                                tuple(_paths(dvc_stages.get(name, {}).get("plots")))))
     return nodes
 
