@@ -55,7 +55,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "kind": record["kind"],
         "sha256": record["sha256"],
         "output_sha256": record["output_sha256"],
-        "objective": record["objective"],
         "architecture": record["architecture"],
         "parameters": record["parameters"],
         "vocab_size": record["vocab_size"],

@@ -9,12 +9,9 @@ Reads data/splits/{train,validation}.parquet and data/models/base/model; writes
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ..modeling.card import model_card
-from ..modeling.load import load_model_folder, readable
+from ..modeling.load import load_model_folder, write_model_folder
 from ..modeling.packing import (
     DOMAIN_SOURCE,
     GENERAL_SOURCE,
@@ -36,7 +33,7 @@ from ..modeling.packing import (
     tokenize,
 )
 from ..modeling.replay import read_general_texts, select_replay
-from ..modeling.train import TrainConfig, train
+from ..modeling.train import TrainConfig, history_csv, train
 from ..records import (
     LedgerEntry,
     file_sha256,
@@ -73,28 +70,6 @@ def _steps(p: Any, tokens_per_step: int, n_blocks: int, block_size: int) -> int:
     return max(1, math.ceil(p.epochs * n_blocks * block_size / tokens_per_step))
 
 
-def _loss_csv(history: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["step", "loss", "lr", "tokens", "val_ppl"])
-    for h in history:
-        w.writerow([h["step"], h["loss"], f"{h['lr']:.6g}", h["tokens"], "" if h["val_ppl"] is None else round(h["val_ppl"], 4)])
-    return buf.getvalue()
-
-
-def _write_model(out: Path, model: Any, tokenizer: Any, card: str) -> None:
-    """The final checkpoint: a plain HF folder (safetensors, tokenizer, model card) that the fine-tuning and
-    evaluation stages load with from_pretrained; written beside and renamed, so it is never half there."""
-    model_dir, tmp = out / "model", out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to("cpu").save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "README.md").write_text(card, encoding="utf-8")
-    readable(tmp)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.rename(model_dir)
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
     p = ctx.params.pretrain
     root = ctx.project.root
@@ -109,9 +84,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     train_tbl, train_hash = read_split(splits, "train")
     val_tbl, val_hash = read_split(splits, "validation")
 
-    model, tokenizer = load_model_folder(base_dir, objective=base_info.get("objective"))
-    objective = base_info.get("objective", "clm")
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    model, tokenizer = load_model_folder(base_dir)
+    eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
     # Tokenise; a document with no tokens cannot be trained on and goes to the ledger.
@@ -156,7 +130,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         extra["general"] = pack(sel.heldout, p.block_size, eos, pad)
     tokenize_seconds = time.perf_counter() - t0
     realised = packed.tokens_of(GENERAL_SOURCE) / max(1, packed.real_tokens)
-    masking = cross_document_attention_blocked(model, eos) if objective == "clm" else True
+    masking = cross_document_attention_blocked(model, eos)
     if not masking:
         notes.append("this model's attention ignores packed position ids: documents in a block can attend to each other")
         ctx.log.warning(notes[-1])
@@ -169,8 +143,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         lr=p.lr, min_lr_ratio=p.min_lr_ratio, warmup_steps=p.warmup_steps, weight_decay=p.weight_decay,
         grad_clip=p.grad_clip, eval_every=p.eval_every, eval_blocks=p.eval_blocks, checkpoint_every=p.checkpoint_every,
         keep_checkpoints=p.keep_checkpoints, log_every=p.log_every, seed=p.seed, device=p.device, precision=p.precision,
-        compile=p.compile, objective=objective, mask_token_id=getattr(tokenizer, "mask_token_id", None),
-        extra_fingerprint={"base": base_info.get("output_sha256", "")},
+        compile=p.compile, extra_fingerprint={"base": base_info.get("output_sha256", "")},
     )
     ckpt_dir = ctx.out / "checkpoints"
     result = train(model, packed, val_packed, cfg, ckpt_dir, extra_val=extra)
@@ -198,7 +171,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         **m,
         "resumed_from_step": result.resumed_from,
         "tokenize_seconds": round(tokenize_seconds, 2),
-        "objective": objective,
     }
     if m["val_perplexity_base"] and m["val_perplexity_final"]:
         metrics["val_perplexity_gain"] = round(m["val_perplexity_base"] - m["val_perplexity_final"], 4)
@@ -212,8 +184,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "replay": f"{p.replay_path} sha256 {replay_hash}" if replay_hash else "none"},
         params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates, notes=notes)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first rank writes
-        _write_model(ctx.out, model, tokenizer, card)
-        write_text(_loss_csv(result.history), root / PLOT_FILE)
+        write_model_folder(model, tokenizer, ctx.out / "model", card)
+        write_text(history_csv(result.history), root / PLOT_FILE)
         write_json({"train_sha256": train_hash, "validation_sha256": val_hash, "replay_sha256": replay_hash,
                     "base_sha256": base_info.get("output_sha256"), "steps": cfg.max_steps}, ctx.out / "state.json")
     metrics["seconds"] = round(time.perf_counter() - started, 3)
