@@ -275,7 +275,9 @@ def _sft_case(folder, tok, lora: bool):
 
 
 @pytest.mark.parametrize("lora", [True, False])
-def test_sft_on_the_shared_loop_resumes_after_a_crash(lora, tmp_path, tok, tokenizer_dir):
+def test_sft_on_the_shared_loop_resumes_after_a_crash(lora, tmp_path, tok, tokenizer_dir, caplog):
+    import logging
+
     from safetensors.torch import load_file
 
     from vertical_dag.modeling.tiny import build_tiny_llama
@@ -284,7 +286,10 @@ def test_sft_on_the_shared_loop_resumes_after_a_crash(lora, tmp_path, tok, token
     torch.set_num_threads(1)
     folder = build_tiny_llama(tokenizer_dir, tmp_path / "m", hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
     model, data, val, cfg = _sft_case(folder, tok, lora)
-    straight = train(model, data, val, cfg, tmp_path / "straight")
+    with caplog.at_level(logging.INFO, logger="vertical_dag.modeling.train"):
+        straight = train(model, data, val, cfg, tmp_path / "straight")
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(progress) == 4 and "step 1/4 loss" in progress[0] and "tok/s" in progress[0]  # as pretraining shows it
 
     class Crash(Exception):
         pass

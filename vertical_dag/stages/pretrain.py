@@ -70,6 +70,38 @@ def _steps(p: Any, tokens_per_step: int, n_blocks: int, block_size: int) -> int:
     return max(1, math.ceil(p.epochs * n_blocks * block_size / tokens_per_step))
 
 
+def _replay(ctx: StageContext, tokenizer: Any, domain_tokens: int, notes: list[str]) -> tuple[Any, list[str], str | None]:
+    """General text selected to the target token ratio (a held-out slice measures forgetting); notes say what went amiss."""
+    p = ctx.params.pretrain
+    general_texts: list[str] = []
+    replay_path = (ctx.project.root / p.replay_path) if p.replay_path else None
+    replay_hash = None
+    if replay_path is not None and replay_path.exists():
+        general_texts = read_general_texts(replay_path)
+        replay_hash = file_sha256(replay_path) if replay_path.is_file() else None
+    elif replay_path is not None:
+        notes.append(f"replay text {p.replay_path} not found: trained without replay (for the example: "
+                     "`vertical-dag example fetch` provides it)")
+        ctx.log.warning(notes[-1])
+    general_docs = tokenize(tokenizer, general_texts) if general_texts else []
+    sel = select_replay(general_docs, domain_tokens, p.replay_ratio if general_docs else 0.0, p.seed, p.replay_heldout_docs)
+    if sel.repeated:
+        notes.append(f"general text ({sel.available_tokens} tokens) is smaller than the replay target ({sel.target_tokens}): it was repeated")
+        ctx.log.warning(notes[-1])
+    return sel, general_texts, replay_hash
+
+
+def _train_config(p: Any, n_blocks: int, base_sha256: str) -> TrainConfig:
+    tokens_per_step = p.batch_size * p.grad_accum * p.block_size * int(os.environ.get("WORLD_SIZE", "1"))
+    return TrainConfig(
+        max_steps=_steps(p, tokens_per_step, n_blocks, p.block_size), batch_size=p.batch_size, grad_accum=p.grad_accum,
+        lr=p.lr, min_lr_ratio=p.min_lr_ratio, warmup_steps=p.warmup_steps, weight_decay=p.weight_decay,
+        grad_clip=p.grad_clip, eval_every=p.eval_every, eval_blocks=p.eval_blocks, checkpoint_every=p.checkpoint_every,
+        keep_checkpoints=p.keep_checkpoints, log_every=p.log_every, seed=p.seed, device=p.device, precision=p.precision,
+        compile=p.compile, extra_fingerprint={"base": base_sha256},
+    )
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     p = ctx.params.pretrain
     root = ctx.project.root
@@ -101,23 +133,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     domain_tokens = sum(len(d) + 1 for d in train_docs)
     val_docs = tokenize(tokenizer, val_tbl.column("text").to_pylist())
 
-    # Replay of general text, selected to the target token ratio; a held-out slice measures forgetting.
-    general_texts: list[str] = []
-    replay_path = (root / p.replay_path) if p.replay_path else None
     notes: list[str] = []
-    replay_hash = None
-    if replay_path is not None and replay_path.exists():
-        general_texts = read_general_texts(replay_path)
-        replay_hash = file_sha256(replay_path) if replay_path.is_file() else None
-    elif replay_path is not None:
-        notes.append(f"replay text {p.replay_path} not found: trained without replay (for the example: "
-                     "`vertical-dag example fetch` provides it)")
-        ctx.log.warning(notes[-1])
-    general_docs = tokenize(tokenizer, general_texts) if general_texts else []
-    sel = select_replay(general_docs, domain_tokens, p.replay_ratio if general_docs else 0.0, p.seed, p.replay_heldout_docs)
-    if sel.repeated:
-        notes.append(f"general text ({sel.available_tokens} tokens) is smaller than the replay target ({sel.target_tokens}): it was repeated")
-        ctx.log.warning(notes[-1])
+    sel, general_texts, replay_hash = _replay(ctx, tokenizer, domain_tokens, notes)
 
     # Shuffle documents (domain and general together) so replay is spread evenly through the stream, then pack.
     all_docs = train_docs + sel.docs
@@ -137,14 +154,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log.info("packed %d documents (+%d general) into %d blocks of %d: efficiency %.4f, replay ratio %.4f",
                  len(train_docs), len(sel.docs), len(packed), p.block_size, packed.efficiency, realised)
 
-    tokens_per_step = p.batch_size * p.grad_accum * p.block_size * int(os.environ.get("WORLD_SIZE", "1"))
-    cfg = TrainConfig(
-        max_steps=_steps(p, tokens_per_step, len(packed), p.block_size), batch_size=p.batch_size, grad_accum=p.grad_accum,
-        lr=p.lr, min_lr_ratio=p.min_lr_ratio, warmup_steps=p.warmup_steps, weight_decay=p.weight_decay,
-        grad_clip=p.grad_clip, eval_every=p.eval_every, eval_blocks=p.eval_blocks, checkpoint_every=p.checkpoint_every,
-        keep_checkpoints=p.keep_checkpoints, log_every=p.log_every, seed=p.seed, device=p.device, precision=p.precision,
-        compile=p.compile, extra_fingerprint={"base": base_info.get("output_sha256", "")},
-    )
+    cfg = _train_config(p, len(packed), base_info.get("output_sha256", ""))
     ckpt_dir = ctx.out / "checkpoints"
     result = train(model, packed, val_packed, cfg, ckpt_dir, extra_val=extra)
     m = result.metrics
@@ -166,7 +176,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "general_tokens": packed.tokens_of(GENERAL_SOURCE),
         "fertility_domain": fertility(tokenizer, texts),
         "fertility_general": fertility(tokenizer, general_texts) if general_texts else None,
-        "replay_ratio_target": p.replay_ratio if general_docs else 0.0,
+        "replay_ratio_target": p.replay_ratio if general_texts else 0.0,
         "replay_ratio_realised": round(realised, 4),
         **m,
         "resumed_from_step": result.resumed_from,
