@@ -17,6 +17,9 @@ from gpu_assets import ROOT, peak_gib, read_split, reset_memory, section
 
 from vertical_dag.modeling import sft
 from vertical_dag.modeling.generate import GenerationSettings, generate_one, load_for_inference
+from vertical_dag.modeling.load import write_model_folder
+from vertical_dag.modeling.packing import pack_whole
+from vertical_dag.modeling.train import TrainConfig, train
 
 
 def task_items(assets: Path, ft: dict[str, Any], n_docs: int | None, seed: int) -> tuple[list[Any], str]:
@@ -46,32 +49,40 @@ def run_sft_and_generate(base: Any, assets: Path, ft: dict[str, Any], steps: int
     block = int(ft.get("block_size", 512))
     examples = [e for e in (sft.encode_chat(tok, it.chat(), system) for it in items) if len(e[0]) <= block]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    blocks = sft.pack(examples, block, pad, bool(ft.get("packing", True)))
+    blocks = pack_whole(examples, block, pad, bool(ft.get("packing", True)))
+    probe = pack_whole(examples[:8], block, pad, bool(ft.get("packing", True)))  # scored before and after
     dtype = torch.bfloat16  # finetune.dtype: bfloat16, the GPU setting (bf16 weights; LoRA adapters stay fp32)
-    cfg = sft.TrainConfig(method=str(ft.get("method", "lora")), lora_r=int(ft.get("lora_r", 16)),
-                          lora_alpha=float(ft.get("lora_alpha", 32)), lora_dropout=float(ft.get("lora_dropout", 0.05)),
-                          lora_target_modules=ft.get("lora_target_modules", "all-linear"),
-                          batch_size=int(ft.get("batch_size", 1)), grad_accum=int(ft.get("grad_accum", 1)),
-                          max_steps=steps, epochs=float(ft.get("epochs", 1.0)), lr=float(ft.get("lr", 2e-4)),
-                          warmup_steps=min(int(ft.get("warmup_steps", 5)), max(0, steps // 4)),
-                          checkpoint_every=max(1, steps // 2), seed=seed, fingerprint="gpu-benchmark")
+    method = str(ft.get("method", "lora"))
+    cfg = TrainConfig(max_steps=steps, batch_size=int(ft.get("batch_size", 1)), grad_accum=int(ft.get("grad_accum", 1)),
+                      lr=float(ft.get("lr", 2e-4)), min_lr_ratio=float(ft.get("min_lr_ratio", 0.1)),
+                      warmup_steps=min(int(ft.get("warmup_steps", 5)), max(0, steps // 4)),
+                      weight_decay=float(ft.get("weight_decay", 0.0)), grad_clip=float(ft.get("grad_clip", 1.0)),
+                      eval_every=steps, eval_blocks=len(probe), checkpoint_every=max(1, steps // 2), seed=seed,
+                      device=device.type, precision=str(ft.get("precision", "auto")))
     model = copy.deepcopy(base).to(dtype=dtype).to(device)
+    if method == "lora":
+        torch.manual_seed(seed)
+        model = sft.wrap_lora(model, r=int(ft.get("lora_r", 16)), alpha=float(ft.get("lora_alpha", 32)),
+                              dropout=float(ft.get("lora_dropout", 0.05)),
+                              target_modules=ft.get("lora_target_modules", "all-linear"))
     reset_memory(device)
-    probe = blocks[:8]  # the same blocks scored before and after: one step's loss is too noisy at batch size 1
-    probe_before = sft.block_loss(model, probe)
     started = time.perf_counter()
-    merged, res = sft.train(model, blocks, cfg, val_blocks=probe, checkpoint_dir=work / "sft_checkpoint")
-    losses = [row["loss"] for row in res.curve]
+    res = train(model, blocks, probe, cfg, work / "sft_checkpoint")
+    merged = sft.merge_lora(model) if method == "lora" else model
+    losses = [h["loss"] for h in res.history]
+    m = res.metrics
+    probe_before = math.log(m["val_perplexity_base"]) if m["val_perplexity_base"] else None
+    probe_after = math.log(m["val_perplexity_final"]) if m["val_perplexity_final"] else None
     out["sft"] = {
-        "method": cfg.method, "dtype": str(dtype).replace("torch.", ""), "items": len(items), "tasks": tasks,
-        "examples": len(examples), "blocks": len(blocks), "block_size": block, "steps": res.steps,
-        "trainable_parameters": res.trainable_parameters, "tokens_per_s": round(res.tokens / max(res.seconds, 1e-9), 1),
-        "seconds": round(res.seconds, 2), "wall_s": round(time.perf_counter() - started, 1),
+        "method": method, "dtype": str(dtype).replace("torch.", ""), "precision": m["precision"], "items": len(items),
+        "tasks": tasks, "examples": len(examples), "blocks": len(blocks), "block_size": block, "steps": m["steps"],
+        "trainable_parameters": m["trainable_parameters"], "tokens_per_s": m["tokens_per_s"],
+        "seconds": m["train_seconds"], "wall_s": round(time.perf_counter() - started, 1),
         "peak_gpu_gib": peak_gib(device), "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "losses": losses,
-        "probe_loss_before": probe_before, "probe_loss_after": res.val_loss,
+        "probe_loss_before": probe_before, "probe_loss_after": probe_after,
         "loss_finite": all(math.isfinite(x) for x in losses),
-        "loss_falls": probe_before is not None and res.val_loss is not None and res.val_loss < probe_before,
+        "loss_falls": probe_before is not None and probe_after is not None and probe_after < probe_before,
         "merged_plain_model": not any("lora" in n for n, _ in merged.named_parameters()),
         "merged_device": str(next(merged.parameters()).device),
     }
@@ -79,7 +90,7 @@ def run_sft_and_generate(base: Any, assets: Path, ft: dict[str, Any], steps: int
 
     # the merged model saved as the finetune stage saves it, loaded back as `vertical-dag generate` loads it
     folder = work / "finetuned"
-    sft.save_model(merged.to("cpu"), tok, folder)
+    write_model_folder(merged, tok, folder)
     del merged, model
     reset_memory(device)
     gen_model, gen_tok = load_for_inference(folder)

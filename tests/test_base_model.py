@@ -47,7 +47,7 @@ def test_instruct_warning() -> None:
 def test_import_hf_folder_roundtrip(tiny_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "base"
     info = import_model(str(tiny_dir), out, root=tmp_path)
-    assert info.kind == "hf_folder" and info.objective == "clm" and info.architecture == "LlamaForCausalLM"
+    assert info.kind == "hf_folder" and info.architecture == "LlamaForCausalLM"
     assert len(info.sha256) == 64 and len(info.output_sha256) == 64
     assert (out / "model.safetensors").exists() and not list(out.glob("*.bin"))
     a, _ = load_model_folder(tiny_dir)
@@ -55,6 +55,19 @@ def test_import_hf_folder_roundtrip(tiny_dir: Path, tmp_path: Path) -> None:
     ids = torch.tensor([tok("第一条　为了规范合同行为").input_ids])
     with torch.no_grad():
         torch.testing.assert_close(a(ids).logits, b(ids).logits)
+
+
+def test_encoder_only_models_are_refused_with_the_reason(tmp_path: Path) -> None:
+    from transformers import BertConfig
+
+    folder = tmp_path / "bert"
+    BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(folder)
+    with pytest.raises(ModelImportError, match="'bert' is an encoder-only model.*causal"):
+        import_model(str(folder), tmp_path / "out", root=tmp_path)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ModelImportError, match="encoder-only"):
+        load_model_folder(folder)
 
 
 def test_stage_imports_once_and_reimports_on_change(project: Path, tiny_dir: Path, tokenizer_dir: Path) -> None:

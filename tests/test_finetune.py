@@ -13,6 +13,7 @@ import yaml
 
 from vertical_dag.modeling import sft
 from vertical_dag.modeling import tasks as T
+from vertical_dag.modeling.packing import IGNORE, PAD_SOURCE, pack_whole
 from vertical_dag.project import Project
 from vertical_dag.records import read_json, read_ledger
 from vertical_dag.stages.context import run_stage
@@ -80,7 +81,7 @@ def test_labels_cover_exactly_the_response_tokens(tok):
     full = tok.apply_chat_template(sft.with_system(msgs, "你是法律助手。"), tokenize=False)
     assert ids == tok(full, add_special_tokens=False)["input_ids"]  # same tokens as rendering the whole chat
     answer = tok("为了保护民事主体的合法权益。<|im_end|>", add_special_tokens=False)["input_ids"]
-    learned = [i for i, lab in enumerate(labels) if lab != sft.IGNORE]
+    learned = [i for i, lab in enumerate(labels) if lab != IGNORE]
     assert learned == list(range(learned[0], learned[0] + len(answer)))  # one contiguous span
     assert [ids[i] for i in learned] == answer and [labels[i] for i in learned] == answer
     prompt = sft.prompt_ids(tok, msgs[:1], "你是法律助手。")
@@ -91,7 +92,7 @@ def test_multi_turn_labels_every_assistant_turn(tok):
     msgs = [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "first"},
             {"role": "user", "content": "b?"}, {"role": "assistant", "content": "second"}]
     ids, labels = sft.encode_chat(tok, msgs)
-    learned = tok.decode([lab for lab in labels if lab != sft.IGNORE])
+    learned = tok.decode([lab for lab in labels if lab != IGNORE])
     assert learned == "first<|im_end|>second<|im_end|>"
 
 
@@ -101,8 +102,26 @@ def test_fallback_layout_without_chat_template(tok):
     plain = deepcopy(tok)
     plain.chat_template = None
     ids, labels = sft.encode_chat(plain, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "answer"}])
-    assert tok.decode([lab for lab in labels if lab != sft.IGNORE]) == "answer<|im_end|>"
+    assert tok.decode([lab for lab in labels if lab != IGNORE]) == "answer<|im_end|>"
     assert "### Response:" in tok.decode(ids)
+
+
+def test_pack_whole_keeps_examples_whole_first_fit_and_targets_only_responses():
+    ex = [([1, 2, 3, 4, 5], [IGNORE, IGNORE, 3, 4, 5]), ([6, 7, 8, 9, 10, 11], [IGNORE, 7, 8, 9, 10, 11]),
+          ([14, 15, 16], [IGNORE, IGNORE, 16]), ([12, 13], [IGNORE, 13])]
+    p = pack_whole(ex, block_size=8, pad_id=0)
+    # first fit: 5 -> block 0; 6 does not fit there -> block 1; 3 fills block 0; 2 fills block 1
+    assert p.input_ids.tolist() == [[1, 2, 3, 4, 5, 14, 15, 16], [6, 7, 8, 9, 10, 11, 12, 13]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 5, 0, 1]]
+    assert p.documents == 4 and p.real_tokens == 16
+    labels = p.labels(slice(None)).tolist()
+    assert labels == [[IGNORE, IGNORE, 3, 4, 5, IGNORE, IGNORE, 16], [IGNORE, 7, 8, 9, 10, 11, IGNORE, 13]]
+    apart = pack_whole(ex[:2], block_size=8, pad_id=0, packing=False)
+    assert apart.input_ids.tolist() == [[1, 2, 3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 10, 11, 0, 0]]
+    assert (apart.source[0, 5:] == PAD_SOURCE).all() and (apart.labels(slice(None))[0, 5:] == IGNORE).all()
+    assert apart.position_ids[0, 5:].tolist() == [0, 1, 2]  # padding opens a segment of its own
+    with pytest.raises(ValueError, match="longer than block_size 4"):
+        pack_whole(ex, block_size=4, pad_id=0)
 
 
 def test_packed_examples_do_not_attend_to_each_other(tok, tokenizer_dir, tmp_path):
@@ -113,12 +132,12 @@ def test_packed_examples_do_not_attend_to_each_other(tok, tokenizer_dir, tmp_pat
     model.eval()
     a = sft.encode_chat(tok, [{"role": "user", "content": "甲"}, {"role": "assistant", "content": "乙"}])
     b = sft.encode_chat(tok, [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}])
-    blocks = sft.pack([a, b], 128, tok.pad_token_id)
-    assert len(blocks) == 1 and blocks[0].position_ids[len(a[0])] == 0
-    batch = sft.collate(blocks)
-    assert (batch["labels"][0, len(a[0]) + len(b[0]):] == sft.IGNORE).all()  # padding is never a target
+    p = pack_whole([a, b], 128, tok.pad_token_id)
+    assert len(p) == 1 and p.position_ids[0, len(a[0])] == 0
+    assert (p.labels(slice(None))[0, len(a[0]) + len(b[0]):] == IGNORE).all()  # padding is never a target
+    ids, pos = torch.from_numpy(p.input_ids.astype("int64")), torch.from_numpy(p.position_ids.astype("int64"))
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits
         alone = model(input_ids=torch.tensor([b[0]]), use_cache=False).logits
     assert torch.allclose(packed[0, len(a[0]):len(a[0]) + len(b[0])], alone[0], atol=1e-4)
 
@@ -233,33 +252,63 @@ def test_lora_and_full_train_a_tiny_model_into_a_standalone_checkpoint(method, t
     reloaded = AutoModelForCausalLM.from_pretrained(str(out / "model"))
     assert type(reloaded).__name__ == "LlamaForCausalLM"
     assert m["trainable_parameters"] < 200_000 if method == "lora" else m["trainable_parameters"] > 1_000_000
-    # an unchanged re-run does not train again
-    again = run_stage("finetune", proj, gate=False)
-    assert again["skipped"] and again["final_train_loss"] == m["final_train_loss"]
+    assert m["val_loss"] < m["val_loss_base"]  # held-out responses: the loss on validation items fell
+    assert m["target_tokens"] < m["tokens"]  # prompts are read, only responses are scored
+    assert not (out / "checkpoint").exists()  # the resume state is gone once the model is written
 
 
-def test_training_resumes_after_a_crash(tmp_path, tok, tokenizer_dir):
+def _sft_case(folder, tok, lora: bool):
+    """A model (LoRA-wrapped or not), packed examples and settings shared by the straight and resumed runs."""
     from vertical_dag.modeling.load import load_model_folder
-    from vertical_dag.modeling.tiny import build_tiny_llama
+    from vertical_dag.modeling.train import TrainConfig
 
-    folder = build_tiny_llama(tokenizer_dir, tmp_path / "m")
     items = T.generate_tasks(T.docs_from_rows(law_docs(4)), ["in_force", "law_department"], max_context_chars=20, seed=0)
     ex = [sft.encode_chat(tok, it.chat()) for v in items.values() for it in v]
-    blocks = sft.pack(ex, 160, tok.pad_token_id)
-    cfg = sft.TrainConfig(method="full", max_steps=4, checkpoint_every=2, lr=1e-3, warmup_steps=0, fingerprint="x")
-    straight, r1 = sft.train(load_model_folder(folder)[0], blocks, cfg)
+    data, val = pack_whole(ex[2:], 160, tok.pad_token_id), pack_whole(ex[:2], 160, tok.pad_token_id)
+    torch.manual_seed(0)
+    model = load_model_folder(folder)[0]
+    if lora:
+        model = sft.wrap_lora(model, r=4, alpha=8, dropout=0.1, target_modules="all-linear")
+    cfg = TrainConfig(max_steps=4, batch_size=2, checkpoint_every=2, lr=1e-3, warmup_steps=1, eval_every=4,
+                      eval_blocks=len(val), weight_decay=0.0)
+    return model, data, val, cfg
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_sft_on_the_shared_loop_resumes_after_a_crash(lora, tmp_path, tok, tokenizer_dir, caplog):
+    import logging
+
+    from safetensors.torch import load_file
+
+    from vertical_dag.modeling.tiny import build_tiny_llama
+    from vertical_dag.modeling.train import train
+
+    torch.set_num_threads(1)
+    folder = build_tiny_llama(tokenizer_dir, tmp_path / "m", hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64)
+    model, data, val, cfg = _sft_case(folder, tok, lora)
+    with caplog.at_level(logging.INFO, logger="vertical_dag.modeling.train"):
+        straight = train(model, data, val, cfg, tmp_path / "straight")
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(progress) == 4 and "step 1/4 loss" in progress[0] and "tok/s" in progress[0]  # as pretraining shows it
 
     class Crash(Exception):
         pass
 
-    def crash(row):
-        if row["step"] == 3:
+    def crash(step, rec):
+        if step == 3:
             raise Crash
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Crash):
-        sft.train(load_model_folder(folder)[0], blocks, cfg, checkpoint_dir=ckpt, on_step=crash)
-    assert read_json(ckpt / "meta.json")["step"] == 2
-    resumed, r2 = sft.train(load_model_folder(folder)[0], blocks, cfg, checkpoint_dir=ckpt)
-    assert r2.resumed_from == 2
-    assert [round(c["loss"], 4) for c in r2.curve] == [round(c["loss"], 4) for c in r1.curve]
+        train(*_sft_case(folder, tok, lora), ckpt, on_step=crash)
+    assert read_json(ckpt / "latest.json")["step"] == 2
+    saved = load_file(ckpt / "step-0000002" / "model.safetensors")
+    assert all("lora_" in k for k in saved) if lora else "model.embed_tokens.weight" in saved  # only what trains
+    model_b, data_b, val_b, cfg_b = _sft_case(folder, tok, lora)
+    resumed = train(model_b, data_b, val_b, cfg_b, ckpt)
+    assert resumed.resumed_from == 2 and straight.resumed_from is None
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], abs=1e-6)
+    assert resumed.metrics["val_perplexity_final"] == pytest.approx(straight.metrics["val_perplexity_final"], rel=1e-6)
+    assert straight.metrics["target_tokens_trained"] < straight.metrics["tokens_trained"]
+    plain = sft.merge_lora(model_b) if lora else model_b
+    assert not any("lora" in n for n, _ in plain.named_parameters())

@@ -305,8 +305,12 @@ class FinetuneParams(Section):
     lr: float = Field(2e-4, gt=0, lt=1)
     warmup_steps: int = Field(5, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(20, ge=1)  # steps; a crashed run resumes from the last one
+    log_every: int = Field(1, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # autocast; auto: bf16 on GPU, fp32 on CPU
     device: Device = "auto"  # training and `vertical-dag generate` (auto: a GPU when there is one)
     seed: int = 1234
     generation: GenerationParams = GenerationParams()

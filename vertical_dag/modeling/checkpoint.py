@@ -1,7 +1,7 @@
 """Resume checkpoints: everything needed to continue training exactly where it stopped.
 
 A checkpoint is a folder `step-NNNNNNN/` holding
-  model.safetensors   weights (safetensors: no pickle)
+  model.safetensors   the trainable weights (all of them, or a LoRA model's adapters; safetensors: no pickle)
   optimizer.pt        optimizer state, tensors and numbers only, read back with torch.load(weights_only=True)
   rng.pt              torch (CPU and CUDA) RNG states, read back the same way
   state.json          step, tokens seen, data position, scheduler state, loss history, run fingerprint
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from ..records import read_json, write_json
 
@@ -42,6 +42,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name (tied weights once): what a checkpoint must restore.
+
+    Frozen weights (a LoRA model's base) come from the starting model, so checkpoints stay small."""
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], keep: int = 1) -> Path:
     """Write a complete checkpoint for `step`, point latest.json at it, and prune old ones."""
@@ -50,7 +57,7 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    save_file(trainable_state(model), str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     py_state = random.getstate()
@@ -80,9 +87,15 @@ def checkpoint_fingerprint(path: Path) -> Any:
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights, optimizer and RNG in place; return the saved training state."""
     device = next(model.parameters()).device
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(device))
-    if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+    saved = load_file(str(path / "model.safetensors"), device=str(device))
+    params = dict(model.named_parameters())
+    wanted = {n for n, p in params.items() if p.requires_grad}
+    missing, unexpected = sorted(wanted - saved.keys()), sorted(saved.keys() - wanted)
+    if missing or unexpected:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     state = json.loads((path / "state.json").read_text())

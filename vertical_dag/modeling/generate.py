@@ -51,7 +51,7 @@ def load_for_inference(folder: Path | str, device: str = "cpu") -> tuple[Any, An
                            "or `dvc repro`, or pass --model with a model folder")
     from .load import load_model_folder, pick_device
 
-    model, tok = load_model_folder(folder, objective="clm")
+    model, tok = load_model_folder(folder)
     model.to(pick_device(device)).eval()
     return model, tok
 

@@ -2,7 +2,8 @@
 
 Sources: a local Hugging Face folder, a GGUF file (dequantised; transformers refuses to save a GGUF-loaded
 model, so a plain model is rebuilt from its config and given the state dict), or a hub id when online.
-Remote code stays off unless asked for; only safetensors weights are read and written.
+Remote code stays off unless asked for; only safetensors weights are read and written. Every stage after
+import (pretraining, fine-tuning, generation, evaluation) is causal, so encoder-only models are refused here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ log = logging.getLogger("vertical_dag.modeling.load")
 
 SourceKind = Literal["gguf", "hf_folder", "hub"]
 
-# Encoder-only families are trained with a masked-LM objective; everything else as a causal LM.
+# Encoder-only families: they cannot generate, so they have no place in a causal pipeline.
 ENCODER_MODEL_TYPES = {
     "bert", "roberta", "xlm-roberta", "distilbert", "albert", "camembert", "deberta", "deberta-v2",
     "electra", "modernbert", "mpnet", "ernie", "nomic_bert",
@@ -41,7 +42,6 @@ class ImportedModel:
     source: str
     kind: SourceKind
     sha256: str  # of the GGUF file, or of the folder's weight files (sorted, concatenated hashes), or the hub revision
-    objective: Literal["clm", "mlm"]
     model_type: str
     architecture: str
     parameters: int
@@ -113,14 +113,12 @@ def instruct_warning(name: str, tokenizer: Any) -> str | None:
     return None
 
 
-def objective_for(config: Any) -> Literal["clm", "mlm"]:
-    return "mlm" if getattr(config, "model_type", "") in ENCODER_MODEL_TYPES else "clm"
-
-
-def _auto_class(objective: str) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    return AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+def require_causal(config: Any, source: str) -> None:
+    """Refuse an encoder-only model (BERT and kin) with a message that says why, before any weights load."""
+    model_type = getattr(config, "model_type", "")
+    if model_type in ENCODER_MODEL_TYPES:
+        raise ModelImportError(f"{source}: {model_type!r} is an encoder-only model; pretraining, fine-tuning, "
+                               "generation and evaluation here are causal (decoder) LMs only: pick a decoder model")
 
 
 def _plain_copy(model: Any, dtype: torch.dtype) -> Any:
@@ -143,7 +141,7 @@ def _plain_copy(model: Any, dtype: torch.dtype) -> Any:
 def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, root: Path | None = None,
                  trust_remote_code: bool = False, dtype: str = "float32", revision: str | None = None) -> ImportedModel:
     """Load the starting model from `source` and write a plain HF folder (safetensors + tokenizer) to out_dir."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kind, path = detect_kind(source, gguf_file, root)
     torch_dtype = DTYPES[dtype]
@@ -152,9 +150,9 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
         log.info("importing GGUF %s (dequantising; this takes a while on CPU)", path)
         src_hash = file_sha256(path)
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-        objective = objective_for(config)
+        require_causal(config, str(path))
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = _auto_class(objective).from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         model = _plain_copy(model, torch_dtype)
         name = path.name
     else:
@@ -163,10 +161,10 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
             raise ModelImportError(f"{source!r} looks like a hub id but HF_HUB_OFFLINE=1; point base_model.source at a local folder or GGUF")
         common = {"trust_remote_code": trust_remote_code, "revision": revision} if kind == "hub" else {"trust_remote_code": trust_remote_code}
         config = AutoConfig.from_pretrained(target, **common)
-        objective = objective_for(config)
+        require_causal(config, target)
         tokenizer = AutoTokenizer.from_pretrained(target, **common)
         try:
-            model = _auto_class(objective).from_pretrained(target, dtype=torch_dtype, use_safetensors=True, **common)
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=torch_dtype, use_safetensors=True, **common)
         except OSError as exc:
             raise ModelImportError(f"{target}: no safetensors weights ({exc}); pickled .bin weights are not loaded") from None
         src_hash = folder_weights_sha256(path) if kind == "hf_folder" else (getattr(config, "_commit_hash", None) or "")
@@ -174,7 +172,7 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
     warnings = [w for w in [instruct_warning(name, tokenizer)] if w]
     for w in warnings:
         log.warning(w)
-    if tokenizer.eos_token_id is None and objective == "clm":
+    if tokenizer.eos_token_id is None:
         raise ModelImportError("the tokenizer has no EOS token: documents could not be separated when packing")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -187,7 +185,6 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
         source=source if kind == "hub" else str(path),
         kind=kind,
         sha256=src_hash,
-        objective=objective,
         model_type=config.model_type,
         architecture=type(model).__name__,
         parameters=sum(p.numel() for p in model.parameters()),
@@ -199,14 +196,27 @@ def import_model(source: str, out_dir: Path, *, gguf_file: str | None = None, ro
     )
 
 
-def load_model_folder(folder: Path | str, *, objective: str | None = None, dtype: torch.dtype = torch.float32,
+def load_model_folder(folder: Path | str, *, dtype: torch.dtype = torch.float32,
                       trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a folder written by import_model or the pretrain stage (safetensors only)."""
-    from transformers import AutoConfig, AutoTokenizer
+    """Load (causal model, tokenizer) from a folder written by import_model or a training stage (safetensors only)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = str(folder)
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    objective = objective or objective_for(config)
-    model = _auto_class(objective).from_pretrained(folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    require_causal(AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code), folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return model, tokenizer
+
+
+def write_model_folder(model: Any, tokenizer: Any, out_dir: Path, card: str | None = None) -> None:
+    """A standalone HF folder (safetensors weights, tokenizer with its chat template, optional README.md model
+    card) that later stages load with from_pretrained; written beside and renamed, so it is never half there."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if card is not None:
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    readable(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)

@@ -1,10 +1,13 @@
-"""Token-level packing of documents into fixed blocks, without dropped tails or cross-document attention.
+"""Packing of token sequences into fixed blocks, without dropped tails or cross-document attention.
 
-Every document is tokenised, followed by EOS, and laid end to end in one stream that is cut into blocks of
-`block_size`. Position ids restart at 0 where a document (or a block) starts; transformers turns such
+Two layouts share one `Packed` format and so one training loop:
+- `pack` (pretraining): every document, followed by EOS, is laid end to end in one stream cut into blocks
+  of `block_size`; a document may continue into the next block. The last block keeps the tail, padded.
+- `pack_whole` (fine-tuning): each example (a chat with its response-only targets) stays whole in one
+  block, placed first fit, since a response cut from its prompt teaches nothing.
+Position ids restart at 0 where a document (or a block, or the padding) starts; transformers turns such
 position ids into a block-diagonal causal mask (SDPA/eager) or varlen flash-attention when no attention mask
-is passed, so no token attends to, or is scored from, another document. The last block keeps the tail and
-is padded (padding has label -100 and its own positions), so no token is dropped and efficiency is exact.
+is passed, so no token attends to, or is scored from, another document. Padding is never a target.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Packed:
     position_ids: np.ndarray  # int32, 0 at every document / block start
     source: np.ndarray  # uint8: PAD_SOURCE, DOMAIN_SOURCE or GENERAL_SOURCE per token
     documents: int
+    target: np.ndarray | None = None  # bool, True where a token is a training target; None: every real token
 
     @property
     def block_size(self) -> int:
@@ -50,26 +54,32 @@ class Packed:
         return int((src == source).sum())
 
     def labels(self, rows: np.ndarray | slice) -> np.ndarray:
-        """Labels for causal LM: padding and every segment's first token (no in-document context) are ignored."""
+        """Labels for causal LM: padding, non-target tokens and every segment's first token (no in-document
+        context) are ignored."""
         ids = self.input_ids[rows].astype(np.int64)
         ignore = (self.source[rows] == PAD_SOURCE) | (self.position_ids[rows] == 0)
+        if self.target is not None:
+            ignore |= ~self.target[rows]
         ids[ignore] = IGNORE
         return ids
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
-        for a in (self.input_ids, self.position_ids, self.source):
-            h.update(np.ascontiguousarray(a).tobytes())
+        for a in (self.input_ids, self.position_ids, self.source, self.target):
+            if a is not None:
+                h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
 
     def save(self, path: Any) -> None:
+        extra = {} if self.target is None else {"target": self.target}
         np.savez(path, input_ids=self.input_ids, position_ids=self.position_ids, source=self.source,
-                 documents=np.array([self.documents]))
+                 documents=np.array([self.documents]), **extra)
 
     @classmethod
     def load(cls, path: Any) -> Packed:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["input_ids"], z["position_ids"], z["source"], int(z["documents"][0]))
+            target = z["target"] if "target" in z.files else None
+            return cls(z["input_ids"], z["position_ids"], z["source"], int(z["documents"][0]), target)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], batch: int = 512) -> list[np.ndarray]:
@@ -110,6 +120,52 @@ def pack(docs: Sequence[np.ndarray], block_size: int, eos_id: int, pad_id: int,
     positions = (idx - seg_start).astype(np.int32)
     shape = (n_blocks, block_size)
     return Packed(stream.reshape(shape), positions.reshape(shape), src.reshape(shape), documents=len(docs))
+
+
+def _first_fit(lengths: Sequence[int], block_size: int, packing: bool) -> list[list[int]]:
+    """Example indices per block: each example goes into the first block with room (a new one if none)."""
+    blocks: list[list[int]] = []
+    room: list[int] = []
+    for i, n in enumerate(lengths):
+        at = next((b for b, r in enumerate(room) if r >= n), None) if packing else None
+        if at is None:
+            blocks.append([])
+            room.append(block_size)
+            at = len(blocks) - 1
+        blocks[at].append(i)
+        room[at] -= n
+    return blocks
+
+
+def pack_whole(examples: Sequence[tuple[Sequence[int], Sequence[int]]], block_size: int, pad_id: int,
+               packing: bool = True) -> Packed:
+    """Pack (input_ids, labels) examples whole into blocks, first fit; labels are ids on targets, IGNORE elsewhere.
+
+    Examples keep their order inside a block; with packing off every example gets a block of its own.
+    An example longer than block_size is an error: callers drop and count those first.
+    """
+    too_long = [i for i, (ids, _) in enumerate(examples) if len(ids) > block_size]
+    if too_long:
+        raise ValueError(f"{len(too_long)} example(s) longer than block_size {block_size} (first: #{too_long[0]})")
+    examples = [e for e in examples if len(e[0])]
+    layout = _first_fit([len(ids) for ids, _ in examples], block_size, packing)
+    shape = (max(1, len(layout)), block_size)
+    ids_out = np.full(shape, pad_id, dtype=np.int32)
+    pos_out = np.zeros(shape, dtype=np.int32)
+    src_out = np.full(shape, PAD_SOURCE, dtype=np.uint8)
+    tgt_out = np.zeros(shape, dtype=bool)
+    for b, members in enumerate(layout):
+        at = 0
+        for i in members:
+            ids, labels = examples[i]
+            n = len(ids)
+            ids_out[b, at:at + n] = ids
+            pos_out[b, at:at + n] = np.arange(n)
+            src_out[b, at:at + n] = DOMAIN_SOURCE
+            tgt_out[b, at:at + n] = np.asarray(labels) != IGNORE
+            at += n
+        pos_out[b, at:] = np.arange(block_size - at)  # the padding is a segment of its own
+    return Packed(ids_out, pos_out, src_out, documents=len(examples), target=tgt_out)
 
 
 def fertility(tokenizer: Any, texts: Sequence[str], max_chars: int = 200_000) -> float | None:

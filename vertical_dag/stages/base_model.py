@@ -28,7 +28,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     record = {**info.to_json(), "source": ctx.project.rel(Path(info.source)) if info.kind != "hub" else info.source,
               "settings": settings, "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json(record, ctx.out / "source.json")
-    keys = ("source", "kind", "sha256", "output_sha256", "objective", "architecture", "parameters", "vocab_size",
-            "dtype", "is_instruct")
+    keys = ("source", "kind", "sha256", "output_sha256", "architecture", "parameters", "vocab_size", "dtype",
+            "is_instruct")
     return {**{k: record[k] for k in keys}, "warnings": record.get("warnings", []),
             "seconds": round(time.perf_counter() - started, 3)}

@@ -2,22 +2,25 @@
 
 Reads data/splits/{train,validation,test}.parquet and the pretrained (or base) model; writes
 data/models/finetuned/{model/ (standalone safetensors), loss.csv, tasks/{train,validation,eval}.jsonl,
-ledger/, state.json}. Items from validation/test documents never reach training: test items become the
-held-out eval set the evaluate stage scores. A malformed user record is quarantined with file:line and
-the reason. An unchanged run (same data, params and starting model) is skipped; a crashed one resumes.
+ledger/}. Items from validation/test documents never reach training: test items become the held-out eval
+set the evaluate stage scores. A malformed user record is quarantined with file:line and the reason.
+Training is pretraining's loop (modeling/train.py) on examples packed whole; a crashed run resumes from
+data/models/finetuned/checkpoint/. Whether anything changed is DVC's to decide.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
+import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from ..modeling import tasks as T
-from ..records import LedgerEntry, ledger_table, read_json, write_json, write_parquet
+from ..modeling.packing import Packed, pack_whole
+from ..records import LedgerEntry, ledger_table, write_parquet, write_text
 from .context import StageContext
 
 STAGE = "finetune"
@@ -61,27 +64,12 @@ def user_files(root: Path, patterns: list[str]) -> list[Path]:
     return sorted(set(found))
 
 
-def _fingerprint(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, ensure_ascii=False, default=str).encode())
-    return h.hexdigest()[:16]
-
-
-def _model_stamp(folder: Path) -> list:
-    return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file())
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
-
     from ..modeling import sft
-    from ..modeling.load import load_model_folder, pick_device
 
     p = ctx.params.finetune
     root, out = ctx.project.root, ctx.out
     started = time.perf_counter()
-    torch.manual_seed(p.seed)
     init_dir = init_model_dir(ctx)
     docs = read_split_docs(root / "data/splits")
     if not docs:
@@ -134,50 +122,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
     val_examples = [e for e in (sft.encode_chat(tokenizer, it.chat(), p.system_prompt) for it in val_items)
                     if len(e[0]) <= p.block_size]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    blocks = sft.pack(examples, p.block_size, pad, p.packing)
-    val_blocks = sft.pack(val_examples, p.block_size, pad, p.packing)
+    if not examples:
+        raise ValueError("no training examples fit in block_size; raise finetune.block_size or check the task weights")
+    blocks = pack_whole(examples, p.block_size, pad, p.packing)
+    val_blocks = pack_whole(val_examples, p.block_size, pad, p.packing)
 
     (out / "tasks").mkdir(parents=True, exist_ok=True)
     T.write_items(kept, out / "tasks/train.jsonl")
     T.write_items(val_items, out / "tasks/validation.jsonl")
     T.write_items(eval_items, out / "tasks/eval.jsonl")
     write_parquet(ledger_table(ledger), out / "ledger/finetune.parquet")
-
-    code = [hashlib.sha256(Path(mod.__file__).read_bytes()).hexdigest() for mod in (sft, T)]
-    fp = _fingerprint(code, p.model_dump(), [it.to_json() for it in kept], _model_stamp(init_dir))
-    state = read_json(out / "state.json", {})
-    model_dir = out / "model"
     # in = every user record (good or malformed) + the generated items the mix chose
     counts = _counts(len(user_items) + malformed + len(train_items) - len(chosen_user), len(kept), ledger)
-    if state.get("fingerprint") == fp and (model_dir / "config.json").exists() and state.get("metrics"):
-        ctx.log.info("fine-tuned model is up to date (same data, params and starting model): nothing to train")
-        return {**state["metrics"], **counts, "skipped": True, "seconds": round(time.perf_counter() - started, 2)}
 
     # 3. train (resuming from out/checkpoint when the same run crashed before)
     ctx.log.info("fine-tuning %s (%s) on %d examples in %d blocks of %d tokens; %d held-out eval items",
                  ctx.project.rel(init_dir), p.method, len(kept), len(blocks), p.block_size, len(eval_items))
-    dtype = torch.bfloat16 if p.dtype == "bfloat16" else torch.float32
-    model, _ = load_model_folder(init_dir, objective="clm", dtype=dtype)
-    model.to(pick_device(p.device))
-    cfg = sft.TrainConfig(method=p.method, lora_r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
-                          lora_target_modules=p.lora_target_modules, batch_size=p.batch_size, grad_accum=p.grad_accum,
-                          max_steps=p.max_steps, epochs=p.epochs, lr=p.lr, warmup_steps=p.warmup_steps,
-                          weight_decay=p.weight_decay, checkpoint_every=p.checkpoint_every, seed=p.seed, fingerprint=fp)
-
-    def progress(row: dict[str, float]) -> None:
-        if row["step"] == 1 or row["step"] % 10 == 0:
-            ctx.log.info("step %d loss %.4f lr %.2e (%.0f tokens/s)", row["step"], row["loss"], row["lr"],
-                         row["tokens"] / max(row["seconds"], 1e-6))
-
-    if not blocks:
-        raise ValueError("no training examples fit in block_size; raise finetune.block_size or check the task weights")
-    model, res = sft.train(model, blocks, cfg, val_blocks=val_blocks, checkpoint_dir=out / "checkpoint", on_step=progress)
-    sft.save_model(model, tokenizer, model_dir)
-    sft.write_curve(res.curve, out / "loss.csv")
-    sft.write_curve(res.curve, root / PLOT_FILE)  # for `dvc plots show` (outside the model folder, a DVC out)
-    import shutil
-
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    trained = train_and_save(ctx, init_dir, tokenizer, blocks, val_blocks)
     by_task: dict[str, int] = {}
     for it in kept:
         by_task[it.task] = by_task.get(it.task, 0) + 1
@@ -194,20 +155,59 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "eval_items": len(eval_items),
         "eval_items_by_task": eval_by_task,
         "user_files": [ctx.project.rel(f) for f in files],
-        "steps": res.steps,
-        "resumed_from_step": res.resumed_from,
-        "tokens": res.tokens,
-        "target_tokens": res.target_tokens,
-        "train_seconds": round(res.seconds, 2),
-        "tokens_per_second": round(res.tokens / max(res.seconds, 1e-6), 1),
-        "trainable_parameters": res.trainable_parameters,
-        "final_train_loss": round(res.final_loss, 5),
-        "first_train_loss": res.curve[0]["loss"] if res.curve else None,
-        "val_loss": round(res.val_loss, 5) if res.val_loss is not None else None,
+        **trained,
     }
-    write_json({"fingerprint": fp, "metrics": metrics}, out / "state.json")
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return metrics
+
+
+def train_and_save(ctx: StageContext, init_dir: Path, tokenizer: Any, data: Packed, val: Packed) -> dict[str, Any]:
+    """Full or LoRA fine-tuning on pretraining's loop, then the merged model, its loss curve; the metrics."""
+    import torch
+
+    from ..modeling import sft
+    from ..modeling.load import folder_weights_sha256, load_model_folder, write_model_folder
+    from ..modeling.train import TrainConfig, history_csv, train
+
+    p, out = ctx.params.finetune, ctx.out
+    per_step = p.batch_size * p.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    steps = min(p.max_steps, max(1, math.ceil(math.ceil(len(data) / per_step) * p.epochs)))
+    model, _ = load_model_folder(init_dir, dtype=torch.bfloat16 if p.dtype == "bfloat16" else torch.float32)
+    lora = None
+    if p.method == "lora":
+        lora = {"r": p.lora_r, "alpha": p.lora_alpha, "dropout": p.lora_dropout, "target_modules": p.lora_target_modules}
+        torch.manual_seed(p.seed)  # the adapters' initial weights
+        model = sft.wrap_lora(model, **lora)
+    cfg = TrainConfig(
+        max_steps=steps, batch_size=p.batch_size, grad_accum=p.grad_accum, lr=p.lr, min_lr_ratio=p.min_lr_ratio,
+        warmup_steps=p.warmup_steps, weight_decay=p.weight_decay, grad_clip=p.grad_clip, eval_every=steps,
+        eval_blocks=len(val), checkpoint_every=p.checkpoint_every, log_every=p.log_every, seed=p.seed,
+        device=p.device, precision=p.precision,
+        extra_fingerprint={"init": folder_weights_sha256(init_dir), "method": p.method, "lora": lora})
+    result = train(model, data, val, cfg, out / "checkpoint")
+    if lora is not None:
+        model = sft.merge_lora(model)
+    m = result.metrics
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first rank writes
+        write_model_folder(model, tokenizer, out / "model")
+        curve = history_csv(result.history)
+        write_text(curve, out / "loss.csv")
+        write_text(curve, ctx.project.root / PLOT_FILE)  # for `dvc plots show` (outside the model folder, a DVC out)
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    loss = [h["loss"] for h in result.history]
+    return {
+        "steps": m["steps"], "resumed_from_step": result.resumed_from, "tokens": m["tokens_trained"],
+        "target_tokens": m["target_tokens_trained"], "train_seconds": m["train_seconds"],
+        "tokens_per_second": m["tokens_per_s"], "trainable_parameters": m["trainable_parameters"],
+        "first_train_loss": loss[0] if loss else None, "final_train_loss": loss[-1] if loss else None,
+        "val_loss_base": _log(m["val_perplexity_base"]), "val_loss": _log(m["val_perplexity_final"]),
+        "device": m["device"], "precision": m["precision"], "world_size": m["world_size"],
+    }
+
+
+def _log(perplexity: float | None) -> float | None:
+    """Mean token loss from a perplexity."""
+    return round(math.log(perplexity), 5) if perplexity else None
 
 
 def _counts(documents_in: int, documents_out: int, ledger: list[LedgerEntry]) -> dict[str, Any]:
