@@ -48,7 +48,6 @@ from . import STAGES, upstream
 from .context import StageContext
 
 
-
 def read_split(splits: Path, name: str) -> tuple[pa.Table, str]:
     """(doc_id, text) of one split, from <splits>/<name>.parquet or a folder of parts; plus a content hash."""
     file, folder = splits / f"{name}.parquet", splits / name
