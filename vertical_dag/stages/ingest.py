@@ -34,7 +34,16 @@ from ..records import (
     write_json,
     write_parquet,
 )
-from ..sources import SIDECAR_SUFFIXES, BadRecord, FileRejected, ReadOptions, detect_format, meta_json, read
+from ..sources import (
+    SIDECAR_SUFFIXES,
+    BadRecord,
+    FileRejected,
+    ReadOptions,
+    detect_format,
+    meta_json,
+    read,
+    where,
+)
 from ..sources.base import position_key
 from .context import StageContext
 
@@ -64,11 +73,23 @@ def scan_raw(raw: Path) -> dict[str, Path]:
     return dict(sorted(files.items()))
 
 
+def external_target(path: Path, rel: str) -> Path | None:
+    """Where `path` really is when a symlink (of the file or a folder above it) leads outside the project."""
+    raw = path.parents[rel.count("/")]  # data/raw
+    project = raw.parent.parent.resolve()
+    target = path.resolve()
+    return None if target.is_relative_to(project) else target
+
+
 def read_options(p: IngestParams, source: str) -> tuple[str, ReadOptions]:
     sp = p.source(source)
     opts = ReadOptions(
         text_field=sp.text_field, id_field=sp.id_field, meta_fields=tuple(sp.meta_fields) if sp.meta_fields is not None else None,
         query=sp.query, csv_delimiter=sp.csv_delimiter, encodings=tuple(p.encodings), max_doc_chars=p.max_doc_chars,
+        member_format=sp.format, pdf_unit=sp.pdf_unit, sheet_unit=sp.sheet_unit,
+        text_columns=tuple(sp.text_columns) if sp.text_columns is not None else None,
+        archive_max_members=p.archive_max_members, archive_max_bytes=int(p.archive_max_mb * 2**20),
+        archive_max_ratio=p.archive_max_ratio,
     )
     return sp.format, opts
 
@@ -134,8 +155,7 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
     entries: list[LedgerEntry] = []
 
     def quarantine(doc_id: str, reason: str, location: str, detail: str, ref: str | None = None) -> None:
-        where = f"{rel}:{location}" if location else rel
-        entries.append(LedgerEntry(doc_id, STAGE, "quarantined", reason, f"{where}: {detail}", ref))
+        entries.append(LedgerEntry(doc_id, STAGE, "quarantined", reason, f"{where(rel, location)}: {detail}", ref))
         result.quarantined[reason] += 1
         ex = result.examples.setdefault(reason, [])
         if len(ex) < EXAMPLES:
@@ -152,6 +172,10 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
                 raise FileRejected("file_too_large", f"{size / 2**20:.1f} MB > max_file_mb {p.max_file_mb}")
             if size == 0:
                 raise FileRejected("empty_file", "0 bytes")
+            resolved = external_target(path, rel)
+            if resolved is not None and not p.follow_external_symlinks:
+                raise FileRejected("external_symlink", f"a symlink to {resolved}, outside the project; not read "
+                                   "(set ingest.follow_external_symlinks: true to read such links)")
             result.format = detect_format(path, declared)
             for rec in read(path, opts, result.format):
                 records += 1
@@ -172,8 +196,9 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
                 elif len(rec.text.strip()) < p.min_doc_chars:
                     quarantine(doc_id, "too_short", rec.location, f"{len(rec.text.strip())} chars < min_doc_chars {p.min_doc_chars}")
                 else:
-                    uri = f"{rel}:{rec.location}" if rec.location else rel
-                    writer.add(doc_id, uri, rec.text, meta_json(rec.meta))
+                    if resolved is not None:
+                        rec.meta["resolved_path"] = str(resolved)
+                    writer.add(doc_id, rec.uri or where(rel, rec.location), rec.text, meta_json(rec.meta))
             if records == 0:
                 raise FileRejected("empty_file", "no records")
         except FileRejected as exc:
