@@ -45,23 +45,47 @@ def _page_lines(text: str) -> list[str]:
 
 
 def _edges(lines: list[str]) -> set[int]:
-    """Indexes of the first and last EDGE_LINES non-blank lines of a page."""
+    """Indexes of the first and last non-blank lines of a page (EDGE_LINES each, at most a third of the page)."""
     filled = [i for i, line in enumerate(lines) if line.strip()]
-    return set(filled[:EDGE_LINES] + filled[-EDGE_LINES:])
+    k = min(EDGE_LINES, max(1, len(filled) // 3))
+    return set(filled[:k] + filled[-k:])
+
+
+def _running(occurrences: list[tuple[int, str]], threshold: int) -> set[tuple[int, str]]:
+    """Which (page, line) occurrences of one digit-blind signature are a running header or footer: the same
+    text on enough pages, or a short line whose number follows the page number (a folio, "Vol 3 - 17")."""
+    text, n = Counter(t for _, t in occurrences).most_common(1)[0]
+    if n >= threshold:
+        return {o for o in occurrences if o[1] == text}
+    offsets: Counter[tuple[int, int]] = Counter()
+    numbers = {o: [int(d) for d in _DIGITS.findall(o[1])] for o in occurrences if len(o[1]) <= 60}
+    for (page, _), nums in numbers.items():
+        offsets.update({(k, num - page) for k, num in enumerate(nums)})
+    if offsets:
+        (k, offset), n = offsets.most_common(1)[0]
+        if n >= threshold:
+            return {o for o, nums in numbers.items() if len(nums) > k and nums[k] - o[0] == offset}
+    return set()
 
 
 def strip_running_lines(pages: list[list[str]]) -> list[list[str]]:
-    """Remove headers/footers (an edge line whose digit-blind signature is at an edge of most pages, when there
-    are 3 pages or more) and bare page numbers at page edges."""
-    counts: Counter[str] = Counter()
-    for lines in pages:
-        counts.update({_signature(lines[i]) for i in _edges(lines)})
-    repeated = {sig for sig, n in counts.items() if len(pages) >= 3 and n >= max(3, len(pages) // 2 + 1)}
+    """Remove running headers/footers (lines at page edges repeated on most pages, when there are 3 pages
+    or more) and bare page numbers at page edges."""
+    by_signature: dict[str, list[tuple[int, str]]] = {}
+    for page, lines in enumerate(pages):
+        for sig, line in {_signature(lines[i]): lines[i].strip() for i in _edges(lines)}.items():
+            by_signature.setdefault(sig, []).append((page, line))
+    threshold = max(3, len(pages) // 2 + 1)
+    running: set[tuple[int, str]] = set()
+    if len(pages) >= 3:
+        for occurrences in by_signature.values():
+            if len(occurrences) >= threshold:
+                running |= _running(occurrences, threshold)
     out = []
-    for lines in pages:
+    for page, lines in enumerate(pages):
         edges = _edges(lines)
-        out.append([line for i, line in enumerate(lines)
-                    if i not in edges or not (_signature(line) in repeated or _PAGE_NUMBER.match(line.strip()))])
+        out.append([line for i, line in enumerate(lines) if i not in edges or not (
+            (page, line.strip()) in running or _PAGE_NUMBER.match(line.strip()))])
     return out
 
 
@@ -114,9 +138,9 @@ def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
         raise FileRejected("empty_file", "the PDF has no pages")
     if errors and len(errors) == n:
         raise FileRejected("invalid_pdf", f"no page could be read (page 1: {errors[1]})")
-    texts = [clean_text(lines) for lines in strip_running_lines(pages)]
-    if not any(texts) and not errors:
+    if not any(line.strip() for lines in pages for line in lines) and not errors:
         raise FileRejected("no_text_layer", f"{n} page{'s' if n > 1 else ''}, {NO_TEXT_HINT}")
+    texts = [clean_text(lines) for lines in strip_running_lines(pages)]
     if opts.pdf_unit == "page":
         for i, text in enumerate(texts, 1):
             if i in errors:
