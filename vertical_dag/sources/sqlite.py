@@ -85,7 +85,10 @@ def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
             cur = con.execute(query)
         except sqlite3.DatabaseError as exc:
             reason = "invalid_sqlite" if "not a database" in str(exc) else "query_failed"
-            raise FileRejected(reason, str(exc)) from None
+            detail = str(exc)
+            if "authoriz" in detail:
+                detail += " (this reader only reads: no writes, ATTACH, VACUUM or PRAGMA)"
+            raise FileRejected(reason, detail) from None
         columns = [d[0] for d in cur.description or []]
         if opts.text_field not in columns:
             raise FileRejected("missing_text", f"query returns no column {opts.text_field!r} (columns: {', '.join(columns)})")

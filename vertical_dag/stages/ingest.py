@@ -61,13 +61,19 @@ def part_name(rel: str) -> str:
 
 
 def scan_raw(raw: Path) -> dict[str, Path]:
-    """Raw files by path relative to data/raw (hidden files and SQLite journals are not documents)."""
+    """Raw files by path relative to data/raw (hidden files and SQLite journals are not documents).
+
+    Symlinks: a linked file is read (when it leads outside the project only if
+    ingest.follow_external_symlinks allows it, see ingest_file); a linked folder is not walked, it is listed
+    so that ingest quarantines it with a hint instead of skipping it silently."""
     if not raw.exists():
         return {}
     files = {}
     for path in raw.rglob("*"):
         rel = path.relative_to(raw)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file() or path.name.endswith(SIDECAR_SUFFIXES):
+        linked_folder = path.is_symlink() and path.is_dir()  # not walked: it becomes one ledger row
+        if any(part.startswith(".") for part in rel.parts) or not (path.is_file() or linked_folder) or \
+                path.name.endswith(SIDECAR_SUFFIXES):
             continue
         files[rel.as_posix()] = path
     return dict(sorted(files.items()))
@@ -170,6 +176,9 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
         try:
             if size > p.max_file_mb * 1024 * 1024:
                 raise FileRejected("file_too_large", f"{size / 2**20:.1f} MB > max_file_mb {p.max_file_mb}")
+            if path.is_dir():
+                raise FileRejected("symlinked_folder", f"a symlink to the folder {path.resolve()}, which is not walked: "
+                                   "copy or link the files themselves into data/raw/<source>/")
             if size == 0:
                 raise FileRejected("empty_file", "0 bytes")
             resolved = external_target(path, rel)
