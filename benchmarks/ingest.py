@@ -3,6 +3,7 @@ raw format on the same generated English documents written as JSONL (the baselin
 of JSONL files, a gzip'd WARC of HTML pages, .docx, .xlsx and PDF.
 
     .venv/bin/python benchmarks/ingest.py [--mb 200] [--format-mb 4] [--only-formats] [--keep]
+    .venv/bin/python benchmarks/ingest.py --pdf-dir FOLDER   # pypdf against PDFium on real PDFs
 
 Per format: MB/s of input bytes read, and text throughput (characters of document text out per second)
 as a ratio to the JSONL baseline run side by side.
@@ -239,16 +240,52 @@ def run_formats(tmp: Path, mb: float) -> None:
               f"{chars_per_s / 2**20:6.2f} M chars/s of text = {chars_per_s / baseline:5.2f}x jsonl")
 
 
+def compare_pdf_engines(folder: Path) -> None:
+    """pypdf against PDFium (pypdfium2, the reader's choice) on every PDF under `folder`: time and characters."""
+    import logging
+
+    import pypdfium2 as pdfium
+    try:
+        import pypdf
+    except ImportError:
+        print("pdf engines: pypdf is not installed; skipped")
+        return
+    logging.disable(logging.WARNING)
+    files = sorted(folder.rglob("*.pdf"))
+    totals = {"pdfium": [0.0, 0, 0], "pypdf": [0.0, 0, 0]}  # seconds, characters, files failed
+
+    def run(name: str, extract) -> None:
+        t0 = time.perf_counter()
+        try:
+            totals[name][1] += len(extract())
+        except Exception:  # a broken sample PDF counts as a failure of that engine
+            totals[name][2] += 1
+        totals[name][0] += time.perf_counter() - t0
+
+    for f in files:
+        run("pdfium", lambda f=f: "".join(p.get_textpage().get_text_bounded() for p in pdfium.PdfDocument(str(f))))
+        run("pypdf", lambda f=f: "".join(p.extract_text() or "" for p in pypdf.PdfReader(f).pages))
+    mb = sum(f.stat().st_size for f in files) / 2**20
+    base = totals["pypdf"][0]
+    for name, (secs, chars, failed) in totals.items():
+        print(f"{name:>8}: {len(files)} PDFs, {mb:.1f} MB in {secs:6.2f} s = {mb / secs:6.2f} MB/s, {chars} characters, "
+              f"{failed} failed | {base / secs:5.1f}x pypdf")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=200.0, help="size of the generated JSONL")
     ap.add_argument("--format-mb", type=float, default=4.0, help="text per format in the per-format runs")
     ap.add_argument("--only-formats", action="store_true", help="skip the example and the big JSONL")
+    ap.add_argument("--pdf-dir", type=Path, help="compare PDF text engines on the PDFs under this folder, then stop")
     ap.add_argument("--keep", action="store_true", help="keep the temporary projects")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(Path(args.child))
+        return
+    if args.pdf_dir:
+        compare_pdf_engines(args.pdf_dir)
         return
     tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-"))
     try:
