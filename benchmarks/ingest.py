@@ -4,6 +4,7 @@ of JSONL files, a gzip'd WARC of HTML pages, .docx, .xlsx and PDF.
 
     .venv/bin/python benchmarks/ingest.py [--mb 200] [--format-mb 4] [--only-formats] [--keep]
     .venv/bin/python benchmarks/ingest.py --pdf-dir FOLDER   # pypdf against PDFium on real PDFs
+    .venv/bin/python benchmarks/ingest.py --html-dir FOLDER  # main-text extraction on Sphinx HTML pages
 
 Per format: MB/s of input bytes read, and text throughput (characters of document text out per second)
 as a ratio to the JSONL baseline run side by side.
@@ -272,12 +273,66 @@ def compare_pdf_engines(folder: Path) -> None:
               f"{failed} failed | {base / secs:5.1f}x pypdf")
 
 
+def _f1(got: str, truth: str) -> tuple[float, float]:
+    """Bag-of-words precision and recall of `got` against `truth` (words: runs of letters and digits, so markup
+    splitting "celery.app" into spans does not count)."""
+    import re
+    from collections import Counter
+
+    g, t = Counter(re.findall(r"\w+", got.lower())), Counter(re.findall(r"\w+", truth.lower()))
+    common = sum((g & t).values())
+    return common / max(1, sum(g.values())), common / max(1, sum(t.values()))
+
+
+def compare_html_extractors(folder: Path) -> None:
+    """Main-text quality on Sphinx HTML pages under `folder`: the page's `div[role=main]` is the truth; the
+    reader's extractor (sources/html.py) and trafilatura (when importable) each get the whole page."""
+    from selectolax.lexbor import LexborHTMLParser
+
+    from vertical_dag.sources.html import html_to_text
+    try:
+        import trafilatura
+    except ImportError:
+        trafilatura = None
+    engines = {"html.py": lambda page: html_to_text(page)[0]}
+    if trafilatura is not None:
+        engines["trafilatura"] = lambda page: trafilatura.extract(page) or ""
+    scores = {name: [0.0, 0.0, 0.0] for name in engines}  # precision, recall, seconds
+    pages = 0
+    for path in sorted(folder.rglob("*.html")):
+        page = path.read_text(encoding="utf-8", errors="replace")
+        tree = LexborHTMLParser(page)
+        main = tree.css_first("div[role=main]") or tree.css_first("div.body")
+        if main is None:
+            continue
+        for link in main.css("a.headerlink"):
+            link.decompose()
+        truth = main.text(separator=" ")
+        if len(truth.split()) < 50:
+            continue
+        pages += 1
+        for name, extract in engines.items():
+            t0 = time.perf_counter()
+            p, r = _f1(extract(page), truth)
+            scores[name][0] += p
+            scores[name][1] += r
+            scores[name][2] += time.perf_counter() - t0
+    if not pages:
+        print("html extractors: no Sphinx pages found")
+        return
+    for name, (p, r, secs) in scores.items():
+        p, r = p / pages, r / pages
+        print(f"{name:>12}: {pages} pages, precision {p:.3f}, recall {r:.3f}, F1 {2 * p * r / max(p + r, 1e-9):.3f}, "
+              f"{secs:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=float, default=200.0, help="size of the generated JSONL")
     ap.add_argument("--format-mb", type=float, default=4.0, help="text per format in the per-format runs")
     ap.add_argument("--only-formats", action="store_true", help="skip the example and the big JSONL")
     ap.add_argument("--pdf-dir", type=Path, help="compare PDF text engines on the PDFs under this folder, then stop")
+    ap.add_argument("--html-dir", type=Path, help="compare HTML main-text extractors on Sphinx pages there, then stop")
     ap.add_argument("--keep", action="store_true", help="keep the temporary projects")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -286,6 +341,9 @@ def main() -> None:
         return
     if args.pdf_dir:
         compare_pdf_engines(args.pdf_dir)
+        return
+    if args.html_dir:
+        compare_html_extractors(args.html_dir)
         return
     tmp = Path(tempfile.mkdtemp(prefix="vdag-bench-"))
     try:

@@ -189,6 +189,14 @@ def test_html_boilerplate_is_dropped(tmp_path: Path):
     assert html_to_text("<p>a</p><p>b</p>")[0] == "a\nb"
 
 
+def test_html_parts_marked_by_aria_role_are_dropped():
+    page = """<body><div class="related" role="navigation"><a>index</a> | <a>next</a></div>
+    <div class="document"><div role="main"><h1>Routing tasks</h1><p>Tasks can be routed to queues.</p></div></div>
+    <div class="sphinxsidebar" role="navigation"><h3>Table of contents</h3><div role="search">Quick search</div></div>
+    <div role="contentinfo">&copy; Copyright 2009</div></body>"""
+    assert html_to_text(page)[0] == "Routing tasks\nTasks can be routed to queues."
+
+
 def test_markdown_title(tmp_path: Path):
     good, _ = records(write(tmp_path / "note.md", "Intro line\n\n## 合同法概述\n\nBody.\n"))
     assert good[0].meta["title"] == "合同法概述" and good[0].text.startswith("Intro line")

@@ -1,6 +1,7 @@
 """HTML: the visible main text of a page as one document (selectolax/lexbor), boilerplate dropped.
 
-script/style/nav/header/footer/aside/form (and similar) are removed with their content; block elements
+script/style/nav/header/footer/aside/form (and similar), and elements whose ARIA role says they are
+navigation, banner, footer, search or a sidebar, are removed with their content; block elements
 become line breaks, runs of whitespace inside a block collapse to one space; <title> goes to meta.title.
 """
 
@@ -17,6 +18,9 @@ from .encoding import decode_file
 
 BOILERPLATE = ["script", "style", "noscript", "template", "nav", "header", "footer", "aside", "form", "iframe",
                "svg", "button", "select", "head"]
+# The same parts when marked by ARIA role instead of element (e.g. a <div role="navigation"> sidebar).
+ARIA_BOILERPLATE = ",".join(f'[role="{r}"]' for r in ("navigation", "banner", "contentinfo", "search", "complementary",
+                                                     "menu", "menubar", "toolbar"))
 BLOCKS = ("p", "div", "br", "li", "tr", "td", "th", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
           "main", "pre", "blockquote", "table", "ul", "ol", "dl", "dt", "dd", "hr", "figure", "figcaption",
           "caption", "address")
@@ -36,6 +40,8 @@ def html_to_text(html: str) -> tuple[str, dict[str, str]]:
     if root is not None and root.attributes.get("lang"):
         meta["html_lang"] = root.attributes["lang"] or ""
     tree.strip_tags(BOILERPLATE)
+    for node in tree.css(ARIA_BOILERPLATE):
+        node.decompose()
     body = tree.body or tree.root
     if body is None:
         return "", meta
