@@ -47,6 +47,13 @@ def test_lone_surrogate_in_jsonl_quarantines_that_record_only(tmp_path: Path):
     assert "'text'" in ledger[0]["detail"] and "'note'" in ledger[1]["detail"]
 
 
+def test_lone_surrogate_in_a_json_array_quarantines_that_item_only(tmp_path: Path):
+    path = tmp_path / "a.json"
+    path.write_text('[{"id": 1, "text": "ok"}, {"id": 2, "text": "\\udc00"}, {"id": 3, "text": "ok too"}]')
+    good, bad = records(path)
+    assert [r.key for r in good] == ["1", "3"] and [(b.location, b.reason) for b in bad] == [("row 2", "invalid_unicode")]
+
+
 def test_csv_broken_quote_resynchronises_at_the_next_line(tmp_path: Path):
     path = tmp_path / "t.csv"
     path.write_text('id,text\n1,first\n2,second\n3,"broken quote\n4,"fourth row"\n5,fifth\n')

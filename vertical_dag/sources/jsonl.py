@@ -86,11 +86,26 @@ def _surrogate(obj: object, name: str = "") -> str | None:
 def _read_array(path: Path, enc: str, opts: ReadOptions) -> Iterator[Record]:
     """A .json file holding one array of objects (not JSON Lines): each element is a record, "row N"."""
     try:
-        items = orjson.loads(path.read_bytes().decode(enc).lstrip("\ufeff"))
-    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FileRejected("invalid_json", f"not a JSON array: {exc}") from None
+        text = path.read_bytes().decode(enc).lstrip("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise FileRejected("encoding_error", f"byte {exc.start}: not valid {enc} ({exc.reason})") from None
+    lenient = False
+    try:
+        items = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # valid JSON that orjson refuses (a lone surrogate escape): those items are quarantined below
+            items, lenient = json.loads(text), True
+        except json.JSONDecodeError as exc:
+            raise FileRejected("invalid_json", f"not a JSON array: {exc.msg.removesuffix(' at')}, line {exc.lineno} "
+                               f"column {exc.colno}") from None
+    if not isinstance(items, list):
+        raise FileRejected("invalid_json", f"a JSON {type(items).__name__}, not an array of objects")
     for i, obj in enumerate(items, 1):
-        if isinstance(obj, dict):
+        surrogate = _surrogate(obj) if lenient else None
+        if surrogate is not None:
+            yield BadRecord(f"row {i}", "invalid_unicode", f"field {surrogate!r} holds a lone surrogate escape "
+                                                          "(\\ud800-\\udfff), which is not a character")
+        elif isinstance(obj, dict):
             rec = record_from_mapping(obj, f"row {i}", opts)
             if isinstance(rec, RawRecord):
                 rec.meta.setdefault("encoding", enc)

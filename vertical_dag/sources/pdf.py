@@ -32,6 +32,7 @@ _HYPHEN_WRAP = re.compile(r"(?<=[a-zà-öø-ÿ])-\n(?=[a-zà-öø-ÿ])")
 _PAGE_NUMBER = re.compile(r"^\W*(?:(?:page|p\.|seite|página)\s*)?(?:\d{1,5}|[ivxlc]{1,6})(?:\s*(?:/|of|von|de)\s*\d{1,5})?\W*$"
                           r"|^第\s*\d{1,5}\s*页(?:\s*[/／共]\s*\d{1,5}\s*页?)?$", re.IGNORECASE)
 _DIGITS = re.compile(r"\d+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _WS = re.compile(r"\s+")
 NO_TEXT_HINT = "no extractable text (a scanned document?): run OCR first (e.g. `ocrmypdf --sidecar out.txt`) and ingest the text"
 
@@ -91,7 +92,7 @@ def strip_running_lines(pages: list[list[str]]) -> list[list[str]]:
 
 
 def clean_text(lines: list[str]) -> str:
-    text = "\n".join(lines)
+    text = _SURROGATE.sub("\ufffd", "\n".join(lines))  # a broken ToUnicode map can yield lone surrogates
     text = _HYPHEN_WRAP.sub("", text)
     text = _CJK_WRAP.sub("", _CJK_SPACE.sub("", text))
     return re.sub(r"\n{3,}", "\n\n", text).strip()
