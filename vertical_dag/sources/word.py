@@ -13,6 +13,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docx
 from docx.opc.exceptions import PackageNotFoundError
@@ -36,14 +37,21 @@ def _check_container(path: Path) -> None:
         raise FileRejected("legacy_word_format", f"a .doc file that is not Word 97-2003 either: {LEGACY_HINT}")
 
 
-def _paragraph(p: Paragraph) -> tuple[str, int]:
+def _heading_levels(document: Any) -> dict[str, int]:
+    """Style id -> heading level, for the paragraph styles that are headings (looked up once per document:
+    python-docx's per-paragraph style lookup costs more than the rest of reading)."""
+    levels = {}
+    for style in document.styles:
+        name = (style.name or "").strip()
+        m = _HEADING.match(name)
+        if name.lower() == "title" or m:
+            levels[style.style_id] = int(m.group(1)) if m else 1
+    return levels
+
+
+def _paragraph(p: Paragraph, levels: dict[str, int]) -> tuple[str, int]:
     """(text, heading level or 0)."""
-    text = p.text.strip()
-    style = (p.style.name if p.style is not None else "") or ""
-    if style.lower() == "title":
-        return text, 1
-    m = _HEADING.match(style)
-    return text, int(m.group(1)) if m else 0
+    return p.text.strip(), levels.get(p._p.style or "", 0)
 
 
 def _table(t: Table) -> list[str]:
@@ -67,12 +75,13 @@ def read(path: Path, opts: ReadOptions) -> Iterator[Record]:
         document = docx.Document(str(path))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise FileRejected("invalid_docx", f"not a readable .docx: {type(exc).__name__}: {exc}"[:300]) from None
+    levels = _heading_levels(document)
     lines: list[str] = []
     first_heading = None
     headings = tables = 0
     for block in document.iter_inner_content():
         if isinstance(block, Paragraph):
-            text, level = _paragraph(block)
+            text, level = _paragraph(block, levels)
             if not text:
                 continue
             if level:
