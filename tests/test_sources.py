@@ -191,10 +191,11 @@ def test_html_boilerplate_is_dropped(tmp_path: Path):
 
 def test_html_parts_marked_by_aria_role_are_dropped():
     page = """<body><div class="related" role="navigation"><a>index</a> | <a>next</a></div>
-    <div class="document"><div role="main"><h1>Routing tasks</h1><p>Tasks can be routed to queues.</p></div></div>
+    <div class="document"><div role="main"><h1>Routing tasks<a class="headerlink" href="#routing">¶</a></h1>
+    <p>Tasks can be routed to queues (<a href="#q">#</a>).</p></div></div>
     <div class="sphinxsidebar" role="navigation"><h3>Table of contents</h3><div role="search">Quick search</div></div>
     <div role="contentinfo">&copy; Copyright 2009</div></body>"""
-    assert html_to_text(page)[0] == "Routing tasks\nTasks can be routed to queues."
+    assert html_to_text(page)[0] == "Routing tasks\nTasks can be routed to queues ()."
 
 
 def test_markdown_title(tmp_path: Path):

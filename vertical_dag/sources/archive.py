@@ -97,7 +97,8 @@ def _extracted(src: BinaryIO, name: str, compressed: int, budget: Budget) -> Ite
     """`src` decompressed into a temporary file that keeps the member's base name (readers look at suffixes)."""
     tmp = Path(tempfile.mkdtemp(prefix="vdag-member-"))
     try:
-        target = tmp / (PurePosixPath(name).name.lstrip(".") or "member")
+        base = PurePosixPath(name.replace("\\", "/")).name.lstrip(".") or "member"
+        target = tmp / base[-120:]  # the end keeps the suffixes the reader is chosen by
         with open(target, "wb") as dst:
             _copy(src, dst, compressed, budget, name)
         yield target
