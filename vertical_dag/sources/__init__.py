@@ -50,9 +50,9 @@ EXTENSIONS: dict[str, str] = {
     ".pdf": "pdf",
     ".docx": "docx", ".doc": "docx",  # .doc: rejected by the reader with a hint (binary Word)
     ".xlsx": "xlsx", ".xlsm": "xlsx", ".xls": "xlsx",  # .xls: rejected by the reader with a hint
-    ".warc": "warc", ".arc": "warc",
+    ".warc": "warc",
 }
-WARC_SUFFIXES = (".warc.gz", ".arc.gz")
+WARC_SUFFIXES = (".warc.gz",)
 
 # Files that belong to another file (SQLite journals) or to tools, never documents themselves.
 SIDECAR_SUFFIXES = ("-journal", "-wal", "-shm")

@@ -96,7 +96,7 @@ def _check_magic(path: Path) -> None:
                 head = g.read(64)
         except (OSError, EOFError) as exc:
             raise FileRejected("invalid_warc", f"gzip: {exc}") from None
-    if not head.lstrip(b"\r\n").startswith((b"WARC/", b"filedesc://")):
+    if not head.lstrip(b"\r\n").startswith(b"WARC/"):
         raise FileRejected("invalid_warc", f"does not start with a WARC header (starts {head[:20]!r})")
 
 
