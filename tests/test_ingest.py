@@ -85,7 +85,7 @@ def test_mixed_folder_every_record_accounted_for(project: Path):
     assert by_uri["docs/page.html"]["text"] == "正文" and json.loads(by_uri["docs/page.html"]["meta"])["title"] == "T"
     row = by_uri["docs/laws.jsonl:3"]
     assert (row["source"], row["batch"], row["lang"]) == ("docs", "docs/laws.jsonl", None)
-    assert json.loads(row["meta"]) == {"id": "L3", "law": "民法典"}
+    assert json.loads(row["meta"]) == {"id": "L3", "law": "民法典", "encoding": "utf-8"}
     assert by_uri["docs/nested/deeper/a.txt"]["text"] == "nested document"
     assert m["examples_by_reason"]["too_long"] and m["mb_per_s"] > 0
 

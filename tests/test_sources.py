@@ -44,7 +44,7 @@ def test_jsonl_good_records_keep_ids_and_meta(tmp_path: Path):
     assert not bad
     assert [r.key for r in good] == ["a1", "line:2", "7"]
     assert [r.location for r in good] == ["1", "2", "3"]
-    assert good[0].meta == {"id": "a1", "law": "民法典", "n": 3} and good[0].has_id and not good[1].has_id
+    assert good[0].meta == {"id": "a1", "law": "民法典", "n": 3, "encoding": "utf-8"} and good[0].has_id and not good[1].has_id
 
 
 def test_jsonl_bad_lines_are_named(tmp_path: Path):
@@ -146,14 +146,14 @@ def test_csv_broken_rows_are_named(tmp_path: Path):
     text = 'id,text,tag\n1,first,a\n2,"second, with comma",b\n3,too,many,fields\n4,short\n5,"multi\nline",c\n'
     good, bad = records(write(tmp_path / "x.csv", text))
     assert [r.key for r in good] == ["1", "2", "5"]
-    assert good[2].text == "multi\nline" and good[0].meta == {"id": "1", "tag": "a"}
+    assert good[2].text == "multi\nline" and good[0].meta == {"id": "1", "tag": "a", "encoding": "utf-8"}
     assert [(b.location, b.reason) for b in bad] == [("row 3", "bad_row"), ("row 4", "bad_row")]
     assert "expected 3 fields, got 4" in bad[0].detail
 
 
 def test_csv_unclosed_quote_and_tsv(tmp_path: Path):
-    good, bad = records(write(tmp_path / "x.csv", 'id,text\n1,ok\n2,"never closed\n3,lost\n'))
-    assert [r.key for r in good] == ["1"] and [(b.location, b.reason) for b in bad] == [("row 2", "bad_row")]
+    good, bad = records(write(tmp_path / "x.csv", 'id,text\n1,ok\n2,"never closed\n3,not lost\n'))
+    assert [r.key for r in good] == ["1", "3"] and [(b.location, b.reason) for b in bad] == [("row 2", "bad_row")]
     good, bad = records(write(tmp_path / "y.tsv", "id\ttext\n1\ta, b, c\n"))
     assert not bad and good[0].text == "a, b, c"
     with pytest.raises(FileRejected) as err:
@@ -189,6 +189,15 @@ def test_html_boilerplate_is_dropped(tmp_path: Path):
     assert html_to_text("<p>a</p><p>b</p>")[0] == "a\nb"
 
 
+def test_html_parts_marked_by_aria_role_are_dropped():
+    page = """<body><div class="related" role="navigation"><a>index</a> | <a>next</a></div>
+    <div class="document"><div role="main"><h1>Routing tasks<a class="headerlink" href="#routing">¶</a></h1>
+    <p>Tasks can be routed to queues (<a href="#q">#</a>).</p></div></div>
+    <div class="sphinxsidebar" role="navigation"><h3>Table of contents</h3><div role="search">Quick search</div></div>
+    <div role="contentinfo">&copy; Copyright 2009</div></body>"""
+    assert html_to_text(page)[0] == "Routing tasks\nTasks can be routed to queues ()."
+
+
 def test_markdown_title(tmp_path: Path):
     good, _ = records(write(tmp_path / "note.md", "Intro line\n\n## 合同法概述\n\nBody.\n"))
     assert good[0].meta["title"] == "合同法概述" and good[0].text.startswith("Intro line")
@@ -213,8 +222,8 @@ def test_sqlite_default_query_and_param_query(tmp_path: Path):
     assert [(b.location, b.reason) for b in bad] == [("row 2", "missing_text")]
     q = ReadOptions(query="SELECT id, law, article_text AS text FROM articles WHERE law = '民法典' ORDER BY id")
     good, bad = records(db, q)
-    assert [(r.key, r.text, r.meta) for r in good] == [("1", "第一条 内容", {"id": 1, "law": "民法典"}),
-                                                       ("3", "第三条", {"id": 3, "law": "民法典"})]
+    assert [(r.key, r.text, r.meta) for r in good] == [("1", "第一条 内容", {"id": 1, "law": "民法典", "encoding": "utf-8"}),
+                                                       ("3", "第三条", {"id": 3, "law": "民法典", "encoding": "utf-8"})]
     with pytest.raises(FileRejected) as err:  # opened read-only: even a sneaky write fails
         records(db, ReadOptions(query="WITH x AS (SELECT 1) DELETE FROM articles"))
     assert err.value.reason == "query_failed"
@@ -280,4 +289,4 @@ def test_source_params_reach_the_reader(tmp_path: Path):
     sp = SourceParams(name="s", format="jsonl", text_field="body", id_field="uid", meta_fields=["a"])
     opts = ReadOptions(text_field=sp.text_field, id_field=sp.id_field, meta_fields=tuple(sp.meta_fields))
     good, _ = records(path, opts, sp.format)
-    assert (good[0].key, good[0].text, good[0].meta) == ("u1", "hello", {"a": 1})
+    assert (good[0].key, good[0].text, good[0].meta) == ("u1", "hello", {"a": 1, "encoding": "utf-8"})

@@ -51,7 +51,8 @@ class ExecutionParams(Section):
 # ---------------------------------------------------------------- ingest
 
 
-SourceFormat = Literal["auto", "jsonl", "parquet", "csv", "text", "markdown", "html", "sqlite"]
+SourceFormat = Literal["auto", "jsonl", "parquet", "csv", "text", "markdown", "html", "sqlite", "pdf", "docx", "xlsx",
+                       "warc", "zip", "tar", "compressed"]
 
 
 class SourceParams(Section):
@@ -64,6 +65,16 @@ class SourceParams(Section):
     meta_fields: list[str] | None = None  # None: every other field goes to meta
     query: str | None = None  # sqlite: a SELECT returning the text column (and id / meta columns)
     csv_delimiter: str = ","
+    pdf_unit: Literal["file", "page"] = "file"  # one document per PDF, or one per page
+    sheet_unit: Literal["row", "sheet"] = "row"  # xlsx: one document per row (header row first), or per sheet
+    text_columns: list[str] | None = None  # xlsx rows: columns joined into the text (null: text_field alone)
+
+    @field_validator("text_columns")
+    @classmethod
+    def _some_columns(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("must name at least one column (or be null to use text_field)")
+        return v
 
     @field_validator("query")
     @classmethod
@@ -78,7 +89,28 @@ class IngestParams(Section):
     min_doc_chars: int = Field(1, ge=0)
     max_doc_chars: int = Field(2_000_000, gt=0)
     max_file_mb: float = Field(2048, gt=0)
-    encodings: list[str] = Field(default_factory=lambda: ["utf-8", "gb18030", "utf-16", "big5"])
+    encodings: list[str] = Field(default_factory=lambda: ["utf-8", "gb18030", "utf-16", "big5"], min_length=1)
+    # Archives and compressed files: limits against archive bombs, counted while decompressing.
+    archive_max_members: int = Field(10_000, ge=1)
+    archive_max_mb: float = Field(4096, gt=0)  # what one raw file may expand to, all members together
+    archive_max_ratio: float = Field(200, gt=1)  # expanded / compressed size of a member
+    # A raw file that is a symlink to something outside the project is refused (a ledger row) unless this is
+    # true; a followed link's target is recorded in the documents' meta (resolved_path).
+    follow_external_symlinks: bool = False
+
+    @field_validator("encodings")
+    @classmethod
+    def _known_encodings(cls, v: list[str]) -> list[str]:
+        import codecs
+
+        for name in v:
+            try:
+                info = codecs.lookup(name)
+            except LookupError:
+                raise ValueError(f"unknown text encoding {name!r} (Python codec names, e.g. utf-8, gb18030, big5)") from None
+            if not getattr(info, "_is_text_encoding", True):
+                raise ValueError(f"{name!r} is not a text encoding")
+        return v
 
     @model_validator(mode="after")
     def _bounds(self) -> IngestParams:

@@ -9,8 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import delimited, html, jsonl, parquet, plaintext, sqlite
-from .base import BadRecord, FileRejected, RawRecord, ReadOptions, Record, meta_json, record_from_mapping
+from . import archive, delimited, html, jsonl, parquet, pdf, plaintext, spreadsheet, sqlite, warc, word
+from .base import (
+    BadRecord,
+    FileRejected,
+    RawRecord,
+    ReadOptions,
+    Record,
+    meta_json,
+    record_from_mapping,
+    where,
+)
 
 READERS: dict[str, Callable[[Path, ReadOptions], Iterator[Record]]] = {
     "jsonl": jsonl.read,
@@ -20,7 +29,15 @@ READERS: dict[str, Callable[[Path, ReadOptions], Iterator[Record]]] = {
     "markdown": plaintext.read,
     "html": html.read,
     "sqlite": sqlite.read,
+    "pdf": pdf.read,
+    "docx": word.read,
+    "xlsx": spreadsheet.read,
+    "warc": warc.read,
+    "zip": archive.read_zip,
+    "tar": archive.read_tar,
+    "compressed": archive.read_compressed,
 }
+CONTAINER_FORMATS = ("zip", "tar", "compressed")
 
 EXTENSIONS: dict[str, str] = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -30,14 +47,29 @@ EXTENSIONS: dict[str, str] = {
     ".md": "markdown", ".markdown": "markdown",
     ".html": "html", ".htm": "html", ".xhtml": "html",
     ".db": "sqlite", ".sqlite": "sqlite", ".sqlite3": "sqlite",
+    ".pdf": "pdf",
+    ".docx": "docx", ".doc": "docx",  # .doc: rejected by the reader with a hint (binary Word)
+    ".xlsx": "xlsx", ".xlsm": "xlsx", ".xls": "xlsx",  # .xls: rejected by the reader with a hint
+    ".warc": "warc",
 }
+WARC_SUFFIXES = (".warc.gz",)
 
 # Files that belong to another file (SQLite journals) or to tools, never documents themselves.
 SIDECAR_SUFFIXES = ("-journal", "-wal", "-shm")
 
 
 def detect_format(path: Path | str, declared: str = "auto") -> str:
-    """The reader for a file: the declared format, or by extension; FileRejected('unsupported_format')."""
+    """The reader for a file: by extension, or the declared format; FileRejected('unsupported_format').
+
+    A compressed file or archive is one by its name whatever the source declares: the declared format is then
+    what its members are (ReadOptions.member_format). A gzip'd WARC is a WARC.
+    """
+    name = Path(path).name.lower()
+    if name.endswith(WARC_SUFFIXES):
+        return "warc"
+    container = archive.container_kind(name)
+    if container is not None and declared not in CONTAINER_FORMATS:
+        return container
     if declared != "auto":
         return declared
     suffix = Path(path).suffix.lower()
@@ -54,6 +86,6 @@ def read(path: Path | str, opts: ReadOptions | None = None, fmt: str = "auto") -
 
 
 __all__ = [
-    "BadRecord", "EXTENSIONS", "FileRejected", "READERS", "RawRecord", "ReadOptions", "Record", "SIDECAR_SUFFIXES",
-    "detect_format", "meta_json", "read", "record_from_mapping",
+    "BadRecord", "CONTAINER_FORMATS", "EXTENSIONS", "FileRejected", "READERS", "RawRecord", "ReadOptions", "Record", "SIDECAR_SUFFIXES",
+    "detect_format", "meta_json", "read", "record_from_mapping", "where",
 ]

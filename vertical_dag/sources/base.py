@@ -22,6 +22,13 @@ class ReadOptions:
     csv_delimiter: str = ","
     encodings: tuple[str, ...] = ("utf-8", "gb18030", "utf-16", "big5")
     max_doc_chars: int = 2_000_000  # also bounds CSV field sizes
+    member_format: str = "auto"  # the source's declared format: what members of archives / compressed files are
+    pdf_unit: str = "file"  # "file": one document per PDF; "page": one per page
+    sheet_unit: str = "row"  # spreadsheets: "row" (a header row, then one document per row) or "sheet"
+    text_columns: tuple[str, ...] | None = None  # spreadsheet rows: columns joined into the text (None: text_field)
+    archive_max_members: int = 10_000
+    archive_max_bytes: int = 4 << 30  # uncompressed bytes one archive / compressed file may expand to
+    archive_max_ratio: float = 200.0  # uncompressed / compressed size beyond which expansion stops
 
 
 @dataclass
@@ -33,6 +40,7 @@ class RawRecord:
     text: str
     meta: dict[str, Any] = field(default_factory=dict)
     has_id: bool = False
+    uri: str | None = None  # provenance when not "file:location" (a web page's URL)
 
 
 @dataclass
@@ -59,10 +67,19 @@ Reader = Iterator[Record]
 
 
 def position_key(location: str) -> str:
-    """Key of a record that has no id of its own: its position ("line:17", "row:3"), never clashing with ids."""
-    if location.startswith("row "):
-        return f"row:{location[4:]}"
+    """Key of a record that has no id of its own: its position ("line:17", "row:3", "page:2"), never clashing
+    with ids."""
+    word, _, rest = location.partition(" ")
+    if rest and word.isalpha():
+        return f"{word}:{rest}"
     return f"line:{location}" if location else "doc"
+
+
+def where(rel: str, location: str) -> str:
+    """Provenance of a record in raw file `rel`: "file", "file:17", or "archive!member:17" for archive members."""
+    if not location:
+        return rel
+    return f"{rel}{location}" if location.startswith("!") else f"{rel}:{location}"
 
 
 def record_from_mapping(obj: dict[str, Any], location: str, opts: ReadOptions) -> Record:
@@ -72,6 +89,8 @@ def record_from_mapping(obj: dict[str, Any], location: str, opts: ReadOptions) -
     """
     text = obj.get(opts.text_field)
     if text is None:
+        if opts.text_field in obj:
+            return BadRecord(location, "missing_text", f"{opts.text_field!r} is null; it must hold the document's text")
         return BadRecord(location, "missing_text", f"no {opts.text_field!r} field (fields: {', '.join(map(str, obj))[:200]})")
     if not isinstance(text, str):
         return BadRecord(location, "invalid_text", f"{opts.text_field!r} is {type(text).__name__}, not a string")

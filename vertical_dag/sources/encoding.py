@@ -119,14 +119,14 @@ def detect(sample: bytes, encodings: tuple[str, ...] | list[str], final: bool = 
     raise FileRejected("encoding_error", f"not decodable as any of {', '.join(encodings)} (nor detected)")
 
 
-def decode_line(data: bytes, encodings: list[str] | tuple[str, ...]) -> str | None:
-    """One line that is not in the file's encoding: the first other ASCII-compatible encoding that decodes it
-    strictly into plausible text, or None."""
+def decode_line(data: bytes, encodings: list[str] | tuple[str, ...]) -> tuple[str, str] | None:
+    """One line that is not in the file's encoding: (text, encoding) for the first other ASCII-compatible
+    encoding that decodes it strictly into plausible text, or None."""
     for enc in encodings:
         if ascii_compatible(enc):
             text = _strict(data, enc, final=True)
             if text is not None and _plausible(text):
-                return text
+                return text, enc
     return None
 
 

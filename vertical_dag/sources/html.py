@@ -1,7 +1,12 @@
 """HTML: the visible main text of a page as one document (selectolax/lexbor), boilerplate dropped.
 
-script/style/nav/header/footer/aside/form (and similar) are removed with their content; block elements
+script/style/nav/header/footer/aside/form (and similar), and elements whose ARIA role says they are
+navigation, banner, footer, search or a sidebar, are removed with their content; block elements
 become line breaks, runs of whitespace inside a block collapse to one space; <title> goes to meta.title.
+
+Kept over trafilatura by measurement (`benchmarks/ingest.py --html-dir`, 330 Sphinx pages of the Celery and
+Beautiful Soup manuals from Debian, the page's role=main as the truth): word precision 1.000 / recall 0.992
+here against 0.998 / 0.897 for trafilatura 2.3, which also took 11x as long.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from .encoding import decode_file
 
 BOILERPLATE = ["script", "style", "noscript", "template", "nav", "header", "footer", "aside", "form", "iframe",
                "svg", "button", "select", "head"]
+# The same parts when marked by ARIA role instead of element (e.g. a <div role="navigation"> sidebar).
+ARIA_BOILERPLATE = ",".join(f'[role="{r}"]' for r in ("navigation", "banner", "contentinfo", "search", "complementary",
+                                                     "menu", "menubar", "toolbar"))
+PERMALINK_MARKS = {"¶", "#", "§", "🔗", "\uf0c1"}
 BLOCKS = ("p", "div", "br", "li", "tr", "td", "th", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
           "main", "pre", "blockquote", "table", "ul", "ol", "dl", "dt", "dd", "hr", "figure", "figcaption",
           "caption", "address")
@@ -36,6 +45,11 @@ def html_to_text(html: str) -> tuple[str, dict[str, str]]:
     if root is not None and root.attributes.get("lang"):
         meta["html_lang"] = root.attributes["lang"] or ""
     tree.strip_tags(BOILERPLATE)
+    for node in tree.css(ARIA_BOILERPLATE):
+        node.decompose()
+    for link in tree.css('a[href^="#"]'):
+        if link.text(strip=True) in PERMALINK_MARKS:  # "¶" links that documentation generators put after headings
+            link.decompose()
     body = tree.body or tree.root
     if body is None:
         return "", meta

@@ -27,7 +27,16 @@ from tqdm import tqdm
 
 from ..params import IngestParams
 from ..records import DOC_SCHEMA, LedgerEntry, atomic_path, ledger_table, make_doc_id, write_parquet
-from ..sources import SIDECAR_SUFFIXES, BadRecord, FileRejected, ReadOptions, detect_format, meta_json, read
+from ..sources import (
+    SIDECAR_SUFFIXES,
+    BadRecord,
+    FileRejected,
+    ReadOptions,
+    detect_format,
+    meta_json,
+    read,
+    where,
+)
 from ..sources.base import position_key
 from .context import StageContext
 from .executor import make_executor
@@ -47,16 +56,30 @@ def part_name(rel: str) -> str:
 
 
 def scan_raw(raw: Path) -> dict[str, Path]:
-    """Raw files by path relative to data/raw (hidden files and SQLite journals are not documents)."""
+    """Raw files by path relative to data/raw (hidden files and SQLite journals are not documents).
+
+    Symlinks: a linked file is read (when it leads outside the project only if
+    ingest.follow_external_symlinks allows it, see ingest_file); a linked folder is not walked, it is listed
+    so that ingest quarantines it with a hint instead of skipping it silently."""
     if not raw.exists():
         return {}
     files = {}
     for path in raw.rglob("*"):
         rel = path.relative_to(raw)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file() or path.name.endswith(SIDECAR_SUFFIXES):
+        linked_folder = path.is_symlink() and path.is_dir()  # not walked: it becomes one ledger row
+        if any(part.startswith(".") for part in rel.parts) or not (path.is_file() or linked_folder) or \
+                path.name.endswith(SIDECAR_SUFFIXES):
             continue
         files[rel.as_posix()] = path
     return dict(sorted(files.items()))
+
+
+def external_target(path: Path, rel: str) -> Path | None:
+    """Where `path` really is when a symlink (of the file or a folder above it) leads outside the project."""
+    raw = path.parents[rel.count("/")]  # data/raw
+    project = raw.parent.parent.resolve()
+    target = path.resolve()
+    return None if target.is_relative_to(project) else target
 
 
 def read_options(p: IngestParams, source: str) -> tuple[str, ReadOptions]:
@@ -64,6 +87,10 @@ def read_options(p: IngestParams, source: str) -> tuple[str, ReadOptions]:
     opts = ReadOptions(
         text_field=sp.text_field, id_field=sp.id_field, meta_fields=tuple(sp.meta_fields) if sp.meta_fields is not None else None,
         query=sp.query, csv_delimiter=sp.csv_delimiter, encodings=tuple(p.encodings), max_doc_chars=p.max_doc_chars,
+        member_format=sp.format, pdf_unit=sp.pdf_unit, sheet_unit=sp.sheet_unit,
+        text_columns=tuple(sp.text_columns) if sp.text_columns is not None else None,
+        archive_max_members=p.archive_max_members, archive_max_bytes=int(p.archive_max_mb * 2**20),
+        archive_max_ratio=p.archive_max_ratio,
     )
     return sp.format, opts
 
@@ -119,7 +146,7 @@ def arrival_of(part: Path) -> float:
 
 
 def _read_records(path: Path, rel: str, source: str, p: IngestParams, writer: PartWriter, result: PartResult,
-                  quarantine: Any, log: Any) -> int:
+                  quarantine: Any, log: Any, resolved: Path | None = None) -> int:
     """Stream the file's records into the writer; bad ones into the ledger. Returns the records read."""
     declared, opts = read_options(p, source)
     seen: dict[str, tuple[str, str]] = {}  # record key -> (doc_id, location) of its first occurrence
@@ -144,7 +171,9 @@ def _read_records(path: Path, rel: str, source: str, p: IngestParams, writer: Pa
         elif len(rec.text.strip()) < p.min_doc_chars:
             quarantine(doc_id, "too_short", rec.location, f"{len(rec.text.strip())} chars < min_doc_chars {p.min_doc_chars}")
         else:
-            writer.add(doc_id, f"{rel}:{rec.location}" if rec.location else rel, rec.text, meta_json(rec.meta))
+            if resolved is not None:  # followed a link out of the project: say where the text really was
+                rec.meta["resolved_path"] = str(resolved)
+            writer.add(doc_id, rec.uri or where(rel, rec.location), rec.text, meta_json(rec.meta))
     return records
 
 
@@ -155,8 +184,7 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
     entries: list[LedgerEntry] = []
 
     def quarantine(doc_id: str, reason: str, location: str, detail: str, ref: str | None = None) -> None:
-        where = f"{rel}:{location}" if location else rel
-        entries.append(LedgerEntry(doc_id, STAGE, "quarantined", reason, f"{where}: {detail}", ref))
+        entries.append(LedgerEntry(doc_id, STAGE, "quarantined", reason, f"{where(rel, location)}: {detail}", ref))
         result.quarantined.add(reason, doc_id)
 
     file_id = make_doc_id(source, f"{rel}#file")
@@ -169,9 +197,16 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
                 raise FileRejected("no_source_folder", "put raw files in data/raw/<source>/")
             if size > p.max_file_mb * 1024 * 1024:
                 raise FileRejected("file_too_large", f"{size / 2**20:.1f} MB > max_file_mb {p.max_file_mb}")
+            if path.is_dir():
+                raise FileRejected("symlinked_folder", f"a symlink to the folder {path.resolve()}, which is not walked: "
+                                   "copy or link the files themselves into data/raw/<source>/")
             if size == 0:
                 raise FileRejected("empty_file", "0 bytes")
-            records = _read_records(path, rel, source, p, writer, result, quarantine, log)
+            resolved = external_target(path, rel)
+            if resolved is not None and not p.follow_external_symlinks:
+                raise FileRejected("external_symlink", f"a symlink to {resolved}, outside the project; not read "
+                                   "(set ingest.follow_external_symlinks: true to read such links)")
+            records = _read_records(path, rel, source, p, writer, result, quarantine, log, resolved)
             if records == 0:
                 raise FileRejected("empty_file", "no records")
         except FileRejected as exc:
