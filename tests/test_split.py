@@ -48,7 +48,7 @@ def split_map(root: Path) -> dict[str, str]:
 
 def key_in(split: str, prefix: str, start: int = 0) -> str:
     """A cluster id that the hash sends to `split` (so a test can place documents on purpose)."""
-    return next(f"{prefix}{i}" for i in range(start, start + 10_000) if assign(SEED, f"cluster={prefix}{i}", FRACTIONS) == split)
+    return next(f"{prefix}{i}" for i in range(start, start + 10_000) if assign(SEED, f"family={prefix}{i}", FRACTIONS) == split)
 
 
 def params(**split) -> dict:
@@ -74,7 +74,7 @@ def test_meta_grouping_keeps_a_cluster_with_its_canonical_document():
     clusters = ["a", "a", "c", None]
     metas = [json.dumps({"law_name": "民法典"}), json.dumps({"law_name": "刑法"}), json.dumps({}), "not json"]
     keys = group_keys(ids, clusters, metas, "law_name")
-    assert keys == ["law_name=民法典", "law_name=民法典", "cluster=c", "cluster=d"]
+    assert keys == ["law_name=民法典", "law_name=民法典", "family=c", "family=d"]
 
 
 # ---------------------------------------------------------------- the stage
@@ -137,38 +137,77 @@ def test_group_by_law_name_keeps_each_law_in_one_split(tmp_path):
     assert m["groups"] == 40
 
 
-def _contaminated_setup(root: Path) -> tuple[dict, dict]:
-    shared = "任何单位和个人不得侵占、挪用、截留或者私分依照本法规定应当用于公共事业的专项资金和物资"
-    test_doc = doc_rows([f"第九条　{shared}，违者依法处理。"], "t", ids=["test-doc"], clusters=[key_in("test", "t")])[0]
-    train_doc = doc_rows([f"第十条　{shared}，并追究责任。"], "t", ids=["train-doc"], clusters=[key_in("train", "r")])[0]
-    clean = doc_rows([article(i) for i in range(50)], "c")
-    write_norm_part(root, "t", [test_doc, train_doc, *clean])
-    return test_doc, train_doc
+def zh(seed: int, n: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(HAN) for _ in range(n))
 
 
-def test_decontamination_drops_train_documents_overlapping_test(tmp_path):
-    proj = make_project(tmp_path / "p", params())
-    _contaminated_setup(proj.root)
+def _contaminated_setup(root: Path) -> str:
+    """A test document; a train document quoting a fifth of it (cut), one that is mostly a copy (dropped)."""
+    test_text = zh(1001, 120)
+    rows = doc_rows([f"第九条　{test_text}。"], "t", ids=["test-doc"], clusters=[key_in("test", "t")])
+    rows += doc_rows([f"第十条　{zh(1002, 60)}，{test_text[:30]}，{zh(1003, 60)}。"], "t", ids=["quoting"],
+                     clusters=[key_in("train", "r")])
+    rows += doc_rows([f"第十一条　{test_text[10:]}，{zh(1004, 10)}。"], "t", ids=["copy"], clusters=[key_in("train", "s")])
+    write_norm_part(root, "t", rows + doc_rows([article(i) for i in range(50)], "c"))
+    return test_text
+
+
+DECON = {"char_ngram": 20}
+
+
+def test_decontamination_cuts_shared_spans_and_drops_near_copies(tmp_path):
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
+    test_text = _contaminated_setup(proj.root)
     m = run_stage("split", proj, gate=False)
-    assert m["dropped"] == 1 and m["drops_by_reason"] == {"contaminated": 1}
-    assert m["documents_in"] == 52 == m["documents_out"] + m["dropped"]
+    assert m["dropped"] == 1 and m["drops_by_reason"] == {"contaminated": 1} and m["redacted"] == 1
+    assert m["documents_in"] == 53 == m["documents_out"] + m["dropped"]
     assigned = split_map(proj.root)
-    assert "train-doc" not in assigned and assigned["test-doc"] == "test"
-    row = next(r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist() if r["action"] == "dropped")
-    assert (row["doc_id"], row["reason"], row["ref_doc_id"]) == ("train-doc", "contaminated", "test-doc")
+    assert "copy" not in assigned and assigned["quoting"] == "train" and assigned["test-doc"] == "test"
+    ledger = {(r["doc_id"], r["action"]): r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist()}
+    assert (ledger["copy", "dropped"]["reason"], ledger["copy", "dropped"]["ref_doc_id"]) == ("contaminated", "test-doc")
+    cut = ledger["quoting", "redacted"]
+    assert (cut["reason"], cut["ref_doc_id"]) == ("contaminated_span", "test-doc")
+    detail = json.loads(cut["detail"])
+    assert 0.15 < detail["coverage"] < 0.5 and detail["chars_cut"] == 30
+    train = {r["doc_id"]: r for r in pq.read_table(proj.root / "data/splits/train.parquet").to_pylist()}
+    assert test_text[:30] not in train["quoting"]["text"] and len(train["quoting"]["text"]) == 157 - 30 + 1
     test_rows = pq.read_table(proj.root / "data/splits/test.parquet").to_pylist()
     assert all(r["contamination"] == 0.0 for r in test_rows)  # nothing left in train overlaps the test split
+    decon = m["decontamination"]
+    assert (decon["cut"], decon["dropped"], decon["chars_cut"], decon["eval_docs_sharing_rare_ngrams"]) == (1, 1, 30, 0)
+    assert {e["doc_id"]: e["outcome"] for e in decon["examples"]} == {"copy": "dropped", "quoting": "cut"}
+
+    run_stage("split", proj, gate=False)  # a second run over the same data changes nothing
+    again = {r["doc_id"]: r["text"] for r in pq.read_table(proj.root / "data/splits/train.parquet").to_pylist()}
+    assert again == {d: r["text"] for d, r in train.items()}
+
+
+def test_boilerplate_shared_by_many_documents_is_not_contamination(tmp_path):
+    clause = zh(1099, 40)  # a standard clause in 12 documents, some of them held out
+    proj = make_project(tmp_path / "p", params(decontaminate={**DECON, "max_ngram_docs": 5}))
+    rows = doc_rows([f"第{i}条　{zh(1200 + i, 40)}，{clause}。" for i in range(12)], "b",
+                    clusters=[key_in("test" if i < 3 else "train", "b", 100 * i) for i in range(12)])
+    write_norm_part(proj.root, "b", rows + doc_rows([article(i) for i in range(30)], "c"))
+    m = run_stage("split", proj, gate=False)
+    assert m["dropped"] == 0 and m["redacted"] == 0 and m["decontamination"]["boilerplate_ngrams"] >= 21
+
+    proj2 = make_project(tmp_path / "q", params(decontaminate={**DECON, "max_ngram_docs": 0}))  # every n-gram counts
+    write_norm_part(proj2.root, "b", rows + doc_rows([article(i) for i in range(30)], "c"))
+    m2 = run_stage("split", proj2, gate=False)
+    assert (m2["redacted"], m2["dropped"]) == (9, 0)  # the clause (under half of each train document) is cut
 
 
 def test_decontamination_can_flag_instead(tmp_path):
-    proj = make_project(tmp_path / "p", params(decontaminate={"action": "flagged"}))
+    proj = make_project(tmp_path / "p", params(decontaminate={**DECON, "action": "flagged"}))
     _contaminated_setup(proj.root)
     m = run_stage("split", proj, gate=False)
-    assert m["dropped"] == 0 and m["flagged"] == 1 and m["documents_out"] == 52
+    assert m["dropped"] == 0 and m["flagged"] == 1 and m["documents_out"] == 53
     train = {r["doc_id"]: r for r in pq.read_table(proj.root / "data/splits/train.parquet").to_pylist()}
-    assert train["train-doc"]["contaminated"] and train["train-doc"]["contamination"] > 0
+    assert train["copy"]["contaminated"] and train["copy"]["contamination"] > 0
+    assert not train["quoting"]["contaminated"]  # below min_coverage: flag mode leaves it alone
     flagged = [r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist() if r["action"] == "flagged"]
-    assert [(r["doc_id"], r["ref_doc_id"]) for r in flagged] == [("train-doc", "test-doc")]
+    assert [(r["doc_id"], r["ref_doc_id"]) for r in flagged] == [("copy", "test-doc")]
     test_row = next(r for r in pq.read_table(proj.root / "data/splits/test.parquet").to_pylist() if r["doc_id"] == "test-doc")
     assert test_row["contamination"] > 0  # the gate can see the overlap that was kept
 
@@ -177,7 +216,7 @@ def test_decontamination_against_evaluation_task_files(tmp_path):
     english = ("the contractor shall indemnify and hold harmless the owner against all claims arising from "
                "negligent performance of the work under this agreement")
     proj = make_project(tmp_path / "p", params(decontaminate={
-        "extra_eval_files": ["evals/tasks.jsonl", "evals/missing.jsonl"], "char_ngram": 20}))
+        "extra_eval_files": ["evals/tasks.jsonl", "evals/missing.jsonl"], "char_ngram": 20, "internal": False}))
     evals = proj.root / "evals"
     evals.mkdir()
     (evals / "tasks.jsonl").write_text(
@@ -205,7 +244,7 @@ def test_empty_input_writes_empty_splits(tmp_path):
 
 
 def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path):
-    proj = make_project(tmp_path / "p", params())
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
     shared = "任何单位和个人不得侵占、挪用、截留或者私分依照本法规定应当用于公共事业的专项资金和物资"
     old = doc_rows([f"第十条　{shared}，并追究责任。"], "a", ids=["old-train"], clusters=[key_in("train", "r")])
     write_norm_part(proj.root, "a", old + doc_rows([article(i) for i in range(40)], "a"))

@@ -30,12 +30,16 @@ def char_ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
 def ngram_hasher(params: Any = None) -> Callable[[str], np.ndarray]:
     """text -> n-gram hashes, the way the split stage decontaminates (when it is installed)."""
     try:
+        from ..text.decontaminate import resolve_settings
         from ..text.ngrams import NgramSpec
     except ImportError:
         return char_ngram_hashes
     dc = getattr(getattr(params, "split", None), "decontaminate", None)
-    spec = NgramSpec(word_n=getattr(dc, "word_ngram", 13), char_n=getattr(dc, "char_ngram", 25))
-    return spec.hashes
+    if dc is None:
+        return NgramSpec().hashes
+    preset = getattr(params.project, "domain", "general") if dc.preset == "auto" else dc.preset
+    settings = resolve_settings(preset, dc.model_dump())
+    return NgramSpec(word_n=int(settings["word_ngram"]), char_n=int(settings["char_ngram"])).hashes
 
 
 def _distinct(a: np.ndarray) -> np.ndarray:

@@ -119,6 +119,7 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
         docs["contamination"] = eval_contamination(docs["text"].fillna("").tolist(), docs["split"].tolist(), params)
         g = params.gates
         tables["clusters"] = profile.clusters(docs)
+        tables["families"] = profile.families(docs)
         tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
                                                       g.split_fraction_sigmas)
     tables["documents"] = docs.drop(columns=[c for c in ("text",) if c in docs])
