@@ -185,14 +185,14 @@ def test_decontamination_cuts_shared_spans_and_drops_near_copies(tmp_path):
 
 def test_boilerplate_shared_by_many_documents_is_not_contamination(tmp_path):
     clause = zh(1099, 40)  # a standard clause in 12 documents, some of them held out
-    proj = make_project(tmp_path / "p", params(decontaminate={**DECON, "max_ngram_docs": 5}))
+    proj = make_project(tmp_path / "p", params(decontaminate={**DECON, "max_ngram_families": 5}))
     rows = doc_rows([f"第{i}条　{zh(1200 + i, 40)}，{clause}。" for i in range(12)], "b",
                     clusters=[key_in("test" if i < 3 else "train", "b", 100 * i) for i in range(12)])
     write_norm_part(proj.root, "b", rows + doc_rows([article(i) for i in range(30)], "c"))
     m = run_stage("split", proj, gate=False)
     assert m["dropped"] == 0 and m["redacted"] == 0 and m["decontamination"]["boilerplate_ngrams"] >= 21
 
-    proj2 = make_project(tmp_path / "q", params(decontaminate={**DECON, "max_ngram_docs": 0}))  # every n-gram counts
+    proj2 = make_project(tmp_path / "q", params(decontaminate={**DECON, "max_ngram_families": 0}))  # every n-gram counts
     write_norm_part(proj2.root, "b", rows + doc_rows([article(i) for i in range(30)], "c"))
     m2 = run_stage("split", proj2, gate=False)
     assert (m2["redacted"], m2["dropped"]) == (9, 0)  # the clause (under half of each train document) is cut
@@ -288,3 +288,22 @@ def test_example_corpus_end_to_end_with_a_late_batch(tmp_path):
         for row in pq.read_table(root / "data/splits" / f"{name}.parquet", columns=["cluster_id"]).to_pylist():
             clusters.setdefault(row["cluster_id"], set()).add(name)
     assert max(len(s) for s in clusters.values()) == 1
+
+
+def test_splits_folder_loads_as_a_hugging_face_dataset(tmp_path):
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
+    _contaminated_setup(proj.root)
+    m = run_stage("split", proj, gate=False)
+    folder = proj.root / "data/splits"
+    assert (folder / ".state.json").exists() and (folder / "ledger/split.parquet").exists()  # beside the data
+    ds = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "hf"))
+    assert {name: ds[name].num_rows for name in ds} == {s: m["splits"][s]["documents"] for s in SPLITS}
+    assert "copy" not in ds["train"]["doc_id"] and set(ds["test"]["split"]) == {"test"}
+    card = DatasetCard.load(folder / "README.md")
+    configs = card.data.to_dict()["configs"]
+    assert configs == [{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.parquet"} for s in SPLITS]}]
+    assert f"| train | {m['splits']['train']['documents']} |" in card.text
+    assert "dropped 1 documents" in card.text and "out of 1 and flagged 0" in card.text

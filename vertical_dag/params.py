@@ -94,7 +94,7 @@ class DedupParams(Section):
     max_candidates: int = Field(32, ge=1, le=10_000)  # earliest documents checked per shared band
     # template families (kept whole in one split): documents whose MinHash estimate reaches this, looser than
     # threshold; 0 turns families off (every document its own family)
-    family_threshold: float = Field(0.5, ge=0, lt=1)
+    family_threshold: float = Field(0.3, ge=0, lt=1)
     batch_size: int = Field(10_000, ge=1, le=1_000_000)  # documents in memory at once
     seed: int = 1
 
@@ -189,7 +189,7 @@ class DecontaminateParams(Section):
     preset: Literal["auto", "general", "legal", "medical", "finance", "technical"] = "auto"  # auto: project.domain
     word_ngram: int | None = Field(None, ge=3, le=100)  # word n-grams for space-separated text
     char_ngram: int | None = Field(None, ge=5, le=200)  # character n-grams for CJK text
-    max_ngram_docs: int | None = Field(None, ge=0)  # n-grams in more documents are boilerplate (0: all count)
+    max_ngram_families: int | None = Field(None, ge=0)  # n-grams in more families are boilerplate (0: all count)
     min_coverage: float | None = Field(None, gt=0, le=1)  # token share under rare shared n-grams: contaminated
     action: Literal["cut", "dropped", "flagged"] | None = None  # cut shared spans | drop | flag contaminated docs
     internal: bool = True  # also train vs validation/test (families already keep templates apart)

@@ -158,25 +158,27 @@ def clusters(docs: Any) -> Any:
     return docs.groupby("cluster_id")["split"].nunique().rename("n_splits").reset_index()
 
 
-def families(docs: Any) -> Any:
-    """One row per template family: how many splits its documents landed in."""
+def families(docs: Any, group_by: str = "family_id") -> Any:
+    """One row per template family: how many splits its documents landed in. With split.group_by cluster_id
+    families are not what the split keeps together, so the clusters stand in for them."""
     import pandas as pd
 
     if docs.empty:
         return pd.DataFrame({"family_id": pd.Series([], dtype=str), "n_splits": pd.Series([], dtype=int)})
-    return docs.groupby("family_id")["split"].nunique().rename("n_splits").reset_index()
+    key = docs["cluster_id"] if group_by == "cluster_id" else docs["family_id"]
+    return docs.assign(family_id=key).groupby("family_id")["split"].nunique().rename("n_splits").reset_index()
 
 
 def split_fractions(docs: Any, expected: dict[str, float], tolerance: float, sigmas: float) -> Any:
     """One row per split: observed vs expected fraction and the allowed deviation.
 
-    The allowance is the tolerance or `sigmas` binomial standard errors over the number of clusters
-    (what is actually assigned), whichever is larger, so a tiny corpus is not failed for sampling noise.
+    The allowance is the tolerance or `sigmas` binomial standard errors over the number of template
+    families (what is actually assigned), whichever is larger, so a tiny corpus is not failed for sampling noise.
     """
     import pandas as pd
 
     n_docs = len(docs)
-    n_units = max(1, docs["cluster_id"].nunique()) if n_docs else 1
+    n_units = max(1, docs["family_id"].nunique()) if n_docs else 1
     rows = []
     for name, want in expected.items():
         got = float((docs["split"] == name).sum()) / n_docs if n_docs else 0.0

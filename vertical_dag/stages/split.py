@@ -13,7 +13,8 @@ Every document gets a `contamination` score (share of its distinct n-grams found
 the quality gate bounds.
 
 Outputs: data/splits/{train,validation,test}.parquet (a `split` column added), README.md (a Hugging Face
-dataset card: `datasets.load_dataset("data/splits")` loads the three splits), splits.json, state.json and
+dataset card: `datasets.load_dataset("data/splits")` loads the three splits), splits.json, .state.json (the
+settings of the last run; not `state.json`, which `datasets` takes for a save_to_disk folder) and
 ledger/split.parquet (a `split` row per kept document, dropped/redacted/flagged rows for contamination).
 """
 
@@ -30,13 +31,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..records import LedgerEntry, ledger_table, read_json, read_parts, write_json, write_parquet
-from ..text.decontaminate import CUT, DROPPED, FLAGGED, Contamination, decontaminate, resolve_settings, spec_and_rule
-from ..text.splitting import SPLITS, assign, group_keys
+from ..text.decontaminate import (
+    CUT,
+    DROPPED,
+    FLAGGED,
+    Contamination,
+    decontaminate,
+    resolve_settings,
+    spec_and_rule,
+)
+from ..text.splitting import SPLITS, assign, family_ids_of, group_keys
 from . import STAGES
 from .context import StageContext
 from .split_card import write_card
 
 STAGE = "split"
+STATE_FILE = ".state.json"
 EXAMPLES = 5
 _EVAL_TEXT_FIELDS = ("text", "prompt", "question", "input", "context", "content", "choices", "ideal", "answer", "completion")
 _LEDGER_ACTION = {CUT: "redacted", DROPPED: "dropped", FLAGGED: "flagged"}
@@ -99,7 +109,7 @@ def _protected(ctx: StageContext, same_settings: bool) -> dict[str, str]:
     return dict(zip(t.column("doc_id").to_pylist(), t.column("text").to_pylist(), strict=True))
 
 
-def _decontaminate(ctx: StageContext, ids: list[str], texts: list[str], split_of: list[str],
+def _decontaminate(ctx: StageContext, ids: list[str], texts: list[str], split_of: list[str], families: list[str],
                    protected: dict[str, str], settings: dict[str, Any]) -> tuple[Contamination | None, list, dict]:
     """Run decontamination on the documents it concerns; (result aligned with all documents, eval items,
     eval file problems). None when switched off."""
@@ -110,7 +120,7 @@ def _decontaminate(ctx: StageContext, ids: list[str], texts: list[str], split_of
     spec, rule = spec_and_rule(settings)
     sel = [i for i in range(len(ids)) if dc.internal or split_of[i] == "train"]
     found = decontaminate([ids[i] for i in sel], [texts[i] for i in sel], [split_of[i] != "train" for i in sel],
-                          protected, eval_items, spec, rule)
+                          protected, eval_items, spec, rule, [families[i] for i in sel])
     if len(sel) < len(ids):  # evaluation splits left out: clean, measured by the gate only
         full = Contamination(["clean"] * len(ids), [0.0] * len(ids), [0] * len(ids), [None] * len(ids), list(texts),
                              [0] * len(ids), [0.0] * len(ids), found.boilerplate_ngrams, found.eval_docs_sharing_rare)
@@ -146,7 +156,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     n_in = docs.num_rows
     dc_settings = decontamination_settings(ctx)
     settings = {"seed": seed, "group_by": sp.group_by, "fractions": list(fractions)}
-    previous = (read_json(ctx.out / "state.json", default={}) or {}).get("settings")
+    legacy = ctx.out / "state.json"  # where earlier versions kept it: it stops `datasets` from loading the folder
+    previous = (read_json(ctx.out / STATE_FILE, default=None) or read_json(legacy, default={}) or {}).get("settings")
     if previous and previous != settings:
         ctx.log.warning("split settings changed (%s -> %s): documents may change split", previous, settings)
 
@@ -156,7 +167,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         fractions = (1.0, 0.0, 0.0)
     split_of = [assign(seed, k, fractions) for k in keys]
     texts = _column(docs, "text")
-    found, eval_items, eval_problems = _decontaminate(ctx, ids, texts, split_of,
+    families = family_ids_of(ids, _column(docs, "cluster_id"), _column(docs, "family_id"))
+    found, eval_items, eval_problems = _decontaminate(ctx, ids, texts, split_of, families,
                                                       _protected(ctx, previous == settings), dc_settings)
     outcome = found.outcome if found else ["clean"] * n_in
     dropped = [o == DROPPED for o in outcome]
@@ -176,7 +188,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary.update(settings)
     write_json(summary, ctx.out / "splits.json")
     write_parquet(ledger_table(_ledger(ids, split_of, keys, found)), ctx.ledger_dir / "split.parquet")
-    write_json({"settings": settings}, ctx.out / "state.json")
+    write_json({"settings": settings}, ctx.out / STATE_FILE)
+    legacy.unlink(missing_ok=True)
     decon = _decon_metrics(ids, split_of, found, dc_settings, eval_items)
     write_card(ctx.out, ctx.params.project.name, summary, decon, n_in)
 
@@ -184,7 +197,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     n_dropped = sum(dropped)
     ctx.log.info("split %d documents: %s; decontamination: %d cut, %d dropped, %d flagged", n_in,
                  ", ".join(f"{k} {v}" for k, v in counts.items()), decon["cut"], decon["dropped"], decon["flagged"])
-    families = _column(docs, "family_id")
     return {
         "documents_in": n_in,
         "documents_out": sum(counts.values()),
@@ -205,7 +217,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "by_source": summary["by_source"],
         "group_by": sp.group_by,
         "groups": len(set(keys)),
-        "families": len({f or c or d for f, c, d in zip(families, _column(docs, "cluster_id"), ids, strict=True)}),
+        "families": len(set(families)),
         "new_parts": 0,
         "seconds": round(seconds, 3),
         "docs_per_s": round(n_in / seconds, 1) if seconds > 0 else 0.0,

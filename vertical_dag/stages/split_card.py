@@ -1,7 +1,7 @@
 """The dataset card of the splits folder (README.md), so `datasets.load_dataset("data/splits")` loads it.
 
 Its `configs:` metadata names the data file of each non-empty split, which is also what keeps the stage's
-own files beside them (splits.json, state.json, ledger/) out of the dataset. The body gives the counts per
+own files beside them (splits.json, .state.json, ledger/) out of the dataset. The body gives the counts per
 split and source and what decontamination removed.
 """
 
@@ -57,7 +57,7 @@ never spans two splits and adding data never moves an old document.
 ## What was removed
 
 {documents_in} documents came in. Decontamination (preset `{settings.get('preset')}`: word {settings.get('word_ngram')}-grams,
-character {settings.get('char_ngram')}-grams for CJK; n-grams in more than {settings.get('max_ngram_docs')} documents are
+character {settings.get('char_ngram')}-grams for CJK; n-grams in more than {settings.get('max_ngram_families')} documents are
 boilerplate and do not count) dropped {decon['dropped']} documents mostly covered by evaluation text, cut shared
 spans ({decon['chars_cut']} characters) out of {decon['cut']} and flagged {decon['flagged']}. Every removal has a row in
 `ledger/split.parquet` (`vertical-dag explain DOC_ID`).

@@ -2,10 +2,12 @@
 
 N-grams are word 13-grams, or character n-grams for CJK text (vertical_dag/text/ngrams.py). Three ideas:
 
-- **Boilerplate does not count.** An n-gram found in more than `max_ngram_docs` documents of the corpus
-  (every split plus the evaluation files) is a standard clause, a header, a formula: sharing it with an
-  evaluation document is not leakage, so it is ignored (as NeMo Curator ignores n-grams with many matches).
-  The rest are *rare* n-grams.
+- **Boilerplate does not count.** An n-gram found in more than `max_ngram_families` template families of
+  the corpus (every split plus the evaluation files; a family is a set of variants of one form, see
+  dedup_index.py, and a document without one is its own) is a standard clause, a header, a formula:
+  sharing it with an evaluation document is not leakage, so it is ignored (as NeMo Curator ignores n-grams
+  with many matches). Families, not documents, are counted, so the clauses of one form stay *rare* however
+  many variants of it there are: they are leakage if that form's variants sit on both sides.
 - **Coverage, not one match.** A document's coverage is the share of its tokens covered by rare n-grams it
   shares with the other side. A training document is *contaminated* when its coverage reaches
   `min_coverage`: it is mostly a copy of evaluation text.
@@ -17,8 +19,8 @@ A training document that was already in train before (the model may have been tr
 now would not undo that) is protected: a *new* evaluation document overlapping it (its text as last
 trained on) is the one cut or dropped instead. On a first run nothing is protected.
 
-`share` is, for every document, the fraction of its distinct n-grams found on the other side after
-decontamination (train vs the evaluation data kept, boilerplate included): what a quality gate bounds.
+`share` is, for every document, the fraction of its distinct rare n-grams found on the other side after
+decontamination (train vs the evaluation data kept): what the quality gate bounds.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ CLEAN, CUT, DROPPED, FLAGGED = "clean", "cut", "dropped", "flagged"
 
 @dataclass(frozen=True)
 class DecontaminationRule:
-    max_ngram_docs: int = 10  # n-grams in more documents than this are boilerplate; 0: every n-gram counts
+    max_ngram_families: int = 10  # n-grams in more families than this are boilerplate; 0: every n-gram counts
     min_coverage: float = 0.5  # share of a document's tokens under rare shared n-grams that contaminates it
     action: str = CUT  # cut | dropped | flagged
 
@@ -108,12 +110,19 @@ def cut_spans(text: str, spec: NgramSpec, covered: np.ndarray) -> tuple[str, int
     return "\n".join(p for p in pieces if p), removed
 
 
-def boilerplate(distinct: Sequence[np.ndarray], max_docs: int) -> np.ndarray:
-    """Sorted n-gram hashes found in more than `max_docs` of the given per-document distinct sets."""
-    if max_docs <= 0 or not distinct:
+def boilerplate(distinct: Sequence[np.ndarray], groups: Sequence[str], max_groups: int) -> np.ndarray:
+    """Sorted n-gram hashes found in more than `max_groups` groups (families), given each document's
+    distinct n-grams and its group."""
+    if max_groups <= 0 or not distinct:
         return np.empty(0, np.uint64)
-    values, counts = np.unique(np.concatenate(list(distinct)), return_counts=True)
-    return values[counts > max_docs]
+    codes = {g: k for k, g in enumerate(dict.fromkeys(groups))}
+    h = np.concatenate(list(distinct))
+    g = np.repeat(np.array([codes[x] for x in groups], np.int64), [len(d) for d in distinct])
+    order = np.lexsort((g, h))
+    h, g = h[order], g[order]
+    first = np.r_[True, (h[1:] != h[:-1]) | (g[1:] != g[:-1])] if len(h) else np.zeros(0, bool)
+    values, counts = np.unique(h[first], return_counts=True)  # distinct (n-gram, group) pairs per n-gram
+    return values[counts > max_groups]
 
 
 def _rare(h: np.ndarray, common: np.ndarray) -> np.ndarray:
@@ -143,14 +152,17 @@ def _check(out: Contamination, i: int, text: str, h: np.ndarray, other: _Side, s
 
 def decontaminate(ids: Sequence[str], texts: Sequence[str], is_eval: Sequence[bool],
                   protected: dict[str, str], eval_items: Sequence[tuple[str, str]], spec: NgramSpec,
-                  rule: DecontaminationRule = DecontaminationRule()) -> Contamination:
+                  rule: DecontaminationRule = DecontaminationRule(),
+                  families: Sequence[str] | None = None) -> Contamination:
     """Decontaminate train against the evaluation side (validation, test, evaluation files).
-    `protected`: doc_id -> text, as trained on, of train documents kept in train by an earlier run."""
+    `protected`: doc_id -> text, as trained on, of train documents kept in train by an earlier run;
+    `families`: each document's template family (None: every document its own)."""
     n = len(ids)
     out = Contamination([CLEAN] * n, [0.0] * n, [0] * n, [None] * n, list(texts), [0] * n, [0.0] * n)
     windows = [spec.hashes(t) for t in texts]
     item_windows = [spec.hashes(t) for _, t in eval_items]
-    common = boilerplate([_distinct(w) for w in windows + item_windows], rule.max_ngram_docs)
+    groups = list(families or ids) + [ident for ident, _ in eval_items]
+    common = boilerplate([_distinct(w) for w in windows + item_windows], groups, rule.max_ngram_families)
     out.boilerplate_ngrams = len(common)
     evals = [i for i in range(n) if is_eval[i]]
     trains = [i for i in range(n) if not is_eval[i]]
@@ -170,15 +182,13 @@ def decontaminate(ids: Sequence[str], texts: Sequence[str], is_eval: Sequence[bo
         _check(out, i, texts[i], windows[i], eval_side, spec, rule)
 
     final_train = [i for i in trains if out.outcome[i] != DROPPED]
-    train_all = _Side([_distinct(spec.hashes(out.texts[i])) for i in final_train], [ids[i] for i in final_train])
-    eval_all = _Side([_distinct(spec.hashes(out.texts[i])) for i in kept_eval]
-                     + [_distinct(w) for w in item_windows], [])
-    train_rare = _Side([_rare(train_all.hashes, common)], ["train"])
+    rare_now = [_rare(_distinct(spec.hashes(t)), common) for t in out.texts]
+    train_side = _Side([rare_now[i] for i in final_train], [ids[i] for i in final_train])
+    eval_side = _Side([rare_now[i] for i in kept_eval] + [_rare(_distinct(w), common) for w in item_windows], [])
     for i in range(n):
-        own = _distinct(spec.hashes(out.texts[i]))
-        side = eval_all if not is_eval[i] else train_all
-        out.share[i] = round(float(side.hits(own).mean()), 6) if len(own) else 0.0
-        if is_eval[i] and out.outcome[i] != DROPPED and train_rare.hits(_rare(own, common)).any():
+        own = rare_now[i]
+        out.share[i] = round(float((train_side if is_eval[i] else eval_side).hits(own).mean()), 6) if len(own) else 0.0
+        if is_eval[i] and out.outcome[i] != DROPPED and out.share[i] > 0:
             out.eval_docs_sharing_rare += 1
     return out
 
@@ -187,8 +197,8 @@ def decontaminate(ids: Sequence[str], texts: Sequence[str], is_eval: Sequence[bo
 # many documents, so these domains treat an n-gram in more than 5 documents as boilerplate and use longer
 # character n-grams for CJK (25 characters match shared legal formulas such as "违反本法规定...依法追究刑事责任").
 PRESETS: dict[str, dict[str, object]] = {
-    "general": {"word_ngram": 13, "char_ngram": 25, "max_ngram_docs": 10, "min_coverage": 0.5, "action": CUT},
-    **{domain: {"word_ngram": 13, "char_ngram": 50, "max_ngram_docs": 5, "min_coverage": 0.5, "action": CUT}
+    "general": {"word_ngram": 13, "char_ngram": 25, "max_ngram_families": 10, "min_coverage": 0.5, "action": CUT},
+    **{domain: {"word_ngram": 13, "char_ngram": 50, "max_ngram_families": 5, "min_coverage": 0.5, "action": CUT}
        for domain in ("legal", "medical", "finance", "technical")},
 }
 
@@ -204,5 +214,5 @@ def resolve_settings(preset: str, overrides: dict[str, object] | None = None) ->
 
 def spec_and_rule(settings: dict[str, object]) -> tuple[NgramSpec, DecontaminationRule]:
     return (NgramSpec(word_n=int(settings["word_ngram"]), char_n=int(settings["char_ngram"])),
-            DecontaminationRule(int(settings["max_ngram_docs"]), float(settings["min_coverage"]),
+            DecontaminationRule(int(settings["max_ngram_families"]), float(settings["min_coverage"]),
                                 str(settings["action"])))

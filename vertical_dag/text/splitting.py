@@ -47,12 +47,19 @@ def _meta_value(meta: str | None, field: str) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+def family_ids_of(doc_ids: Sequence[str], cluster_ids: Sequence[str | None],
+                  family_ids: Sequence[str | None] | None) -> list[str]:
+    """Each document's family: its family id, else its cluster, else itself."""
+    families = family_ids or [None] * len(doc_ids)
+    return [f or c or d for f, c, d in zip(families, cluster_ids, doc_ids, strict=True)]
+
+
 def group_keys(doc_ids: Sequence[str], cluster_ids: Sequence[str | None], metas: Sequence[str | None],
                group_by: str, family_ids: Sequence[str | None] | None = None) -> list[str]:
     """The group key of every document: its family or cluster, or the metadata field of its family's
     representative. A missing family falls back to the cluster, a missing cluster to the document."""
     clusters = [c or d for c, d in zip(cluster_ids, doc_ids, strict=True)]
-    families = [f or c for f, c in zip(family_ids or [None] * len(clusters), clusters, strict=True)]
+    families = family_ids_of(doc_ids, cluster_ids, family_ids)
     if group_by == "cluster_id":
         return [f"cluster={c}" for c in clusters]
     if group_by == "family_id":
