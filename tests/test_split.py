@@ -77,6 +77,80 @@ def test_meta_grouping_keeps_a_cluster_with_its_canonical_document():
     assert keys == ["law_name=民法典", "law_name=民法典", "family=c", "family=d"]
 
 
+# ---------------------------------------------------------------- template families (dedup_index)
+
+FORM_WORDS = ("party notice term payment court claim damages breach agreement law right duty property lease "
+              "tenant owner seller buyer goods service period written consent").split()
+
+
+def words(seed: int, n: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(FORM_WORDS) + str(rng.randrange(100)) for _ in range(n))
+
+
+def form_variants(form: int, n: int) -> list[str]:
+    """Variants of one form: its 60 clause words plus 30 words of their own (Jaccard ~0.5 to each other:
+    below dedup's 0.7, so all are kept)."""
+    clauses = words(10_000 + form, 60)
+    return [f"{clauses} {words(20_000 + 100 * form + v, 30)}" for v in range(n)]
+
+
+def family_config():
+    from vertical_dag.text.dedup_index import DedupConfig
+    from vertical_dag.text.lsh import recall_bands
+
+    bands, rows = recall_bands(0.3, 128)
+    return DedupConfig(family_threshold=0.3, family_bands=bands, family_rows=rows)
+
+
+def index_families(folder: Path, parts: list[list[str]], batch: int = 1000) -> list[int]:
+    """The family founder (position in all documents) of every document, indexing `parts` one after another
+    (the index saved and reloaded in between, as across runs)."""
+    from vertical_dag.text.dedup_index import DedupIndex
+
+    out: list[str] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, texts in enumerate(parts):
+        index = DedupIndex.load(folder, family_config()) if k else DedupIndex(folder, family_config())
+        ids = [f"p{k}-{i}" for i in range(len(texts))]
+        index.begin_part(f"p{k}", len(texts))
+        for i in range(0, len(texts), batch):
+            res = index.add_batch(texts[i : i + batch], ids[i : i + batch], lambda part, rows: [parts[part][r] for r in rows])
+            out += res.family_id
+        index.end_part()
+        index.save()
+    starts = [sum(len(t) for t in parts[:k]) for k in range(len(parts))]
+    return [starts[int(f[1:].split("-")[0])] + int(f.split("-")[1]) for f in out]
+
+
+def test_template_variants_form_one_family_whatever_the_batches(tmp_path):
+    texts = form_variants(0, 8) + [words(i, 90) for i in range(10)] + form_variants(1, 6)
+    texts.append(texts[3])  # an exact duplicate is in its original's family
+    order = list(range(len(texts)))
+    random.Random(0).shuffle(order)
+    texts = [texts[i] for i in order]
+    families = index_families(tmp_path / "a", [texts])
+    assert index_families(tmp_path / "b", [texts], batch=5) == families
+    assert index_families(tmp_path / "c", [texts[:9], texts[9:]]) == families  # incremental == from scratch
+    form_of = [0 if o < 8 or o == 24 else (1 if o >= 18 else None) for o in order]
+    for form in (0, 1):
+        members = [i for i, f in enumerate(form_of) if f == form]
+        assert {families[i] for i in members} == {members[0]}  # one family, named after its first document
+    others = [i for i, f in enumerate(form_of) if f is None]
+    assert [families[i] for i in others] == others  # unrelated documents stand alone
+
+
+def test_a_late_variant_joins_the_family_and_split_of_its_form(tmp_path):
+    old = form_variants(0, 5) + [words(i, 90) for i in range(40)]
+    new = form_variants(0, 8)[5:]
+    families = index_families(tmp_path / "i", [old, new])
+    assert families[:5] == [0] * 5 and families[45:] == [0] * 3 and families[5:45] == list(range(5, 45))
+    assert index_families(tmp_path / "s", [old + new]) == families
+    ids = [f"d{i}" for i in range(len(families))]
+    keys = group_keys(ids, [None] * len(ids), [None] * len(ids), "family_id", [ids[f] for f in families])
+    assert len({assign(SEED, k, FRACTIONS) for k in keys[:5] + keys[45:]}) == 1  # the new ones follow the old
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -307,3 +381,21 @@ def test_splits_folder_loads_as_a_hugging_face_dataset(tmp_path):
     assert configs == [{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.parquet"} for s in SPLITS]}]
     assert f"| train | {m['splits']['train']['documents']} |" in card.text
     assert "dropped 1 documents" in card.text and "out of 1 and flagged 0" in card.text
+
+
+def test_decontamination_presets_follow_the_domain_and_params_win(tmp_path):
+    from typing import get_args
+
+    from vertical_dag.params import DecontaminateParams, ProjectParams
+    from vertical_dag.text.decontaminate import PRESETS, resolve_settings
+
+    domains = set(get_args(ProjectParams.model_fields["domain"].annotation))
+    assert set(PRESETS) == domains == set(get_args(DecontaminateParams.model_fields["preset"].annotation)) - {"auto"}
+    assert resolve_settings("legal")["char_ngram"] == 50 and resolve_settings("general")["char_ngram"] == 25
+    assert resolve_settings("legal", {"min_coverage": 0.8, "char_ngram": None}) == {**PRESETS["legal"], "min_coverage": 0.8}
+    with pytest.raises(ValueError, match="unknown decontamination preset 'poetry'"):
+        resolve_settings("poetry")
+    proj = make_project(tmp_path / "p", params(decontaminate={"max_ngram_families": 3}))  # project.domain: legal
+    write_norm_part(proj.root, "c", doc_rows([article(i) for i in range(20)], "c"))
+    m = run_stage("split", proj, gate=False)
+    assert m["decontamination"]["settings"] == {"preset": "legal", **PRESETS["legal"], "max_ngram_families": 3}

@@ -160,10 +160,17 @@ def decontaminate(ids: Sequence[str], texts: Sequence[str], is_eval: Sequence[bo
     n = len(ids)
     out = Contamination([CLEAN] * n, [0.0] * n, [0] * n, [None] * n, list(texts), [0] * n, [0.0] * n)
     windows = [spec.hashes(t) for t in texts]
-    item_windows = [spec.hashes(t) for _, t in eval_items]
+    distinct = [_distinct(w) for w in windows]
+    item_distinct = [_distinct(spec.hashes(t)) for _, t in eval_items]
     groups = list(families or ids) + [ident for ident, _ in eval_items]
-    common = boilerplate([_distinct(w) for w in windows + item_windows], groups, rule.max_ngram_families)
+    common = boilerplate(distinct + item_distinct, groups, rule.max_ngram_families)
     out.boilerplate_ngrams = len(common)
+    rare = [_rare(d, common) for d in distinct]
+    item_rare = [_rare(d, common) for d in item_distinct]
+
+    def rare_now(i: int) -> np.ndarray:  # a document's rare n-grams after any cut
+        return rare[i] if out.outcome[i] != CUT else _rare(_distinct(spec.hashes(out.texts[i])), common)
+
     evals = [i for i in range(n) if is_eval[i]]
     trains = [i for i in range(n) if not is_eval[i]]
 
@@ -175,18 +182,17 @@ def decontaminate(ids: Sequence[str], texts: Sequence[str], is_eval: Sequence[bo
             _check(out, i, texts[i], windows[i], prot, spec, rule)
 
     kept_eval = [i for i in evals if out.outcome[i] != DROPPED]
-    eval_side = _Side([_rare(_distinct(spec.hashes(out.texts[i])), common) for i in kept_eval]
-                      + [_rare(_distinct(w), common) for w in item_windows],
+    eval_side = _Side([rare_now(i) for i in kept_eval] + item_rare,
                       [ids[i] for i in kept_eval] + [ident for ident, _ in eval_items])
     for i in trains:
         _check(out, i, texts[i], windows[i], eval_side, spec, rule)
 
     final_train = [i for i in trains if out.outcome[i] != DROPPED]
-    rare_now = [_rare(_distinct(spec.hashes(t)), common) for t in out.texts]
-    train_side = _Side([rare_now[i] for i in final_train], [ids[i] for i in final_train])
-    eval_side = _Side([rare_now[i] for i in kept_eval] + [_rare(_distinct(w), common) for w in item_windows], [])
+    final = [rare_now(i) for i in range(n)]
+    train_side = _Side([final[i] for i in final_train], [ids[i] for i in final_train])
+    eval_side = _Side([final[i] for i in kept_eval] + item_rare, [])
     for i in range(n):
-        own = rare_now[i]
+        own = final[i]
         out.share[i] = round(float((train_side if is_eval[i] else eval_side).hits(own).mean()), 6) if len(own) else 0.0
         if is_eval[i] and out.outcome[i] != DROPPED and out.share[i] > 0:
             out.eval_docs_sharing_rare += 1
