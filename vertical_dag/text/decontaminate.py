@@ -148,6 +148,13 @@ def _check(out: Contamination, i: int, text: str, h: np.ndarray, other: _Side, s
     elif rule.action == CUT:
         out.texts[i], out.cut_chars[i] = cut_spans(text, spec, covered)
         out.outcome[i] = CUT
+        for _ in range(2):  # joining the pieces can make a new shared n-gram across a cut: cut that too
+            h2 = spec.hashes(out.texts[i])
+            hit2 = other.hits(h2)
+            if not hit2.any():
+                break
+            out.texts[i], more = cut_spans(out.texts[i], spec, _covered(hit2, spec.n_for(out.texts[i])))
+            out.cut_chars[i] += more
 
 
 def decontaminate(ids: Sequence[str], texts: Sequence[str], is_eval: Sequence[bool],
