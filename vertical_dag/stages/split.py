@@ -177,7 +177,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         out_cols = docs.set_column(docs.column_names.index("text"), "text", pa.array(found.texts, pa.string()))
     out_cols = out_cols.append_column("split", pa.array(split_of, pa.string()))
     out_cols = out_cols.append_column("contamination", pa.array(found.share if found else [0.0] * n_in, pa.float64()))
-    out_cols = out_cols.append_column("contaminated", pa.array([o in (DROPPED, FLAGGED) for o in outcome], pa.bool_()))
+    contaminated = [o in (DROPPED, FLAGGED) for o in outcome]  # cut documents are clean afterwards
+    out_cols = out_cols.append_column("contaminated", pa.array(contaminated, pa.bool_()))
     keep = pa.array([not d for d in dropped], pa.bool_())
     counts = {}
     for name in SPLITS:
@@ -207,8 +208,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "flagged": decon["flagged"],
         "redacted": decon["cut"],
         "decontamination": decon,
-        "contaminated_train_documents": sum(1 for i in range(n_in) if outcome[i] != "clean" and split_of[i] == "train"),
-        "contaminated_eval_documents": sum(1 for i in range(n_in) if outcome[i] != "clean" and split_of[i] != "train"),
+        "contaminated_train_documents": sum(1 for i in range(n_in) if contaminated[i] and split_of[i] == "train"),
+        "contaminated_eval_documents": sum(1 for i in range(n_in) if contaminated[i] and split_of[i] != "train"),
         "max_eval_contamination": max((found.share[i] for i in range(n_in) if split_of[i] != "train" and not dropped[i]),
                                       default=0.0) if found else 0.0,
         "eval_task_items": len(eval_items),
