@@ -290,7 +290,7 @@ def test_decontamination_against_evaluation_task_files(tmp_path):
     english = ("the contractor shall indemnify and hold harmless the owner against all claims arising from "
                "negligent performance of the work under this agreement")
     proj = make_project(tmp_path / "p", params(decontaminate={
-        "extra_eval_files": ["evals/tasks.jsonl", "evals/missing.jsonl"], "char_ngram": 20, "internal": False}))
+        "extra_eval_files": ["evals/tasks.jsonl"], "char_ngram": 20, "internal": False}))
     evals = proj.root / "evals"
     evals.mkdir()
     (evals / "tasks.jsonl").write_text(
@@ -303,7 +303,7 @@ def test_decontamination_against_evaluation_task_files(tmp_path):
                       clusters=[key_in("train", "z")])[0]
     write_norm_part(proj.root, "e", [en_doc, zh_doc, *doc_rows([article(i) for i in range(30)], "c")])
     m = run_stage("split", proj, gate=False)
-    assert m["eval_task_items"] == 2 and m["eval_file_problems"] == {"missing_file": 1, "bad_json_line": 1}
+    assert m["eval_task_items"] == 2 and m["eval_file_problems"] == {"bad_json_line": 1}
     refs = {r["doc_id"]: r["ref_doc_id"] for r in read_ledger(proj.root / "data/splits/ledger").to_pylist()
             if r["action"] == "dropped"}
     assert refs == {"en-doc": "eval:evals/tasks.jsonl:q1", "zh-doc": "eval:evals/tasks.jsonl:3"}
