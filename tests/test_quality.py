@@ -185,14 +185,16 @@ def test_normalize_gate_follows_the_normalize_section(root: Path) -> None:
 
 
 def write_splits(root: Path, assignment: dict[str, list[int]], *, clusters: list[str] | None = None,
-                 texts: list[str] | None = None, extra_ids: dict[str, list[str]] | None = None) -> None:
+                 texts: list[str] | None = None, extra_ids: dict[str, list[str]] | None = None,
+                 families: list[str] | None = None) -> None:
     texts = texts or TEXTS
     for name, idx in assignment.items():
         doc_ids = [f"d{i:03d}" for i in idx] + (extra_ids or {}).get(name, [])
         body = [texts[i] for i in idx] + [TEXTS[0]] * len((extra_ids or {}).get(name, []))
         cl = [clusters[i] for i in idx] if clusters else doc_ids
         cl = cl + ["c-extra"] * (len(doc_ids) - len(cl))
-        table = docs_table(doc_ids, body, split=[name] * len(doc_ids), cluster_id=cl)
+        extra = {"family_id": [families[i] for i in idx]} if families else {}
+        table = docs_table(doc_ids, body, split=[name] * len(doc_ids), cluster_id=cl, **extra)
         write_parquet(table, root / "data/splits" / f"{name}.parquet")
 
 
@@ -224,8 +226,18 @@ def test_split_cluster_across_splits_fails(root: Path) -> None:
     clusters[37] = "c3"  # a near duplicate of a train document ended up in test
     write_splits(root, GOOD_SPLIT, clusters=clusters)
     bad = failed(run("split", root, {}, parse_params(SPLIT_PARAMS)))
-    assert list(bad) == ["clusters_in_one_split"]
+    assert list(bad) == ["clusters_in_one_split", "families_in_one_split"]  # without family ids: one per cluster
     assert bad["clusters_in_one_split"].observed["examples"] == [{"cluster_id": "c3", "n_splits": 2}]
+
+
+def test_split_template_family_across_splits_fails(root: Path) -> None:
+    write_stage(root, "data/normalized", ids(40), TEXTS)
+    families = [f"d{i:03d}" for i in range(40)]
+    families[38] = families[37] = "d005"  # two variants of a train document's form ended up in test
+    write_splits(root, GOOD_SPLIT, families=families)
+    bad = failed(run("split", root, {}, parse_params(SPLIT_PARAMS)))
+    assert list(bad) == ["families_in_one_split"]
+    assert bad["families_in_one_split"].observed["examples"] == [{"family_id": "d005", "n_splits": 2}]
 
 
 def test_split_fractions_off_fails(root: Path) -> None:

@@ -48,7 +48,7 @@ def split_map(root: Path) -> dict[str, str]:
 
 def key_in(split: str, prefix: str, start: int = 0) -> str:
     """A cluster id that the hash sends to `split` (so a test can place documents on purpose)."""
-    return next(f"{prefix}{i}" for i in range(start, start + 10_000) if assign(SEED, f"cluster={prefix}{i}", FRACTIONS) == split)
+    return next(f"{prefix}{i}" for i in range(start, start + 10_000) if assign(SEED, f"family={prefix}{i}", FRACTIONS) == split)
 
 
 def params(**split) -> dict:
@@ -74,7 +74,81 @@ def test_meta_grouping_keeps_a_cluster_with_its_canonical_document():
     clusters = ["a", "a", "c", None]
     metas = [json.dumps({"law_name": "民法典"}), json.dumps({"law_name": "刑法"}), json.dumps({}), "not json"]
     keys = group_keys(ids, clusters, metas, "law_name")
-    assert keys == ["law_name=民法典", "law_name=民法典", "cluster=c", "cluster=d"]
+    assert keys == ["law_name=民法典", "law_name=民法典", "family=c", "family=d"]
+
+
+# ---------------------------------------------------------------- template families (dedup_index)
+
+FORM_WORDS = ("party notice term payment court claim damages breach agreement law right duty property lease "
+              "tenant owner seller buyer goods service period written consent").split()
+
+
+def words(seed: int, n: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(FORM_WORDS) + str(rng.randrange(100)) for _ in range(n))
+
+
+def form_variants(form: int, n: int) -> list[str]:
+    """Variants of one form: its 60 clause words plus 30 words of their own (Jaccard ~0.5 to each other:
+    below dedup's 0.7, so all are kept)."""
+    clauses = words(10_000 + form, 60)
+    return [f"{clauses} {words(20_000 + 100 * form + v, 30)}" for v in range(n)]
+
+
+def family_config():
+    from vertical_dag.text.dedup_index import DedupConfig
+    from vertical_dag.text.lsh import recall_bands
+
+    bands, rows = recall_bands(0.3, 128)
+    return DedupConfig(family_threshold=0.3, family_bands=bands, family_rows=rows)
+
+
+def index_families(folder: Path, parts: list[list[str]], batch: int = 1000) -> list[int]:
+    """The family founder (position in all documents) of every document, indexing `parts` one after another
+    (the index saved and reloaded in between, as across runs)."""
+    from vertical_dag.text.dedup_index import DedupIndex
+
+    out: list[str] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, texts in enumerate(parts):
+        index = DedupIndex.load(folder, family_config()) if k else DedupIndex(folder, family_config())
+        ids = [f"p{k}-{i}" for i in range(len(texts))]
+        index.begin_part(f"p{k}", len(texts))
+        for i in range(0, len(texts), batch):
+            res = index.add_batch(texts[i : i + batch], ids[i : i + batch], lambda part, rows: [parts[part][r] for r in rows])
+            out += res.family_id
+        index.end_part()
+        index.save()
+    starts = [sum(len(t) for t in parts[:k]) for k in range(len(parts))]
+    return [starts[int(f[1:].split("-")[0])] + int(f.split("-")[1]) for f in out]
+
+
+def test_template_variants_form_one_family_whatever_the_batches(tmp_path):
+    texts = form_variants(0, 8) + [words(i, 90) for i in range(10)] + form_variants(1, 6)
+    texts.append(texts[3])  # an exact duplicate is in its original's family
+    order = list(range(len(texts)))
+    random.Random(0).shuffle(order)
+    texts = [texts[i] for i in order]
+    families = index_families(tmp_path / "a", [texts])
+    assert index_families(tmp_path / "b", [texts], batch=5) == families
+    assert index_families(tmp_path / "c", [texts[:9], texts[9:]]) == families  # incremental == from scratch
+    form_of = [0 if o < 8 or o == 24 else (1 if o >= 18 else None) for o in order]
+    for form in (0, 1):
+        members = [i for i, f in enumerate(form_of) if f == form]
+        assert {families[i] for i in members} == {members[0]}  # one family, named after its first document
+    others = [i for i, f in enumerate(form_of) if f is None]
+    assert [families[i] for i in others] == others  # unrelated documents stand alone
+
+
+def test_a_late_variant_joins_the_family_and_split_of_its_form(tmp_path):
+    old = form_variants(0, 5) + [words(i, 90) for i in range(40)]
+    new = form_variants(0, 8)[5:]
+    families = index_families(tmp_path / "i", [old, new])
+    assert families[:5] == [0] * 5 and families[45:] == [0] * 3 and families[5:45] == list(range(5, 45))
+    assert index_families(tmp_path / "s", [old + new]) == families
+    ids = [f"d{i}" for i in range(len(families))]
+    keys = group_keys(ids, [None] * len(ids), [None] * len(ids), "family_id", [ids[f] for f in families])
+    assert len({assign(SEED, k, FRACTIONS) for k in keys[:5] + keys[45:]}) == 1  # the new ones follow the old
 
 
 # ---------------------------------------------------------------- the stage
@@ -137,38 +211,77 @@ def test_group_by_law_name_keeps_each_law_in_one_split(tmp_path):
     assert m["groups"] == 40
 
 
-def _contaminated_setup(root: Path) -> tuple[dict, dict]:
-    shared = "任何单位和个人不得侵占、挪用、截留或者私分依照本法规定应当用于公共事业的专项资金和物资"
-    test_doc = doc_rows([f"第九条　{shared}，违者依法处理。"], "t", ids=["test-doc"], clusters=[key_in("test", "t")])[0]
-    train_doc = doc_rows([f"第十条　{shared}，并追究责任。"], "t", ids=["train-doc"], clusters=[key_in("train", "r")])[0]
-    clean = doc_rows([article(i) for i in range(50)], "c")
-    write_norm_part(root, "t", [test_doc, train_doc, *clean])
-    return test_doc, train_doc
+def zh(seed: int, n: int) -> str:
+    rng = random.Random(seed)
+    return "".join(rng.choice(HAN) for _ in range(n))
 
 
-def test_decontamination_drops_train_documents_overlapping_test(tmp_path):
-    proj = make_project(tmp_path / "p", params())
-    _contaminated_setup(proj.root)
+def _contaminated_setup(root: Path) -> str:
+    """A test document; a train document quoting a fifth of it (cut), one that is mostly a copy (dropped)."""
+    test_text = zh(1001, 120)
+    rows = doc_rows([f"第九条　{test_text}。"], "t", ids=["test-doc"], clusters=[key_in("test", "t")])
+    rows += doc_rows([f"第十条　{zh(1002, 60)}，{test_text[:30]}，{zh(1003, 60)}。"], "t", ids=["quoting"],
+                     clusters=[key_in("train", "r")])
+    rows += doc_rows([f"第十一条　{test_text[10:]}，{zh(1004, 10)}。"], "t", ids=["copy"], clusters=[key_in("train", "s")])
+    write_norm_part(root, "t", rows + doc_rows([article(i) for i in range(50)], "c"))
+    return test_text
+
+
+DECON = {"char_ngram": 20}
+
+
+def test_decontamination_cuts_shared_spans_and_drops_near_copies(tmp_path):
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
+    test_text = _contaminated_setup(proj.root)
     m = run_stage("split", proj, gate=False)
-    assert m["dropped"] == 1 and m["drops_by_reason"] == {"contaminated": 1}
-    assert m["documents_in"] == 52 == m["documents_out"] + m["dropped"]
+    assert m["dropped"] == 1 and m["drops_by_reason"] == {"contaminated": 1} and m["redacted"] == 1
+    assert m["documents_in"] == 53 == m["documents_out"] + m["dropped"]
     assigned = split_map(proj.root)
-    assert "train-doc" not in assigned and assigned["test-doc"] == "test"
-    row = next(r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist() if r["action"] == "dropped")
-    assert (row["doc_id"], row["reason"], row["ref_doc_id"]) == ("train-doc", "contaminated", "test-doc")
+    assert "copy" not in assigned and assigned["quoting"] == "train" and assigned["test-doc"] == "test"
+    ledger = {(r["doc_id"], r["action"]): r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist()}
+    assert (ledger["copy", "dropped"]["reason"], ledger["copy", "dropped"]["ref_doc_id"]) == ("contaminated", "test-doc")
+    cut = ledger["quoting", "redacted"]
+    assert (cut["reason"], cut["ref_doc_id"]) == ("contaminated_span", "test-doc")
+    detail = json.loads(cut["detail"])
+    assert 0.15 < detail["coverage"] < 0.5 and detail["chars_cut"] == 30
+    train = {r["doc_id"]: r for r in pq.read_table(proj.root / "data/splits/train.parquet").to_pylist()}
+    assert test_text[:30] not in train["quoting"]["text"] and len(train["quoting"]["text"]) == 157 - 30 + 1
     test_rows = pq.read_table(proj.root / "data/splits/test.parquet").to_pylist()
     assert all(r["contamination"] == 0.0 for r in test_rows)  # nothing left in train overlaps the test split
+    decon = m["decontamination"]
+    assert (decon["cut"], decon["dropped"], decon["chars_cut"], decon["eval_docs_sharing_rare_ngrams"]) == (1, 1, 30, 0)
+    assert {e["doc_id"]: e["outcome"] for e in decon["examples"]} == {"copy": "dropped", "quoting": "cut"}
+
+    run_stage("split", proj, gate=False)  # a second run over the same data changes nothing
+    again = {r["doc_id"]: r["text"] for r in pq.read_table(proj.root / "data/splits/train.parquet").to_pylist()}
+    assert again == {d: r["text"] for d, r in train.items()}
+
+
+def test_boilerplate_shared_by_many_documents_is_not_contamination(tmp_path):
+    clause = zh(1099, 40)  # a standard clause in 12 documents, some of them held out
+    proj = make_project(tmp_path / "p", params(decontaminate={**DECON, "max_ngram_families": 5}))
+    rows = doc_rows([f"第{i}条　{zh(1200 + i, 40)}，{clause}。" for i in range(12)], "b",
+                    clusters=[key_in("test" if i < 3 else "train", "b", 100 * i) for i in range(12)])
+    write_norm_part(proj.root, "b", rows + doc_rows([article(i) for i in range(30)], "c"))
+    m = run_stage("split", proj, gate=False)
+    assert m["dropped"] == 0 and m["redacted"] == 0 and m["decontamination"]["boilerplate_ngrams"] >= 21
+
+    proj2 = make_project(tmp_path / "q", params(decontaminate={**DECON, "max_ngram_families": 0}))  # every n-gram counts
+    write_norm_part(proj2.root, "b", rows + doc_rows([article(i) for i in range(30)], "c"))
+    m2 = run_stage("split", proj2, gate=False)
+    assert (m2["redacted"], m2["dropped"]) == (9, 0)  # the clause (under half of each train document) is cut
 
 
 def test_decontamination_can_flag_instead(tmp_path):
-    proj = make_project(tmp_path / "p", params(decontaminate={"action": "flagged"}))
+    proj = make_project(tmp_path / "p", params(decontaminate={**DECON, "action": "flagged"}))
     _contaminated_setup(proj.root)
     m = run_stage("split", proj, gate=False)
-    assert m["dropped"] == 0 and m["flagged"] == 1 and m["documents_out"] == 52
+    assert m["dropped"] == 0 and m["flagged"] == 1 and m["documents_out"] == 53
     train = {r["doc_id"]: r for r in pq.read_table(proj.root / "data/splits/train.parquet").to_pylist()}
-    assert train["train-doc"]["contaminated"] and train["train-doc"]["contamination"] > 0
+    assert train["copy"]["contaminated"] and train["copy"]["contamination"] > 0
+    assert not train["quoting"]["contaminated"]  # below min_coverage: flag mode leaves it alone
     flagged = [r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist() if r["action"] == "flagged"]
-    assert [(r["doc_id"], r["ref_doc_id"]) for r in flagged] == [("train-doc", "test-doc")]
+    assert [(r["doc_id"], r["ref_doc_id"]) for r in flagged] == [("copy", "test-doc")]
     test_row = next(r for r in pq.read_table(proj.root / "data/splits/test.parquet").to_pylist() if r["doc_id"] == "test-doc")
     assert test_row["contamination"] > 0  # the gate can see the overlap that was kept
 
@@ -177,7 +290,7 @@ def test_decontamination_against_evaluation_task_files(tmp_path):
     english = ("the contractor shall indemnify and hold harmless the owner against all claims arising from "
                "negligent performance of the work under this agreement")
     proj = make_project(tmp_path / "p", params(decontaminate={
-        "extra_eval_files": ["evals/tasks.jsonl"], "char_ngram": 20}))
+        "extra_eval_files": ["evals/tasks.jsonl"], "char_ngram": 20, "internal": False}))
     evals = proj.root / "evals"
     evals.mkdir()
     (evals / "tasks.jsonl").write_text(
@@ -205,7 +318,7 @@ def test_empty_input_writes_empty_splits(tmp_path):
 
 
 def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path):
-    proj = make_project(tmp_path / "p", params())
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
     shared = "任何单位和个人不得侵占、挪用、截留或者私分依照本法规定应当用于公共事业的专项资金和物资"
     old = doc_rows([f"第十条　{shared}，并追究责任。"], "a", ids=["old-train"], clusters=[key_in("train", "r")])
     write_norm_part(proj.root, "a", old + doc_rows([article(i) for i in range(40)], "a"))
@@ -260,3 +373,40 @@ def test_a_missing_evaluation_file_is_an_error(tmp_path):
     with pytest.raises(ParamsError, match="split.decontaminate.extra_eval_files = 'evals/missing.jsonl'"):
         run_stage("split", proj, gate=False)
     assert not (proj.root / "data/splits").exists()
+
+
+def test_splits_folder_loads_as_a_hugging_face_dataset(tmp_path):
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
+    _contaminated_setup(proj.root)
+    m = run_stage("split", proj, gate=False)
+    folder = proj.root / "data/splits"
+    assert (folder / ".state.json").exists() and (folder / "ledger/split.parquet").exists()  # beside the data
+    ds = datasets.load_dataset(str(folder), cache_dir=str(tmp_path / "hf"))
+    assert {name: ds[name].num_rows for name in ds} == {s: m["splits"][s]["documents"] for s in SPLITS}
+    assert "copy" not in ds["train"]["doc_id"] and set(ds["test"]["split"]) == {"test"}
+    card = DatasetCard.load(folder / "README.md")
+    configs = card.data.to_dict()["configs"]
+    assert configs == [{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.parquet"} for s in SPLITS]}]
+    assert f"| train | {m['splits']['train']['documents']} |" in card.text
+    assert "dropped 1 documents" in card.text and "out of 1 and flagged 0" in card.text
+
+
+def test_decontamination_presets_follow_the_domain_and_params_win(tmp_path):
+    from typing import get_args
+
+    from vertical_dag.params import DecontaminateParams, ProjectParams
+    from vertical_dag.text.decontaminate import PRESETS, resolve_settings
+
+    domains = set(get_args(ProjectParams.model_fields["domain"].annotation))
+    assert set(PRESETS) == domains == set(get_args(DecontaminateParams.model_fields["preset"].annotation)) - {"auto"}
+    assert resolve_settings("legal")["char_ngram"] == 50 and resolve_settings("general")["char_ngram"] == 25
+    assert resolve_settings("legal", {"min_coverage": 0.8, "char_ngram": None}) == {**PRESETS["legal"], "min_coverage": 0.8}
+    with pytest.raises(ValueError, match="unknown decontamination preset 'poetry'"):
+        resolve_settings("poetry")
+    proj = make_project(tmp_path / "p", params(decontaminate={"max_ngram_families": 3}))  # project.domain: legal
+    write_norm_part(proj.root, "c", doc_rows([article(i) for i in range(20)], "c"))
+    m = run_stage("split", proj, gate=False)
+    assert m["decontamination"]["settings"] == {"preset": "legal", **PRESETS["legal"], "max_ngram_families": 3}

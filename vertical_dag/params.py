@@ -142,6 +142,9 @@ class DedupParams(Section):
     rows: int | None = Field(None, ge=1)
     verify: bool = True  # exact Jaccard of candidate pairs instead of the MinHash estimate
     max_candidates: int = Field(32, ge=1, le=10_000)  # earliest documents checked per shared band
+    # template families (kept whole in one split): documents whose MinHash estimate reaches this, looser than
+    # threshold; 0 turns families off (every document its own family)
+    family_threshold: float = Field(0.3, ge=0, lt=1)
     batch_size: int = Field(10_000, ge=1, le=1_000_000)  # documents in memory at once
     seed: int = 1
 
@@ -233,18 +236,25 @@ class SplitFractions(Section):
 
 
 class DecontaminateParams(Section):
+    """Train vs evaluation overlap; a key left null takes the preset's value (vertical_dag/text/decontaminate.py)."""
+
     enabled: bool = True
-    word_ngram: int = Field(13, ge=3, le=100)  # word n-grams for space-separated text
-    char_ngram: int = Field(25, ge=5, le=200)  # character n-grams for CJK text
-    min_shared_ngrams: int = Field(1, ge=1)  # a train document sharing this many n-grams is contaminated
-    action: Literal["dropped", "flagged"] = "dropped"
+    preset: Literal["auto", "general", "legal", "medical", "finance", "technical"] = "auto"  # auto: project.domain
+    word_ngram: int | None = Field(None, ge=3, le=100)  # word n-grams for space-separated text
+    char_ngram: int | None = Field(None, ge=5, le=200)  # character n-grams for CJK text
+    max_ngram_families: int | None = Field(None, ge=0)  # n-grams in more families are boilerplate (0: all count)
+    min_coverage: float | None = Field(None, gt=0, le=1)  # token share under rare shared n-grams: contaminated
+    action: Literal["cut", "dropped", "flagged"] | None = None  # cut shared spans | drop | flag contaminated docs
+    internal: bool = True  # also train vs validation/test (families already keep templates apart)
     extra_eval_files: list[str] = Field(default_factory=list)  # JSONL of evaluation tasks (project-relative)
 
 
 class SplitParams(Section):
     enabled: bool = True
     fractions: SplitFractions = SplitFractions()
-    group_by: str = "cluster_id"  # cluster_id, or a meta field (e.g. law_name) kept whole within one split
+    # family_id: a template family (dedup.family_threshold) stays in one split; cluster_id: only near-duplicates;
+    # or a meta field (e.g. law_name) kept whole, families following their first document
+    group_by: str = "family_id"
     seed: int | None = None  # None: project.seed
     decontaminate: DecontaminateParams = DecontaminateParams()
 

@@ -1,9 +1,12 @@
 """Train/eval contamination, measured by the gate itself rather than read from the split stage's columns:
-for each validation/test document, the share of its distinct n-grams that also occur in train.
+for each validation/test document, the share of its distinct rare n-grams that also occur in train.
 
 N-grams are the split stage's own definition (vertical_dag.text.ngrams: word n-grams, or character n-grams
-for CJK, sizes from split.decontaminate) when that module exists, else character 13-grams. Train's hashes
-are one sorted array looked up with searchsorted: 8 bytes per train n-gram.
+for CJK, sizes from split.decontaminate) when that module exists, else character 13-grams. Rare means not
+boilerplate: an n-gram found in more than split.decontaminate's max_ngram_families template families of the
+split output is a standard clause shared by many forms, not leakage (vertical_dag.text.decontaminate); the
+clauses of one form count however many variants of it there are. Train's hashes are one sorted array
+looked up with searchsorted: 8 bytes per train n-gram.
 """
 
 from __future__ import annotations
@@ -27,15 +30,26 @@ def char_ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
         return (windows * powers).sum(axis=1, dtype=np.uint64)
 
 
+def _settings(params: Any) -> dict[str, Any] | None:
+    try:
+        from ..text.decontaminate import resolve_settings
+    except ImportError:
+        return None
+    dc = getattr(getattr(params, "split", None), "decontaminate", None)
+    if dc is None:
+        return resolve_settings("general")
+    preset = getattr(params.project, "domain", "general") if dc.preset == "auto" else dc.preset
+    return resolve_settings(preset, dc.model_dump())
+
+
 def ngram_hasher(params: Any = None) -> Callable[[str], np.ndarray]:
     """text -> n-gram hashes, the way the split stage decontaminates (when it is installed)."""
-    try:
-        from ..text.ngrams import NgramSpec
-    except ImportError:
+    settings = _settings(params)
+    if settings is None:
         return char_ngram_hashes
-    dc = getattr(getattr(params, "split", None), "decontaminate", None)
-    spec = NgramSpec(word_n=getattr(dc, "word_ngram", 13), char_n=getattr(dc, "char_ngram", 25))
-    return spec.hashes
+    from ..text.ngrams import NgramSpec
+
+    return NgramSpec(word_n=int(settings["word_ngram"]), char_n=int(settings["char_ngram"])).hashes
 
 
 def _distinct(a: np.ndarray) -> np.ndarray:
@@ -59,8 +73,26 @@ def overlap(text: str, index: np.ndarray, hasher: Callable[[str], np.ndarray] = 
     return float((index[pos] == h).mean())
 
 
-def eval_contamination(texts: list[str], splits: list[str], params: Any = None) -> list[float]:
-    """Per document: for validation/test ones their overlap with train, 0.0 for train ones."""
+def eval_contamination(texts: list[str], splits: list[str], params: Any = None,
+                       families: list[str] | None = None) -> list[float]:
+    """Per document: for validation/test ones their overlap with train (rare n-grams), 0.0 for train ones.
+    `families`: each document's template family (None: each its own)."""
     hasher = ngram_hasher(params)
-    index = train_index((t for t, s in zip(texts, splits, strict=True) if s == "train"), hasher)
-    return [0.0 if s == "train" else round(overlap(t, index, hasher), 6) for t, s in zip(texts, splits, strict=True)]
+    settings = _settings(params)
+    common = np.empty(0, dtype=np.uint64)
+    if settings is not None and int(settings["max_ngram_families"]) > 0:
+        from ..text.decontaminate import boilerplate
+
+        distinct = [_distinct(hasher(t or "")) for t in texts]
+        groups = list(families) if families is not None else [str(i) for i in range(len(texts))]
+        common = boilerplate(distinct, groups, int(settings["max_ngram_families"]))
+
+    def rare(text: str) -> np.ndarray:
+        h = hasher(text or "")
+        if len(common) and len(h):
+            pos = np.searchsorted(common, h).clip(max=len(common) - 1)
+            h = h[common[pos] != h]
+        return h
+
+    index = train_index((t for t, s in zip(texts, splits, strict=True) if s == "train"), rare)
+    return [0.0 if s == "train" else round(overlap(t, index, rare), 6) for t, s in zip(texts, splits, strict=True)]

@@ -114,9 +114,11 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
     if stage == "split":
         docs["split"] = docs["split"].fillna(docs["part"])  # no split column: the file name is the split
         # measured here, not read from the stage's own `contamination` column: the gate checks the stage
-        docs["contamination"] = eval_contamination(docs["text"].fillna("").tolist(), docs["split"].tolist(), params)
+        docs["contamination"] = eval_contamination(docs["text"].fillna("").tolist(), docs["split"].tolist(), params,
+                                                   docs["family_id"].tolist())
         g = params.gates
         tables["clusters"] = profile.clusters(docs)
+        tables["families"] = profile.families(docs, params.split.group_by)
         tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
                                                       g.split_fraction_sigmas)
     tables["documents"] = docs.drop(columns=[c for c in ("text",) if c in docs])

@@ -69,18 +69,19 @@ def _hash_text(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
                      for t in texts.to_pylist()], pa.string())
 
 
-PROFILE_FIELDS = ["doc_id", "part", "n_chars", "source", "batch", "lang", "split", "text_hash", "canonical_hash", "cluster_id"]
+PROFILE_FIELDS = ["doc_id", "part", "n_chars", "source", "batch", "lang", "split", "text_hash", "canonical_hash", "cluster_id",
+                  "family_id"]
 
 
 def _profile_part(path: Path, detect: Callable[[str], list[str]] | None, text_column: bool) -> pa.Table:
     """The profile rows of one Parquet file; its text is dropped as soon as it is measured."""
     names = pq.ParquetFile(path).schema_arrow.names
-    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "split"]
+    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "family_id", "split"]
     t = pq.read_table(path, columns=[c for c in want if c in names])
     n = t.num_rows
     text = t.column("text") if "text" in names else pa.nulls(n, pa.string())
     cols: dict[str, Any] = {c: (pc.cast(t.column(c), pa.string()) if c in names else pa.nulls(n, pa.string()))
-                            for c in ("doc_id", "source", "batch", "lang", "split", "canonical_hash", "cluster_id")}
+                            for c in ("doc_id", "source", "batch", "lang", "split", "canonical_hash", "cluster_id", "family_id")}
     cols["part"] = pa.array([path.stem] * n, pa.string())
     cols["n_chars"] = pc.cast(pc.fill_null(pc.utf8_length(text), 0), pa.int64()) if n else pa.array([], pa.int64())
     cols["text_hash"] = _hash_text(text)
@@ -111,6 +112,7 @@ def documents(out: Path, *, pii: Any = False, text_column: bool = False) -> Any:
         return schema.empty_table().to_pandas()
     df = pa.concat_tables(tables, promote_options="default").to_pandas()
     df["cluster_id"] = df["cluster_id"].fillna(df["doc_id"])  # parts written before clustering stand alone
+    df["family_id"] = df["family_id"].fillna(df["cluster_id"])  # without template families: the cluster
     return df
 
 
@@ -156,16 +158,27 @@ def clusters(docs: Any) -> Any:
     return docs.groupby("cluster_id")["split"].nunique().rename("n_splits").reset_index()
 
 
+def families(docs: Any, group_by: str = "family_id") -> Any:
+    """One row per template family: how many splits its documents landed in. With split.group_by cluster_id
+    families are not what the split keeps together, so the clusters stand in for them."""
+    import pandas as pd
+
+    if docs.empty:
+        return pd.DataFrame({"family_id": pd.Series([], dtype=str), "n_splits": pd.Series([], dtype=int)})
+    key = docs["cluster_id"] if group_by == "cluster_id" else docs["family_id"]
+    return docs.assign(family_id=key).groupby("family_id")["split"].nunique().rename("n_splits").reset_index()
+
+
 def split_fractions(docs: Any, expected: dict[str, float], tolerance: float, sigmas: float) -> Any:
     """One row per split: observed vs expected fraction and the allowed deviation.
 
-    The allowance is the tolerance or `sigmas` binomial standard errors over the number of clusters
-    (what is actually assigned), whichever is larger, so a tiny corpus is not failed for sampling noise.
+    The allowance is the tolerance or `sigmas` binomial standard errors over the number of template
+    families (what is actually assigned), whichever is larger, so a tiny corpus is not failed for sampling noise.
     """
     import pandas as pd
 
     n_docs = len(docs)
-    n_units = max(1, docs["cluster_id"].nunique()) if n_docs else 1
+    n_units = max(1, docs["family_id"].nunique()) if n_docs else 1
     rows = []
     for name, want in expected.items():
         got = float((docs["split"] == name).sum()) / n_docs if n_docs else 0.0

@@ -131,6 +131,8 @@ def split_checks(p: Params) -> list[Check]:
               "every document is in a known split", id_column="doc_id"),
         Check("clusters_in_one_split", "clusters", "ExpectColumnValuesToBeBetween", _between(None, 1, column="n_splits"),
               "n_splits <= 1", "no near-duplicate cluster has documents in two splits", id_column="cluster_id"),
+        Check("families_in_one_split", "families", "ExpectColumnValuesToBeBetween", _between(None, 1, column="n_splits"),
+              "n_splits <= 1", "no template family has documents in two splits", id_column="family_id"),
         Check("split_fractions", "fractions", "ExpectColumnValuesToBeBetween", _between(None, 0, column="excess"),
               f"|fraction - expected| <= max(gates.split_fraction_tolerance={g.split_fraction_tolerance}, "
               f"{g.split_fraction_sigmas} binomial std errors)", "split sizes match the split params",

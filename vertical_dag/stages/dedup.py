@@ -1,8 +1,8 @@
 """dedup: drop exact and near-duplicate documents, incrementally, explaining every drop.
 
 Input: data/ingested/parts/*.parquet. Output: data/deduplicated/parts/<same name>.parquet with the kept
-documents plus `cluster_id` (doc_id of the cluster's kept document; a kept document's own id) and
-`canonical_hash`; one ledger row per dropped document (reason exact_duplicate / near_duplicate,
+documents plus `cluster_id` (doc_id of the cluster's kept document; a kept document's own id),
+`canonical_hash` and `family_id` (doc_id of the template family's first document, at dedup.family_threshold); one ledger row per dropped document (reason exact_duplicate / near_duplicate,
 ref_doc_id = the kept document, detail = similarities as JSON); the persistent index in
 data/deduplicated/index/ (see vertical_dag/text/dedup_index.py for the decision rule).
 
@@ -44,9 +44,12 @@ def config_from_params(p: DedupParams) -> DedupConfig:
         bands, rows = p.bands, p.rows
     else:  # verified candidates can afford a recall-first banding; unverified ones need the balanced one
         bands, rows = recall_bands(p.threshold, p.num_perm) if p.verify else optimal_bands(p.threshold, p.num_perm)
+    family = p.family_threshold if p.enabled and p.near else 0.0
+    f_bands, f_rows = recall_bands(family, p.num_perm) if family else (0, 0)
     return DedupConfig(exact=p.enabled and p.exact, near=p.enabled and p.near, ngram_cjk=p.ngram_cjk,
                        ngram_words=p.ngram_words, num_perm=p.num_perm, bands=bands, rows=rows,
-                       threshold=p.threshold, verify=p.verify, max_candidates=p.max_candidates, seed=p.seed)
+                       threshold=p.threshold, verify=p.verify, max_candidates=p.max_candidates, seed=p.seed,
+                       family_threshold=family, family_bands=f_bands, family_rows=f_rows)
 
 
 def part_name(folder: Path, path: Path) -> str:
@@ -116,6 +119,7 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
     entries: list[LedgerEntry] = []
     res = PartResult(extra={"by_source": {}})
     schema = src.schema_arrow.append(pa.field("cluster_id", pa.string())).append(pa.field("canonical_hash", pa.string()))
+    schema = schema.append(pa.field("family_id", pa.string()))
     with atomic_path(store.part_path(unit.part)) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for rb in src.iter_batches(batch_size=ctx.params.dedup.batch_size):
@@ -124,6 +128,7 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
                 keep = dec.action == KEEP
                 t = pa.Table.from_batches([rb]).append_column("cluster_id", pa.array(dec.root_id, pa.string()))
                 t = t.append_column("canonical_hash", pa.array([hash_hex(h) for h in dec.canonical_hash]))
+                t = t.append_column("family_id", pa.array(dec.family_id, pa.string()))
                 writer.write_table(t.filter(pa.array(keep)))
                 for j in np.flatnonzero(~keep).tolist():
                     entries.append(ledger_entry(dec, j, ids[j], config))

@@ -15,6 +15,12 @@ path compression: each document records its cluster root). So each cluster's roo
 document, the only one kept, and every decision depends only on earlier documents: processing parts
 one batch at a time, incrementally across runs, or all at once from scratch gives the same result.
 
+Template families, a looser relation on top (when `family_threshold` > 0): a kept document whose MinHash
+estimate against an earlier kept document reaches `family_threshold` (candidates from a second, recall-first
+banding of the same signatures) joins that document's family (the most similar; ties: the earliest);
+otherwise it founds one. A duplicate is in its cluster root's family. Families never merge: a family is
+fixed once its documents are seen, so an old document never changes family, by the same order argument.
+
 On disk (`folder/`): manifest.json; per part `sig-<k>.npy` (uint32, one row of num_perm per document),
 `docs-<k>.parquet` (doc_id, cluster root number); the band-key and exact-hash `KeyIndex` segments.
 """
@@ -57,6 +63,9 @@ class DedupConfig:
     verify: bool = True
     max_candidates: int = 32
     seed: int = 1
+    family_threshold: float = 0.0  # 0: no families (every document is its own)
+    family_bands: int = 0
+    family_rows: int = 0
 
     def fingerprint(self) -> dict:
         return asdict(self)
@@ -72,8 +81,10 @@ class BatchResult:
     est: np.ndarray  # MinHash estimate vs the match (1.0 for exact duplicates, nan when kept)
     verified: np.ndarray  # exact Jaccard vs the match (nan when not computed)
     canonical_hash: np.ndarray  # uint64
+    family: np.ndarray  # document number of the template family's founder
     root_id: list[str] = field(default_factory=list)
     match_id: list[str] = field(default_factory=list)
+    family_id: list[str] = field(default_factory=list)
 
 
 class DedupIndex:
@@ -81,9 +92,9 @@ class DedupIndex:
         self.folder, self.config = Path(folder), config
         self.hasher = MinHasher(config.num_perm, config.seed)
         self.parts: list[dict] = []  # {name, start, count}
-        self.bands_index, self.exact_index = KeyIndex(), KeyIndex()
+        self.bands_index, self.exact_index, self.family_index = KeyIndex(), KeyIndex(), KeyIndex()
         self.counter = [0]
-        self._docs_cache: dict[int, tuple[list[str], np.ndarray]] = {}
+        self._docs_cache: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
         self._sig_cache: dict[int, np.ndarray] = {}
         self._open: dict | None = None  # the part being written
         self._recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (g0, hashes, offsets) of recent batches
@@ -97,18 +108,21 @@ class DedupIndex:
         index.parts, index.counter = manifest["parts"], [manifest["counter"]]
         index.bands_index = KeyIndex.load(index.folder / "bands", manifest["band_segments"])
         index.exact_index = KeyIndex.load(index.folder / "exact", manifest["exact_segments"])
+        index.family_index = KeyIndex.load(index.folder / "family", manifest.get("family_segments", []))
         return index
 
     def save(self) -> None:
         """Write new segments, then the manifest (the commit point), then delete unreferenced segments."""
         bands = self.bands_index.save(self.folder / "bands", "b", self.counter)
         exact = self.exact_index.save(self.folder / "exact", "e", self.counter)
+        family = self.family_index.save(self.folder / "family", "f", self.counter)
         manifest = {"config": self.config.fingerprint(), "counter": self.counter[0], "parts": self.parts,
-                    "band_segments": bands, "exact_segments": exact, "num_docs": self.num_docs}
+                    "band_segments": bands, "exact_segments": exact, "family_segments": family,
+                    "num_docs": self.num_docs}
         tmp = self.folder / ".manifest.json.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         tmp.replace(self.folder / "manifest.json")
-        for sub, live in (("bands", bands), ("exact", exact)):
+        for sub, live in (("bands", bands), ("exact", exact), ("family", family)):
             for f in (self.folder / sub).glob("*.npy"):
                 if f.name.split(".")[0] not in live:
                     f.unlink()
@@ -132,28 +146,28 @@ class DedupIndex:
         # instead of a SIGBUS when a page is first written
         with open(path, "r+b") as f:
             os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
-        self._open = {"k": k, "n_rows": n_rows, "sig": sig, "ids": [], "roots": []}
+        self._open = {"k": k, "n_rows": n_rows, "sig": sig, "ids": [], "roots": [], "families": []}
         self._sig_cache[k] = sig
 
     def end_part(self) -> None:
         o, part = self._open, self.parts[-1]
         assert o is not None and part["count"] == o["n_rows"], "part ended before all its rows were seen"
         del o["sig"]  # written back by the OS; readers map the same pages
-        table = pa.table({"doc_id": pa.array(o["ids"], pa.string()), "root": pa.array(np.concatenate(
-            o["roots"]) if o["roots"] else np.zeros(0, np.int64), pa.int64())})
+        table = pa.table({"doc_id": pa.array(o["ids"], pa.string()),
+                          "root": pa.array(_joined(o["roots"]), pa.int64()),
+                          "family": pa.array(_joined(o["families"]), pa.int64())})
         pq.write_table(table, self.folder / f"docs-{o['k']}.parquet")
         self._open = None
         self._docs_cache.pop(o["k"], None)
 
-    def _docs(self, k: int) -> tuple[list[str], np.ndarray]:
+    def _docs(self, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
         if self._open is not None and k == self._open["k"]:
-            roots = np.concatenate(self._open["roots"]) if self._open["roots"] else np.zeros(0, np.int64)
-            return self._open["ids"], roots
+            return self._open["ids"], _joined(self._open["roots"]), _joined(self._open["families"])
         if k not in self._docs_cache:
             if len(self._docs_cache) > 8:
                 self._docs_cache.pop(next(iter(self._docs_cache)))
             t = pq.read_table(self.folder / f"docs-{k}.parquet")
-            self._docs_cache[k] = (t["doc_id"].to_pylist(), t["root"].to_numpy())
+            self._docs_cache[k] = (t["doc_id"].to_pylist(), t["root"].to_numpy(), t["family"].to_numpy())
         return self._docs_cache[k]
 
     def _sig(self, k: int) -> np.ndarray:
@@ -163,11 +177,20 @@ class DedupIndex:
 
     def doc_info(self, g: np.ndarray) -> tuple[list[str], np.ndarray]:
         """(doc_ids, roots) of earlier documents by number."""
-        ids, roots = [""] * len(g), np.zeros(len(g), np.int64)
-        for i, (gi, k) in enumerate(zip(g.tolist(), self.part_of(g).tolist(), strict=True)):
-            part_ids, part_roots = self._docs(k)
-            ids[i], roots[i] = part_ids[gi - self.parts[k]["start"]], part_roots[gi - self.parts[k]["start"]]
+        ids, roots, _ = self._doc_rows(g)
         return ids, roots
+
+    def families_of(self, g: np.ndarray) -> np.ndarray:
+        """Family founder numbers of earlier documents by number."""
+        return self._doc_rows(g)[2]
+
+    def _doc_rows(self, g: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        ids, roots, fams = [""] * len(g), np.zeros(len(g), np.int64), np.zeros(len(g), np.int64)
+        for i, (gi, k) in enumerate(zip(g.tolist(), self.part_of(g).tolist(), strict=True)):
+            part_ids, part_roots, part_fams = self._docs(k)
+            r = gi - self.parts[k]["start"]
+            ids[i], roots[i], fams[i] = part_ids[r], part_roots[r], part_fams[r]
+        return ids, roots, fams
 
     def signatures_of(self, g: np.ndarray) -> np.ndarray:
         out = np.empty((len(g), self.config.num_perm), np.uint32)
@@ -207,7 +230,7 @@ class DedupIndex:
         eligible = (action == KEEP) & (np.diff(offsets) > 0)
         keys = band_keys(sig, cfg.bands, cfg.rows)
         if cfg.near and eligible.any():
-            cand_j, cand_i = self._candidates(keys, eligible, g0)
+            cand_j, cand_i = self._candidates(self.bands_index, keys, eligible, g0)
             if len(cand_j):
                 sig_i = np.where((cand_i >= g0)[:, None], sig[np.clip(cand_i - g0, 0, n - 1)], 0)
                 old = cand_i < g0
@@ -234,6 +257,9 @@ class DedupIndex:
             root[j] = root[match[j] - g0]
         match_ids = self._ids(match, doc_ids, g0)
         root_ids = self._ids(root, doc_ids, g0)
+        kept = (action == KEEP) & (np.diff(offsets) > 0)
+        family, fkeys = self._families(sig, kept, root, g0)
+        family_ids = self._ids(family, doc_ids, g0)
 
         # 4. remember this batch
         if cfg.exact:
@@ -242,18 +268,21 @@ class DedupIndex:
         if cfg.near:
             add = (action != EXACT) & (np.diff(offsets) > 0)
             self.bands_index.add(keys[add], np.repeat(np.arange(g0, g0 + n)[add], cfg.bands))
+        if fkeys is not None:
+            self.family_index.add(fkeys[kept], np.repeat(np.arange(g0, g0 + n)[kept], cfg.family_bands))
         o = self._open
         assert o is not None, "begin_part() first"
         row0 = self.parts[-1]["count"]
         o["sig"][row0 : row0 + n] = sig
         o["ids"].extend(doc_ids)
         o["roots"].append(root)
+        o["families"].append(family)
         self.parts[-1]["count"] += n
         # shingles of the latest batches, so verifying against them needs no re-reading (bounded: 8M hashes)
         self._recent.append((g0, hashes, offsets))
         while len(self._recent) > 1 and sum(len(h) for _, h, _ in self._recent) > RECENT_HASHES:
             self._recent.pop(0)
-        return BatchResult(action, root, match, est, verified, chash, root_ids, match_ids)
+        return BatchResult(action, root, match, est, verified, chash, family, root_ids, match_ids, family_ids)
 
     def _ids(self, g: np.ndarray, doc_ids: list[str], g0: int) -> list[str]:
         out = ["" if x < 0 else (doc_ids[x - g0] if x >= g0 else None) for x in g.tolist()]
@@ -263,14 +292,52 @@ class DedupIndex:
                 out[i] = s
         return out
 
-    def _candidates(self, keys: np.ndarray, eligible: np.ndarray, g0: int) -> tuple[np.ndarray, np.ndarray]:
-        """(batch position j, earlier document number i) pairs sharing a band, at most max_candidates of
-        the earliest documents per (j, band), whether those are in earlier batches or this one."""
-        cfg, b = self.config, self.config.bands
+    def _families(self, sig: np.ndarray, kept: np.ndarray, root: np.ndarray, g0: int
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Family founder of every batch document (see the module docstring) and the kept ones' family band
+        keys (None when families are off). A pass in document order, as candidates are earlier documents."""
+        cfg, n = self.config, len(root)
+        family = np.arange(g0, g0 + n, dtype=np.int64)
+        fkeys = None
+        if cfg.family_threshold > 0 and kept.any():
+            fkeys = band_keys(sig, cfg.family_bands, cfg.family_rows)
+            cand_j, cand_i = self._candidates(self.family_index, fkeys, kept, g0)
+            sim = np.empty(len(cand_j))
+            for a in range(0, len(cand_j), 1 << 18):  # bounded memory: 256k pairs of signatures at a time
+                j, i = cand_j[a : a + (1 << 18)], cand_i[a : a + (1 << 18)]
+                sig_i = sig[np.clip(i - g0, 0, n - 1)]
+                if (i < g0).any():
+                    sig_i[i < g0] = self.signatures_of(i[i < g0])
+                sim[a : a + len(j)] = estimated_jaccard(sig[j], sig_i)
+            ok = sim >= cfg.family_threshold
+            cand_j, cand_i, sim = cand_j[ok], cand_i[ok], sim[ok]
+            order = np.lexsort((cand_i, -sim, cand_j))  # per document: most similar first, then earliest
+            cand_j, cand_i = cand_j[order], cand_i[order]
+            firsts = np.flatnonzero(np.r_[True, cand_j[1:] != cand_j[:-1]]) if len(cand_j) else np.zeros(0, int)
+            best_j, best_i = cand_j[firsts], cand_i[firsts]
+            old = best_i < g0
+            if old.any():
+                family[best_j[old]] = self.families_of(best_i[old])
+            for j, i in zip(best_j[~old].tolist(), best_i[~old].tolist(), strict=True):
+                family[j] = family[i - g0]  # an earlier batch document: its family is already final
+        dup = ~kept & (root != np.arange(g0, g0 + n))
+        old_root = dup & (root < g0)
+        if old_root.any():
+            family[old_root] = self.families_of(root[old_root])
+        for j in np.flatnonzero(dup & (root >= g0)).tolist():
+            family[j] = family[root[j] - g0]
+        return family, fkeys
+
+    def _candidates(self, index: KeyIndex, keys: np.ndarray, eligible: np.ndarray, g0: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(batch position j, earlier document number i) pairs sharing a band of `index`, at most
+        max_candidates of the earliest documents per (j, band), whether those are in earlier batches or
+        this one (eligible ones)."""
+        cfg, b = self.config, keys.shape[1]
         js = np.flatnonzero(eligible)
         flat = keys[js].ravel()
         q_j = np.repeat(js, b)
-        q, d = self.bands_index.lookup(flat, cfg.max_candidates)
+        q, d = index.lookup(flat, cfg.max_candidates)
         old_count = np.bincount(q, minlength=len(flat))
         pairs_j, pairs_i = [q_j[q]], [d]
         # in-batch: sort (key, position); each member pairs with the earliest members before it
@@ -331,3 +398,7 @@ class DedupIndex:
             action[j], match[j], est[j] = NEAR, cand_i[f], e[f]
             if self.config.verify:
                 verified[j] = score[f]
+
+
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.int64)

@@ -21,6 +21,7 @@ _B = np.uint64(0x100000001B3)  # FNV prime: odd
 _B_INV = np.uint64(pow(int(_B), -1, 1 << 64))
 _WORD = re.compile(r"[^\W_]+")
 _NON_CONTENT = re.compile(r"[\W_]+")
+_CONTENT_CHAR = re.compile(r"[^\W_]")  # what _NON_CONTENT leaves: one character token each
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _MASK = (1 << 64) - 1
 _CHAR_SALT = np.uint64(0x9E3779B97F4A7C15)  # keeps char and word n-gram hashes apart
@@ -61,9 +62,10 @@ def char_tokens(text: str) -> np.ndarray:
 
 
 def word_tokens(text: str) -> np.ndarray:
-    """Word ids: Python's string hash, fine because hashes are only compared within one process."""
-    words = _WORD.findall(text.lower())
-    return np.fromiter((hash(w) & _MASK for w in words), dtype=np.uint64, count=len(words))
+    """Word ids: Python's string hash, fine because hashes are only compared within one process.
+    Words are found in the text as written and then lowercased, so they line up with `token_spans`."""
+    words = _WORD.findall(text)
+    return np.fromiter((hash(w.lower()) & _MASK for w in words), dtype=np.uint64, count=len(words))
 
 
 def cjk_ratio(text: str) -> float:
@@ -88,6 +90,16 @@ class NgramSpec:
             with np.errstate(over="ignore"):
                 return rolling_hashes(char_tokens(text), self.char_n) ^ _CHAR_SALT
         return rolling_hashes(word_tokens(text), self.word_n)
+
+    def n_for(self, text: str) -> int:
+        return self.char_n if is_cjk(text, self.cjk_threshold) else self.word_n
+
+    def token_spans(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) character offsets of the tokens `hashes` windows over, in the same order: window k
+        covers the text from start[k] to end[k + n - 1]."""
+        rx = _CONTENT_CHAR if is_cjk(text, self.cjk_threshold) else _WORD
+        spans = np.array([m.span() for m in rx.finditer(text)], dtype=np.int64).reshape(-1, 2)
+        return spans[:, 0], spans[:, 1]
 
 
 class NgramIndex:
