@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from importlib import resources
@@ -26,11 +27,17 @@ def project_dvc_yaml() -> str:
     return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 
+def _dist_name(name: str) -> str:
+    """A valid project name for pyproject.toml (PEP 508: letters, digits, '-', '_', '.')."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
+    return cleaned or "vertical-project"
+
+
 def _git(root: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
 
 
-def init_project(root: Path, domain: str = "general", force: bool = False) -> Path:
+def init_project(root: Path, domain: str = "general", force: bool = False, remote: str | None = None) -> Path:
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     for name in ("params.yaml", "dvc.yaml"):
@@ -41,6 +48,9 @@ def init_project(root: Path, domain: str = "general", force: bool = False) -> Pa
     (root / "dvc.yaml").write_text(project_dvc_yaml(), encoding="utf-8")
     (root / "data" / "raw").mkdir(parents=True, exist_ok=True)
     (root / "data" / "raw" / ".gitkeep").touch()
+    if not (root / "pyproject.toml").exists():  # a `dg` project whose definitions come from vertical_dag
+        pyproject = (TEMPLATES / "pyproject.toml").read_text(encoding="utf-8")
+        (root / "pyproject.toml").write_text(pyproject.replace("PROJECT_NAME", _dist_name(root.name)), encoding="utf-8")
     if not (root / "dagster.yaml").exists():  # the `dvc` pool sized 1 for `dagster dev` in this folder
         (root / "dagster.yaml").write_text((TEMPLATES / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     gitignore = root / ".gitignore"
@@ -48,10 +58,15 @@ def init_project(root: Path, domain: str = "general", force: bool = False) -> Pa
         gitignore.write_text((TEMPLATES / "gitignore").read_text(encoding="utf-8"), encoding="utf-8")
     if not (root / ".git").exists():
         _git(root, "init", "-q")
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        raise InitError('dvc is not on PATH; install it as a tool: `pipx install "dvc>=3.50,<4"` (or `uv tool install dvc`)')
     if not (root / ".dvc").exists():
-        dvc = shutil.which("dvc")
-        if dvc is None:
-            raise InitError("dvc is not on PATH; install vertical_dag into the environment you run it from")
         subprocess.run([dvc, "init", "-q"], cwd=root, check=True, capture_output=True)
         subprocess.run([dvc, "config", "core.analytics", "false"], cwd=root, check=True, capture_output=True)
+    if remote:  # `dvc push` then versions data and checkpoints there; .dvc/config is committed with the project
+        proc = subprocess.run([dvc, "remote", "add", "--default", "--force", "storage", remote],
+                              cwd=root, capture_output=True, text=True)
+        if proc.returncode:
+            raise InitError(f"--remote {remote!r}: dvc remote add failed: {(proc.stderr or proc.stdout).strip()}")
     return root

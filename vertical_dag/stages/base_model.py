@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..modeling.card import base_card
 from ..modeling.load import detect_kind, folder_weights_sha256, import_model
-from ..records import file_sha256, read_json, write_json
+from ..records import file_sha256, read_json, write_json, write_text
 from .context import StageContext
 
 
@@ -49,6 +50,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         record = {**info.to_json(), "source": ctx.project.rel(Path(info.source)) if info.kind != "hub" else info.source,
                   "settings": settings, "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         write_json(record, record_path)
+        write_text(base_card(record, path, root), model_dir / "README.md")
         imported = True
     return {
         "source": record["source"],

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..modeling import tasks as T
-from ..records import LedgerEntry, ledger_table, read_json, write_json, write_parquet
+from ..modeling.card import finetuned_card
+from ..records import LedgerEntry, ledger_table, read_json, write_json, write_parquet, write_text
 from .context import StageContext
 
 STAGE = "finetune"
@@ -205,6 +206,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "first_train_loss": res.curve[0]["loss"] if res.curve else None,
         "val_loss": round(res.val_loss, 5) if res.val_loss is not None else None,
     }
+    write_text(finetuned_card(root, init_dir, out / "tasks", metrics, p.model_dump()), model_dir / "README.md")
     write_json({"fingerprint": fp, "metrics": metrics}, out / "state.json")
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return metrics

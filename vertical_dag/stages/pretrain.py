@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..modeling.card import model_card
+from ..modeling.card import model_card, train_languages
 from ..modeling.load import load_model_folder, readable
 from ..modeling.packing import (
     DOMAIN_SOURCE,
@@ -210,7 +210,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         base={k: base_info.get(k) for k in ("source", "kind", "sha256", "architecture", "parameters", "is_instruct", "warnings")},
         data={"train": f"data/splits/train.parquet sha256 {train_hash}", "validation": f"data/splits/validation.parquet sha256 {val_hash}",
               "replay": f"{p.replay_path} sha256 {replay_hash}" if replay_hash else "none"},
-        params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates, notes=notes)
+        params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates, notes=notes,
+        role="pretrained", root=root, languages=train_languages(root / "data/splits", ctx.params.normalize.allowed_languages))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first rank writes
         _write_model(ctx.out, model, tokenizer, card)
         write_text(_loss_csv(result.history), root / PLOT_FILE)
