@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 PIPELINE_TAG = "text-generation"
+QUANT_SUFFIX = re.compile(r"[.-](?:I?Q\d\w*|F16|F32|BF16)$", re.IGNORECASE)
 MIN_LANGUAGE_SHARE = 0.05  # a language on fewer train documents than this is not named on the card
 TAGS = {"base": ["vertical-dag"], "pretrained": ["vertical-dag", "continued-pretraining"],
         "finetuned": ["vertical-dag", "fine-tuned"]}
@@ -93,12 +95,14 @@ def gguf_facts(path: Path) -> dict[str, str]:
     except Exception:  # unreadable metadata: no facts, the card says 'other' / none known
         return {}
     facts = {"license": text(reader, "general.license")}
-    org, name = text(reader, "general.base_model.0.organization"), text(reader, "general.base_model.0.name")
+    org = text(reader, "general.base_model.0.organization") or text(reader, "general.organization")
+    name = text(reader, "general.base_model.0.name")
     url = text(reader, "general.base_model.0.repo_url") or text(reader, "general.source.huggingface.repository")
     if url and url.rstrip("/").count("/") >= 2:
         facts["hub_id"] = "/".join(url.rstrip("/").split("/")[-2:])
-    elif org and name:
-        facts["hub_id"] = f"{org}/{name}".replace(" ", "-")
+    elif org:  # GGUF files are named after their model: "<model>.<quantisation>.gguf"
+        model = QUANT_SUFFIX.sub("", path.name.removesuffix(".gguf")) or name
+        facts["hub_id"] = f"{org}/{model}".replace(" ", "-") if model else None
     return {k: v for k, v in facts.items() if v}
 
 
@@ -164,7 +168,7 @@ def revision(root: Path) -> dict[str, Any]:
     return out
 
 
-def eval_results(metrics: dict[str, Any], model_name: str, dataset: str) -> list[Any]:
+def eval_results(metrics: dict[str, Any], dataset: str) -> list[Any]:
     """model-index entries from the stage's own held-out evaluation (perplexity, loss on the validation split)."""
     from huggingface_hub import EvalResult
 
@@ -178,7 +182,7 @@ def eval_results(metrics: dict[str, Any], model_name: str, dataset: str) -> list
         if isinstance(value, int | float) and not isinstance(value, bool):
             results.append(EvalResult(task_type=PIPELINE_TAG, task_name="Language modeling", dataset_type=dataset,
                                       dataset_name=dataset, dataset_split="validation", metric_type=metric_type,
-                                      metric_name=metric_name, metric_value=float(value), source_name=model_name))
+                                      metric_name=metric_name, metric_value=float(value)))
     return results
 
 
@@ -201,7 +205,7 @@ def model_card(*, title: str, base: dict[str, Any], data: dict[str, Any], params
     card_data = ModelCardData(
         license=license or base_license(base_dir), language=languages or None, library_name="transformers",
         base_model=base_id, datasets=[dataset], pipeline_tag=PIPELINE_TAG, tags=TAGS.get(role, ["vertical-dag"]),
-        model_name=title, eval_results=eval_results(metrics, title, dataset) or None, vertical_dag=lineage,
+        model_name=title, eval_results=eval_results(metrics, dataset) or None, vertical_dag=lineage,
     )
     if base_id and role != "base":
         card_data.base_model_relation = "finetune"
