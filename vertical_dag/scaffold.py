@@ -51,6 +51,10 @@ def init_project(root: Path, domain: str = "general", force: bool = False, remot
     if not (root / "pyproject.toml").exists():  # a `dg` project whose definitions come from vertical_dag
         pyproject = (TEMPLATES / "pyproject.toml").read_text(encoding="utf-8")
         (root / "pyproject.toml").write_text(pyproject.replace("PROJECT_NAME", _dist_name(root.name)), encoding="utf-8")
+    defs_module = root / "vertical_defs" / "__init__.py"
+    if not defs_module.exists():  # the `dg` project's module: vertical_dag's definitions for this folder
+        defs_module.parent.mkdir(exist_ok=True)
+        defs_module.write_text((TEMPLATES / "vertical_defs.py").read_text(encoding="utf-8"), encoding="utf-8")
     if not (root / "dagster.yaml").exists():  # the `dvc` pool sized 1 for `dagster dev` in this folder
         (root / "dagster.yaml").write_text((TEMPLATES / "dagster.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     gitignore = root / ".gitignore"
