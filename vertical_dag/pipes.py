@@ -12,17 +12,18 @@ import os
 from typing import Any
 
 MESSAGE_KIND = "vertical_dag/stage_metrics"
+CONTEXT_VAR = "DAGSTER_PIPES_CONTEXT"  # set by the Dagster side's Pipes session (dagster_pipes reads the same)
 
 
 def report_stage(stage: str, metrics: dict[str, Any]) -> bool:
     """Send the stage's metrics to the Dagster run that launched it; False when none did."""
     if os.environ.get("RANK", "0") != "0":  # under torchrun only the first rank speaks
         return False
+    if CONTEXT_VAR not in os.environ:  # not launched by Dagster: nothing to import or say
+        return False
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
     loader = PipesEnvVarParamsLoader()
-    if not loader.is_dagster_pipes_process():
-        return False
     payload = {"kind": MESSAGE_KIND, "stage": stage, "metrics": json.loads(json.dumps(metrics, default=str))}
     with open_dagster_pipes(params_loader=loader) as pipes:
         pipes.report_custom_message(payload)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .dvc_cli import dvc_executable
+
 TEMPLATES = resources.files("vertical_dag") / "templates"
 
 
@@ -62,8 +64,8 @@ def init_project(root: Path, domain: str = "general", force: bool = False, remot
         gitignore.write_text((TEMPLATES / "gitignore").read_text(encoding="utf-8"), encoding="utf-8")
     if not (root / ".git").exists():
         _git(root, "init", "-q")
-    dvc = shutil.which("dvc")
-    if dvc is None:
+    dvc = dvc_executable()
+    if shutil.which(dvc) is None and (remote or not (root / ".dvc").exists()):
         raise InitError('dvc is not on PATH; install it as a tool: `pipx install "dvc>=3.50,<4"` (or `uv tool install dvc`)')
     if not (root / ".dvc").exists():
         subprocess.run([dvc, "init", "-q"], cwd=root, check=True, capture_output=True)

@@ -15,9 +15,9 @@ from typing import Any
 import xxhash
 import yaml
 
+from ..dvc_cli import out_hashes
 from ..project import Project
 from ..stages import STAGES
-from .dvc_cli import out_hashes
 
 RAW_ASSET = "raw_sources"
 TRAINING_STAGES = ("base_model", "pretrain", "finetune", "evaluate")

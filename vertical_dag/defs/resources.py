@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 
-from .dvc_cli import DvcError, dvc_executable, stage_changes
+from ..dvc_cli import DvcError, dvc_executable, stage_changes
 
 DVC_POOL = "dvc"  # every DVC-running asset is in this pool, sized 1: DVC locks the repository
 _PROGRESS = re.compile(r"\d+%\||it/s|s/it|\d+/\d+ \[")  # tqdm refreshes: log only every few seconds
@@ -107,6 +107,6 @@ class DvcResource(dg.ConfigurableResource):
 
     def status(self, *stages: str) -> dict[str, Any]:
         """`dvc status --json STAGE...`: {stage: [changes]}, empty when nothing would run."""
-        from .dvc_cli import dvc_json
+        from ..dvc_cli import dvc_json
 
         return dvc_json(self.root, "status", *stages, env=self._env())

@@ -1,7 +1,7 @@
 """DVC's machine-readable answers, from the `dvc` command (DVC lives in its own environment, never imported).
 
 `dvc status --json STAGE` says whether `dvc repro` would run a stage; `dvc ls --json --show-hash` gives the
-content hash DVC recorded for an output. Nothing here imports Dagster.
+content hash DVC recorded for an output. Nothing here imports Dagster (scaffold and defs both use it).
 """
 
 from __future__ import annotations
