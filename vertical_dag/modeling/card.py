@@ -119,7 +119,8 @@ def base_card(record: dict[str, Any], source_path: Path | None, root: Path) -> s
     return model_card(title=f"{Path(str(record.get('source', 'base'))).name} (imported)", role="base", root=root,
                       base={**base, "warnings": record.get("warnings", [])}, license=facts.get("license"),
                       data={"weights sha256": record.get("output_sha256", "")}, params={}, metrics={},
-                      base_dir=source_path if source_path is not None and source_path.is_dir() else None)
+                      # the source's folder, never the model folder being replaced (its old card may be stale)
+                      base_dir=(source_path if source_path.is_dir() else source_path.parent) if source_path else root / ".none")
 
 
 def finetuned_card(root: Path, init_dir: Path, tasks_dir: Path, metrics: dict[str, Any],
