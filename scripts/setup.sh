@@ -24,6 +24,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   fi
   .venv/tools/dvc/bin/python -m pip install -q --upgrade pip
   .venv/tools/dvc/bin/python -m pip install -q "$DVC_SPEC"
+  # a .venv made before DVC had its own environment: drop that copy (its hydra would see antlr 4.13)
+  if .venv/bin/python -m pip show -q dvc >/dev/null 2>&1; then .venv/bin/python -m pip uninstall -y -q dvc; fi
   ln -sfn ../tools/dvc/bin/dvc .venv/bin/dvc
   echo "$WANT" > "$STAMP"
 fi

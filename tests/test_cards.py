@@ -39,7 +39,7 @@ def test_base_model_folder_gets_a_card(base_project: Path) -> None:
     assert data["license"] == "mit"  # from the upstream card
     assert data["base_model"] == "example-org/tiny-llama"
     assert data["pipeline_tag"] == "text-generation" and data["library_name"] == "transformers"
-    assert data["datasets"] == ["data/splits"]
+    assert "datasets" not in data  # the base model was not trained on this project's data
     lineage = data["vertical_dag"]
     assert lineage["role"] == "base" and len(lineage["git_commit"]) == 40
     record = json.loads((base_project / "data/models/base/source.json").read_text())
@@ -64,6 +64,7 @@ def test_pretrained_card_has_model_index_languages_and_lineage(base_project: Pat
     path = base_project / "card.md"
     path.write_text(text, encoding="utf-8")
     card = ModelCard.load(path)
+    assert card.data.datasets == ["data/splits"]
     assert card.data.language == ["zh"]
     assert card.data.base_model == "example-org/tiny-llama"  # read back from the base folder's card
     assert card.data.license == "mit"
@@ -98,4 +99,4 @@ def test_finetuned_card_hashes_its_task_files(base_project: Path) -> None:
 @pytest.mark.slow
 def test_gguf_metadata_names_license_and_hub_id(smollm2_gguf: Path) -> None:
     facts = gguf_facts(smollm2_gguf)
-    assert facts == {"license": "apache-2.0", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert facts == {"license": "apache-2.0", "languages": "en", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"}

@@ -64,6 +64,9 @@ def test_init_project_works_with_dg_selection_strings_and_dvc_exp_run(project: P
 def test_init_remote_makes_dvc_push_work(tmp_path: Path) -> None:
     root, remote = tmp_path / "proj", tmp_path / "remote"
     run_cli("init", str(root), "--remote", str(remote), cwd=tmp_path)
+    (root / "dvc_plots").mkdir()
+    (root / "dvc_plots" / "index.html").write_text("<html></html>")  # `dvc plots show` output: never committed
+    assert subprocess.run(["git", "check-ignore", "-q", "dvc_plots/index.html"], cwd=root).returncode == 0
     config = (root / ".dvc" / "config").read_text()
     assert "remote = storage" in config and str(remote) in config
     write_batch(root, "1990s", 40, seed=3)

@@ -94,7 +94,7 @@ def gguf_facts(path: Path) -> dict[str, str]:
         reader = GGUFReader(str(path))
     except Exception:  # unreadable metadata: no facts, the card says 'other' / none known
         return {}
-    facts = {"license": text(reader, "general.license")}
+    facts = {"license": text(reader, "general.license"), "languages": text(reader, "general.languages")}
     org = text(reader, "general.base_model.0.organization") or text(reader, "general.organization")
     name = text(reader, "general.base_model.0.name")
     url = text(reader, "general.base_model.0.repo_url") or text(reader, "general.source.huggingface.repository")
@@ -118,6 +118,7 @@ def base_card(record: dict[str, Any], source_path: Path | None, root: Path) -> s
     base["hub_id"] = facts.get("hub_id")
     return model_card(title=f"{Path(str(record.get('source', 'base'))).name} (imported)", role="base", root=root,
                       base={**base, "warnings": record.get("warnings", [])}, license=facts.get("license"),
+                      languages=[facts["languages"]] if facts.get("languages") else None,
                       data={"weights sha256": record.get("output_sha256", "")}, params={}, metrics={},
                       # the source's folder, never the model folder being replaced (its old card may be stale)
                       base_dir=(source_path if source_path.is_dir() else source_path.parent) if source_path else root / ".none")
@@ -205,14 +206,14 @@ def model_card(*, title: str, base: dict[str, Any], data: dict[str, Any], params
                "datasets": data, **revision(root)}
     card_data = ModelCardData(
         license=license or base_license(base_dir), language=languages or None, library_name="transformers",
-        base_model=base_id, datasets=[dataset], pipeline_tag=PIPELINE_TAG, tags=TAGS.get(role, ["vertical-dag"]),
+        base_model=base_id, datasets=[dataset] if role != "base" else None, pipeline_tag=PIPELINE_TAG, tags=TAGS.get(role, ["vertical-dag"]),
         model_name=title, eval_results=eval_results(metrics, dataset) or None, vertical_dag=lineage,
     )
     if base_id and role != "base":
         card_data.base_model_relation = "finetune"
     lines = [f"# {title}", "", INTROS.get(role, ""), ""]
     lines += ["## Base model", "", *_table({"hub id": base_id or "(none known)",
-                                           **{k: v for k, v in base.items() if k != "warnings"}}), ""]
+                                           **{k: v for k, v in base.items() if k not in ("warnings", "hub_id")}}), ""]
     lines += [f"> warning: {w}\n" for w in base.get("warnings", [])]
     lines += ["## Data", "", *_table(data), ""]
     lines += ["## Revision", "", *_table(revision(root)), ""]
