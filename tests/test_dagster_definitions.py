@@ -59,6 +59,10 @@ def test_graph_is_whole_with_lineage_checks_and_automation():
     sensors = {s.name: s for s in defs.sensors}
     assert sensors[RAW_SENSOR].default_status == dg.DefaultSensorStatus.STOPPED
     assert sensors[AUTOMATION_SENSOR].default_status == dg.DefaultSensorStatus.STOPPED
+    # the automation sensor targets raw_sources too, so Dagster adds no default sensor of its own
+    targeted = sensors[AUTOMATION_SENSOR].asset_selection.resolve(graph)
+    assert dg.AssetKey("raw_sources") in targeted and set(EXPECTED) <= {k.to_user_string() for k in targeted}
+    assert "default_automation_condition_sensor" not in {s.name for s in defs.get_repository_def().sensor_defs}
     jobs = {j.name: j for j in defs.resolve_all_job_defs()}
     runnable = {n.asset for n in load_pipeline(Project(REPO)) if n.runnable}
     assert {k.to_user_string() for k in jobs[FULL_JOB].asset_layer.executable_asset_keys} >= runnable

@@ -55,6 +55,7 @@ def test_materialize_data_assets_records_dvc_lock(built):
         assert mats[key].tags["dagster/data_version"] == recorded[node.out]  # the output hash is the version
         assert mats[key].tags["dagster/code_version"] == node.code_version
         assert meta["documents_out"].value > 0 and meta["dvc_action"].value == "ran"
+        assert meta["metrics_from"].value == "dagster-pipes"  # the stage itself reported, through Pipes
         assert "| doc_id |" in meta["sample_documents"].value
     dedup = mats["deduplicated"].metadata
     assert 0 < dedup["duplicate_rate"].value < 0.2  # every 25th generated article is a repeat
@@ -69,6 +70,16 @@ def test_materialize_data_assets_records_dvc_lock(built):
     # only the inputs stage runs (it always does, in about a second); every data stage is skipped
     assert not any(f"Running stage '{s}'" in repro.stdout for s in stages), repro.stdout
     assert all(f"Stage '{s}' didn't change" in repro.stdout for s in stages), repro.stdout
+
+
+def test_unchanged_stage_is_skipped_and_shows_its_recorded_metrics(built):
+    project, defs, keys, first, instance = built
+    again = run_assets(defs, keys[:1], instance)  # nothing changed: `dvc status --json` says DVC will skip
+    assert again.success
+    meta = materializations(again)[keys[0]].metadata
+    assert meta["dvc_action"].value == "skipped (unchanged)"
+    assert meta["metrics_from"].value == "metrics.json"  # the stage did not run, so it reported nothing
+    assert meta["documents_out"].value == materializations(first)[keys[0]].metadata["documents_out"].value
 
 
 def test_sensor_runs_only_the_new_batch(built):

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import __version__
 from .params import ParamsError
 from .project import ProjectNotFound, find_project
 
@@ -16,7 +17,7 @@ EXIT_BAD_INPUT = 2
 def _cmd_init(args: argparse.Namespace) -> int:
     from .scaffold import init_project
 
-    root = init_project(Path(args.dir), domain=args.domain, force=args.force)
+    root = init_project(Path(args.dir), domain=args.domain, force=args.force, remote=args.remote)
     print(f"initialised vertical project in {root}\nnext: put raw files under {root / 'data/raw/<source>/'} and run `dvc repro`")
     return 0
 
@@ -109,12 +110,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vertical-dag", description=__doc__)
     p.add_argument("-C", "--project", default=None, help="project folder (default: found upwards from the cwd)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init", help="scaffold a new vertical project")
     s.add_argument("dir")
     s.add_argument("--domain", default="general", choices=["legal", "medical", "finance", "technical", "general"])
     s.add_argument("--force", action="store_true", help="overwrite params.yaml / dvc.yaml if present")
+    s.add_argument("--remote", metavar="URL", help="default DVC remote for `dvc push` / `dvc pull` (s3://, gs://, ssh://, a folder...)")
     s.set_defaults(func=_cmd_init)
 
     from .stages import STAGES

@@ -1,6 +1,6 @@
 """Dagster adapter: every stage an asset with lineage, gates as blocking checks, a sensor and a schedule.
 
-`dagster dev` in a project folder loads `defs` (pyproject [tool.dagster] module_name = "vertical_dag.defs");
+`dg dev` in a project folder loads `defs` (pyproject [tool.dg.project], or [tool.dagster] for `dagster dev`);
 the project is found from the working directory, or $VERTICAL_DAG_PROJECT. Assets run their DVC stage, so
 the web UI, `dvc repro` and `vertical-dag run` all agree on what is built.
 """

@@ -1,7 +1,7 @@
-"""Named jobs, so a shell can run the pipeline without an asset-selection string:
+"""Named jobs for the two usual runs (asset-selection strings work too: `dg launch --assets "+key:splits"`):
 
-dagster job execute -m vertical_dag.defs -j data_pipeline
-dagster job execute -m vertical_dag.defs -j full_pipeline
+dg launch --job data_pipeline
+dg launch --job full_pipeline
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 import xxhash
 import yaml
 
+from ..dvc_cli import out_hashes
 from ..project import Project
 from ..stages import STAGES
 from ..stages.context import declared_keys
@@ -93,12 +94,10 @@ def load_pipeline(project: Project) -> list[StageNode]:
 
 
 def locked_outs(project: Project, stage: str) -> dict[str, str]:
-    """{out path: content hash} recorded for a stage in dvc.lock (empty when it never ran)."""
-    lock = read_yaml(project.root / "dvc.lock").get("stages") or {}
-    return {
-        o["path"].rstrip("/"): str(o.get("md5") or o.get("etag") or "")
-        for o in (lock.get(stage) or {}).get("outs", [])
-    }
+    """{out path: content hash} DVC recorded for a stage (empty when it never ran), from `dvc ls --json`."""
+    spec = (read_yaml(project.root / "dvc.yaml").get("stages") or {}).get(stage) or {}
+    outs = _paths(spec.get("outs"))
+    return out_hashes(project.root, outs) if outs and (project.root / "dvc.lock").is_file() else {}
 
 
 def output_hash(project: Project, node: StageNode) -> str | None:

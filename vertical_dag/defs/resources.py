@@ -1,18 +1,24 @@
-"""The one resource: DVC in the project folder. Runs a single stage and streams its log into the Dagster run."""
+"""The one resource: DVC in the project folder. Runs a single stage and streams its log into the Dagster run.
+
+Whether DVC will skip the stage comes from `dvc status --json` before the run (DVC then does not start the
+stage command, so the stage cannot report); the stage's own report arrives by Dagster Pipes (see pipes.py).
+"""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+
+from ..dvc_cli import DvcError, dvc_executable, stage_changes
 
 DVC_POOL = "dvc"  # every DVC-running asset is in this pool, sized 1: DVC locks the repository
 _PROGRESS = re.compile(r"\d+%\||it/s|s/it|\d+/\d+ \[")  # tqdm refreshes: log only every few seconds
@@ -25,9 +31,10 @@ class DvcRun:
     stage: str
     returncode: int
     seconds: float
-    skipped: bool  # DVC found the stage unchanged and did not run its command
+    skipped: bool  # `dvc status --json` found the stage unchanged: DVC did not run its command
     started: float  # time.time() at start, to tell this run's gate file from an older one
     tail: list[str] = field(default_factory=list)
+    changes: list[Any] = field(default_factory=list)  # what `dvc status --json` said changed
 
 
 def _venv_bin() -> str:
@@ -45,8 +52,7 @@ class DvcResource(dg.ConfigurableResource):
         return Path(self.project_root)
 
     def _command(self, *args: str) -> list[str]:
-        local = Path(_venv_bin()) / "dvc"  # the dvc installed next to this Python, else the one on PATH
-        return [str(local) if local.exists() else (shutil.which("dvc") or "dvc"), *args]
+        return [dvc_executable(), *args]
 
     def _env(self) -> dict[str, str]:
         # the stage command `vertical-dag run` must resolve to this installation
@@ -54,17 +60,26 @@ class DvcResource(dg.ConfigurableResource):
         env["PATH"] = f"{_venv_bin()}{os.pathsep}{env.get('PATH', '')}"
         return env
 
-    def repro(self, stage: str, log: dg.DagsterLogManager | None = None) -> DvcRun:
+    def repro(
+        self, stage: str, log: dg.DagsterLogManager | None = None, extra_env: dict[str, str] | None = None
+    ) -> DvcRun:
+        """`dvc repro --single-item STAGE`; extra_env reaches the stage command (DVC passes its environment on)."""
         cmd = self._command("repro", "--single-item", "inputs", stage)  # inputs: code + user-named paths
         started, t0 = time.time(), time.perf_counter()
         tail: deque[str] = deque(maxlen=40)
-        skipped, last_progress = False, 0.0
+        last_progress = 0.0
+        try:
+            changes = stage_changes(self.root, stage, env=self._env())
+        except DvcError as exc:  # e.g. a broken dvc.yaml: `dvc repro` below fails with the same message
+            changes = [str(exc)]
+        skipped = not changes
         if log:
-            log.info(f"$ {' '.join(['dvc', *cmd[1:]])}  (in {self.root})")
+            log.info(f"$ {' '.join(['dvc', *cmd[1:]])}  (in {self.root}); "
+                     + ("dvc status: unchanged, DVC will skip it" if skipped else f"dvc status: {changes}"))
         proc = subprocess.Popen(
             cmd,
             cwd=self.root,
-            env=self._env(),
+            env={**self._env(), **(extra_env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -78,7 +93,6 @@ class DvcResource(dg.ConfigurableResource):
             if not line:
                 continue
             tail.append(line)
-            skipped |= "didn't change, skipping" in line
             if _LIBRARY_CHATTER.match(line):
                 continue
             if _PROGRESS.search(line):
@@ -89,11 +103,10 @@ class DvcResource(dg.ConfigurableResource):
             if log:
                 log.info(f"[{stage}] {line}")
         rc = proc.wait()
-        return DvcRun(stage, rc, round(time.perf_counter() - t0, 3), skipped, started, list(tail))
+        return DvcRun(stage, rc, round(time.perf_counter() - t0, 3), skipped, started, list(tail), changes)
 
-    def status(self, *stages: str) -> str:
-        """`dvc status STAGE...` output ('' or 'up to date' when nothing would run)."""
-        proc = subprocess.run(
-            self._command("status", *stages), cwd=self.root, env=self._env(), capture_output=True, text=True
-        )
-        return proc.stdout + proc.stderr
+    def status(self, *stages: str) -> dict[str, Any]:
+        """`dvc status --json STAGE...`: {stage: [changes]}, empty when nothing would run."""
+        from ..dvc_cli import dvc_json
+
+        return dvc_json(self.root, "status", *stages, env=self._env())

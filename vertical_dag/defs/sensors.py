@@ -45,7 +45,7 @@ def raw_files_sensor(project: Project, data_keys: list[str], interval_s: int) ->
 def automation_sensor(interval_s: int) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR,
-        target=dg.AssetSelection.all(),
+        target=dg.AssetSelection.all(include_sources=True),  # else raw_sources is left out
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description="Data assets follow new data eagerly; training assets run on automation.training_cron.",

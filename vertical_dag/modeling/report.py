@@ -13,6 +13,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from .fonts import CSS_FONT_STACK, use_cjk_font
+
 MODELS = ("base", "pretrained", "finetuned")
 COLORS = {"base": "#8c8c8c", "pretrained": "#1f77b4", "finetuned": "#d62728"}
 
@@ -59,6 +61,8 @@ def _bars(metrics: dict[str, Any], keys: list[tuple[str, str]], title: str, ci_k
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use_cjk_font()  # Chinese labels as glyphs, not boxes, when a CJK font is installed
+
     models = [m for m in MODELS if m in metrics["models"]]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys, strict=True):
@@ -85,6 +89,8 @@ def _curves(curves: dict[str, list[tuple[float, float]]]) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    use_cjk_font()  # Chinese labels as glyphs, not boxes, when a CJK font is installed
 
     fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(5 * max(1, len(curves)), 3.2), squeeze=False)
     for ax, (name, pts) in zip(axes[0], curves.items(), strict=False):
@@ -113,7 +119,7 @@ def _ci(ci: Any) -> str:
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "n/a"
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+CSS = "body{font-family:" + CSS_FONT_STACK + """;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;
 vertical-align:top;font-size:14px}th{background:#f3f3f3}.pass{color:#137333;font-weight:bold}
 .fail{color:#c5221f;font-weight:bold}.note{color:#555;font-size:13px}img{max-width:100%}"""

@@ -188,7 +188,7 @@ def validate_stage(stage: str, project: Project, params: Params, metrics: dict[s
                 for c in checks
             ]
         else:
-            result.expectations = [ExpectationResult(**r) for r in run_checks(result.suite, tables, checks)]
+            result.expectations = [ExpectationResult(**r) for r in run_checks(result.suite, tables, checks, project.root)]
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 

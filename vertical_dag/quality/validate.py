@@ -1,5 +1,9 @@
-"""Run checks through Great Expectations 1.x: an ephemeral context, a pandas data source, one batch per
-profile table, and the stage's expectations on that table as an ExpectationSuite.
+"""Run checks through Great Expectations 1.x, in the project's file-backed context (gx/).
+
+Each stage's checks on one table are an ExpectationSuite saved under gx/expectations/, validated by a
+ValidationDefinition on a pandas dataframe batch, through a Checkpoint whose UpdateDataDocsAction rebuilds
+the Data Docs site (gx/uncommitted/data_docs/local_site/index.html); GE keeps each validation result's JSON
+under gx/uncommitted/validations/. A GE user finds the suites, checkpoints and results where GE puts them.
 
 Great Expectations is imported here, inside the function, so nothing on the CLI start-up path pays for it.
 """
@@ -9,29 +13,41 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from .suites import Check
 
 RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
 MAX_EXAMPLES = 5
+DATA_SOURCE = "vertical_dag"  # one pandas data source; one dataframe asset per stage table
+DATA_DOCS_INDEX = "gx/uncommitted/data_docs/local_site/index.html"
 
 
-def run_checks(suite_name: str, tables: dict[str, Any], checks: list[Check]) -> list[dict[str, Any]]:
-    """Validate every check on its table; one dict per check (in check order) with success/observed/bound."""
-    if not checks:
-        return []
+def gx_context(root: Path) -> Any:
+    """The project's file-backed GE context (gx/ under the project root, created on first use)."""
     _quiet("great_expectations")
     import great_expectations as gx
-    import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     _quiet("great_expectations")  # its INFO lines would drown the stage's log
+    context = gx.get_context(mode="file", project_root_dir=str(root))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # for this process; not saved
+    return context
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = context.data_sources.add_pandas(name=suite_name)
 
+def run_checks(suite_name: str, tables: dict[str, Any], checks: list[Check], root: Path | None = None) -> list[dict[str, Any]]:
+    """Validate every check on its table; one dict per check (in check order) with success/observed/bound.
+
+    root: the project folder whose gx/ context holds the suites (default: the project found from the cwd).
+    """
+    if not checks:
+        return []
+    if root is None:
+        from ..project import find_project
+
+        root = find_project().root
+    context = gx_context(root)
     by_table: dict[tuple[str, str], list[Check]] = defaultdict(list)
     for c in checks:
         by_table[(c.table, repr(sorted((c.rows or {}).items())))].append(c)
@@ -39,17 +55,41 @@ def run_checks(suite_name: str, tables: dict[str, Any], checks: list[Check]) -> 
     out: dict[str, dict[str, Any]] = {}
     for i, ((table, _), group) in enumerate(by_table.items()):
         df = _select(tables[table], group[0].rows)
-        asset = source.add_dataframe_asset(name=f"{table}_{i}")
-        batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": df})
-        suite = gx.ExpectationSuite(name=f"{suite_name}.{table}")
-        for c in group:
-            suite.add_expectation(getattr(gxe, c.expectation)(**c.kwargs, meta={"check": c.name}))
-        result = batch.validate(suite, result_format=RESULT_FORMAT)
-        for r in result.results:
-            name = r.expectation_config.meta["check"]
-            check = next(c for c in group if c.name == name)
-            out[name] = _summarise(check, r, df)
+        name = f"{suite_name}.{table}" + (f".{i}" if any(t == table for t, _ in list(by_table)[:i]) else "")
+        result = _checkpoint(context, name, group).run(batch_parameters={"dataframe": df})
+        for validation in result.run_results.values():
+            for r in validation.results:
+                check = next(c for c in group if c.name == r.expectation_config.meta["check"])
+                out[check.name] = _summarise(check, r, df)
     return [out[c.name] for c in checks]
+
+
+def _checkpoint(context: Any, name: str, group: list[Check]) -> Any:
+    """Suite, validation definition and checkpoint `name`, saved (updated) in the context."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    try:
+        source = context.data_sources.get(DATA_SOURCE)
+    except (KeyError, ValueError):
+        source = context.data_sources.add_pandas(name=DATA_SOURCE)
+    try:
+        asset = source.get_asset(name)
+    except (LookupError, ValueError):
+        asset = source.add_dataframe_asset(name=name)
+    try:
+        batch = asset.get_batch_definition("all")
+    except (KeyError, ValueError):
+        batch = asset.add_batch_definition_whole_dataframe("all")
+    suite = gx.ExpectationSuite(name=name, meta={"written_by": "vertical_dag; bounds from params.yaml"})
+    for c in group:
+        suite.add_expectation(getattr(gxe, c.expectation)(**c.kwargs, meta={"check": c.name}))
+    suite = context.suites.add_or_update(suite)
+    validation = context.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+    checkpoint = gx.Checkpoint(name=name, validation_definitions=[validation], result_format=RESULT_FORMAT,
+                               actions=[UpdateDataDocsAction(name="update_data_docs")])
+    return context.checkpoints.add_or_update(checkpoint)
 
 
 def _quiet(prefix: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..params import Params, load_params
+from ..pipes import report_stage
 from ..project import Project
 from . import STAGES, Stage
 from .lock import stage_lock
@@ -108,6 +109,7 @@ def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, An
         metrics = module.run(ctx)
         metrics.setdefault("seconds", round(time.perf_counter() - started, 3))
         write_stage_metrics(project, ctx.spec, metrics)
+        report_stage(name, metrics)  # to the Dagster run that launched this one through `dvc repro`, if any
         ctx.log.info("%s done in %.1f s; metrics in %s", name, metrics["seconds"], ctx.spec.metrics_file)
         from ..quality import gate as quality_gate
 

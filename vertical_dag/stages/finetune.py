@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..modeling import tasks as T
+from ..modeling.card import finetuned_card
 from ..modeling.packing import Packed, pack_whole
 from ..records import LedgerEntry, ledger_table, write_parquet, write_text
 from .context import StageContext
@@ -157,6 +158,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "user_files": [ctx.project.rel(f) for f in files],
         **trained,
     }
+    write_text(finetuned_card(root, init_dir, out / "tasks", metrics, p.model_dump()), out / "model" / "README.md")
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return metrics
 

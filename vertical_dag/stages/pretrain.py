@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..modeling.card import model_card
+from ..modeling.card import model_card, train_languages
 from ..modeling.load import load_model_folder, write_model_folder
 from ..modeling.packing import (
     DOMAIN_SOURCE,
@@ -189,7 +189,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         base={k: base_info.get(k) for k in ("source", "kind", "sha256", "architecture", "parameters", "is_instruct", "warnings")},
         data={"train": f"data/splits/train.parquet sha256 {train_hash}", "validation": f"data/splits/validation.parquet sha256 {val_hash}",
               "replay": f"{p.replay_path} sha256 {replay_hash}" if replay_hash else "none"},
-        params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates, notes=notes)
+        params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates, notes=notes,
+        role="pretrained", root=root, languages=train_languages(ctx.input("split"), ctx.params.normalize.allowed_languages))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first rank writes
         write_model_folder(model, tokenizer, ctx.out / "model", card)
         write_text(history_csv(result.history), root / ctx.spec.plots[0].path)
