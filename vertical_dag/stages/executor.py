@@ -68,14 +68,19 @@ class RayTasks:
         self.workers = int(ray.cluster_resources().get("CPU", 1))
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        remote = self._ray.remote(fn)
+        remote = self._ray.remote(_apply)  # Ray wraps functions, not callable objects: fn travels as data
+        fn_ref = self._ray.put(fn)
         pending: deque[Any] = deque()
         for item in items:
-            pending.append(remote.remote(item))
+            pending.append(remote.remote(fn_ref, item))
             if len(pending) >= 2 * self.workers:
                 yield self._ray.get(pending.popleft())
         while pending:
             yield self._ray.get(pending.popleft())
+
+
+def _apply(fn: Callable[[T], R], item: T) -> R:
+    return fn(item)
 
 
 def cpu_count() -> int:
