@@ -162,10 +162,6 @@ def iter_batches(folder: Path | str, columns: list[str] | None = None, batch_siz
         yield from pq.ParquetFile(part).iter_batches(batch_size=batch_size, columns=columns)
 
 
-def count_rows(folder: Path | str) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in list_parts(folder))
-
-
 def read_ledger(folder: Path | str) -> pa.Table:
     parts = list_parts(folder)
     if not parts:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..text.scripts import has_cjk
 from .generate import GenerationSettings, generate_ids, postprocess
 from .sft import end_of_turn, prompt_ids
 from .tasks import PASSAGE_TASKS, TaskItem
@@ -130,7 +131,7 @@ def rouge_l(pred: str, ref: str) -> float:
     """ROUGE-L F1 over characters for CJK text, over words otherwise."""
     def units(s: str) -> list[str]:
         s = s.strip()
-        return list(s.replace(" ", "")) if any("\u4e00" <= c <= "\u9fff" for c in s) else s.lower().split()
+        return list(s.replace(" ", "")) if has_cjk(s) else s.lower().split()
 
     a, b = units(pred), units(ref)
     if not a or not b:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pypdfium2 as pdfium
 
+from ..text.scripts import CJK_CLASS, CJK_PUNCT_RANGES, char_class
 from .base import BadRecord, FileRejected, RawRecord, ReadOptions, Record
 
 EDGE_LINES = 3  # lines at the top and at the bottom of a page where headers and footers can be
-_CJK = "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef"
+_CJK = CJK_CLASS + char_class(CJK_PUNCT_RANGES)  # Hangul is not joined: Korean puts spaces between words
 _CJK_SPACE = re.compile(f"(?<=[{_CJK}])[ \u3000]+(?=[{_CJK}])")
 # A line break inside a CJK sentence (after anything but sentence-final punctuation) is layout, not text.
 _CJK_WRAP = re.compile(f"(?<=[{_CJK}])(?<![。！？：；」』）])\n(?=[{_CJK}])")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from .scripts import has_cjk
+
 UnicodeForm = Literal["nfkc_cjk", "nfkc", "nfc", "none"]
 
 # C0/C1 controls except \t and \n (\r is folded into \n first), and format characters that render as nothing:
@@ -48,7 +50,6 @@ _TABLE_RULE = re.compile(r"(?m)^[ \t|+:=-]*[-=]{3,}[ \t|+:=-]*$")
 _IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)|!?\w*\{width=\"[^\"\n]*\"\s*height=\"[^\"\n]*\"\}")
 _ENTITY = re.compile(r"&(?:#\d{1,7}|#x[0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 # Full-width punctuation (FF01-FF0F, FF1A-FF20, FF3B-FF40, FF5B-FF65) and the ideographic space: NFKC folds them
 # to ASCII. In CJK text we protect them by moving them to private-use code points NFKC leaves alone.
 _FW_PUNCT = [c for c in range(0xFF01, 0xFF66) if not chr(c).isalnum()] + [0x3000]
@@ -68,10 +69,6 @@ class CleanOptions:
     unicode_form: UnicodeForm = "nfkc_cjk"
     strip_markup: bool = True
     traditional_to_simplified: bool = False
-
-
-def has_cjk(text: str) -> bool:
-    return _CJK.search(text) is not None
 
 
 def normalize_unicode(text: str, form: UnicodeForm = "nfkc_cjk") -> str:

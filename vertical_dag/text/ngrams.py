@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .scripts import CJK_RE
+
 _B = np.uint64(0x100000001B3)  # FNV prime: odd
 _B_INV = np.uint64(pow(int(_B), -1, 1 << 64))
 _WORD = re.compile(r"[^\W_]+")
 _NON_CONTENT = re.compile(r"[\W_]+")
 _CONTENT_CHAR = re.compile(r"[^\W_]")  # what _NON_CONTENT leaves: one character token each
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _MASK = (1 << 64) - 1
 _CHAR_SALT = np.uint64(0x9E3779B97F4A7C15)  # keeps char and word n-gram hashes apart
 
@@ -70,7 +71,7 @@ def word_tokens(text: str) -> np.ndarray:
 
 def cjk_ratio(text: str) -> float:
     content = _NON_CONTENT.sub("", text)
-    return (len(content) - len(_CJK.sub("", content))) / len(content) if content else 0.0
+    return (len(content) - len(CJK_RE.sub("", content))) / len(content) if content else 0.0
 
 
 def is_cjk(text: str, threshold: float = 0.3) -> bool:

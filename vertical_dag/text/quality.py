@@ -13,7 +13,6 @@ measured, and the presets relax the ratio and repetition limits, so numbered cla
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .ngrams import char_tokens, duplicate_fraction, is_cjk, top_ngram_fraction, word_tokens
+from .scripts import CJK_CLASS
 
 # Clause and list numbering (RE2 syntax): 第二十三条 / 第三款 / 第（四）项 / 第五章, (一) （1）, 1.2.3, "3." or "4、" at
 # a line start, (a) / a) at a line start.
@@ -153,7 +153,7 @@ def quality_verdicts(texts: list[str], t: Thresholds) -> list[Verdict]:
     # CJK share of letters and digits, for the whole batch in C++ (decides character vs word n-grams)
     m_arr = pa.array(measured, type=pa.large_string())
     content = pc.utf8_length(pc.replace_substring_regex(m_arr, pattern=r"[^\p{L}\p{N}]+", replacement=""))
-    cjk_chars = pc.count_substring_regex(m_arr, pattern=r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]")
+    cjk_chars = pc.count_substring_regex(m_arr, pattern=f"[{CJK_CLASS}]")
     cjk = (cjk_chars.to_numpy(zero_copy_only=False) >= t.cjk_threshold * content.to_numpy(zero_copy_only=False)) & (
         content.to_numpy(zero_copy_only=False) > 0)
     out: list[Verdict] = []
@@ -181,6 +181,3 @@ def quality_reasons(texts: list[str], t: Thresholds) -> list[str | None]:
     """The first failed rule for each text, or None when it passes them all."""
     return [reason for reason, _ in quality_verdicts(texts, t)]
 
-
-def reason_counts(reasons: list[str | None]) -> dict[str, int]:
-    return dict(Counter(r for r in reasons if r))

@@ -20,14 +20,14 @@ from functools import lru_cache
 
 import numpy as np
 
+from .scripts import cjk_mask
+
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _BASE = np.uint64(0x100000001B3)  # odd, so invertible mod 2^64
 _KIND_SALT = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD6E8FEB86659FD93))
 _TABLE_SIZE = 0x30000
 
-# CJK ideographs (BMP, extensions, compatibility), kana, CJK symbols letters. Hangul is space-separated.
-_CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3FFFF))
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -47,13 +47,6 @@ def _word_table() -> np.ndarray:
         if unicodedata.category(chr(cp))[0] in "LMN":
             table[cp] = True
     return table
-
-
-def is_cjk(cps: np.ndarray) -> np.ndarray:
-    mask = np.zeros(cps.shape, dtype=bool)
-    for lo, hi in _CJK_RANGES:
-        mask |= (cps >= lo) & (cps <= hi)
-    return mask
 
 
 def _powers(base: np.uint64, n: int) -> np.ndarray:
@@ -99,7 +92,7 @@ def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int 
     joined = "\x00".join(t.replace("\x00", " ") for t in canon_texts)
     cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
     doc_of = np.cumsum(cps == 0)  # document index per code point (separators belong to the next doc)
-    cjk = is_cjk(cps)
+    cjk = cjk_mask(cps)
     table = _word_table()
     word = np.where(cps < _TABLE_SIZE, table[np.minimum(cps, _TABLE_SIZE - 1)], cps > 0) & ~cjk
 
