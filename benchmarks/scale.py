@@ -1,0 +1,147 @@
+"""The data stages at growing scale, one worker against every core (and Ray), side by side.
+
+The corpus is the Chinese-law example repeated SCALE times; each copy maps every Han character through its
+own bijection of the Han block, so copies share no n-gram (they are not duplicates of each other) while
+keeping the example's lengths, scripts and structure. For each scale and executor the script runs ingest ->
+dedup -> normalize -> split (gates included, as a user runs them) in a fresh project and prints wall time
+and peak RSS per stage, the speed-up over one worker, and whether the outputs are identical.
+
+    python benchmarks/scale.py --scales 1 2 --executors 1 auto            # a quick look
+    python benchmarks/scale.py --scales 1 10 --executors 1 auto ray       # the full comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGES = ("ingest", "dedup", "normalize", "split")
+HAN_LO, HAN_HI = 0x4E00, 0x9FFF
+
+
+def han_map(copy: int) -> dict[int, int]:
+    """A bijection of the Han block for one copy (copy 0: identity)."""
+    chars = list(range(HAN_LO, HAN_HI + 1))
+    if copy == 0:
+        return {}
+    shuffled = chars[:]
+    random.Random(copy).shuffle(shuffled)
+    return dict(zip(chars, shuffled, strict=True))
+
+
+def build_raw(example_raw: Path, dest: Path, scale: int) -> int:
+    """SCALE copies of the example's JSONL batches, ids made unique per copy. Returns bytes written."""
+    total = 0
+    for copy in range(scale):
+        table = han_map(copy)
+        for src in sorted(example_raw.glob("*.jsonl")):
+            out = dest / f"copy{copy:03d}" / src.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, encoding="utf-8") as f, open(out, "w", encoding="utf-8") as g:
+                for line in f:
+                    rec = json.loads(line)
+                    rec["id"] = f"{copy}-{rec['id']}"
+                    rec["text"] = rec["text"].translate(table)
+                    g.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            total += out.stat().st_size
+    return total
+
+
+def run_stage(project: Path, stage: str, env: dict[str, str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of `vertical-dag run STAGE`, gate included."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", str(BIN / "vertical-dag"), "run", stage], cwd=project,
+                          env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{stage} failed:\n{proc.stderr[-2000:]}")
+    rss_kb = int(proc.stderr.strip().splitlines()[-1])
+    return seconds, rss_kb / 1024
+
+
+def outputs_digest(project: Path) -> str:
+    """One hash over every stage's parts and ledgers (content, in name order)."""
+    import pyarrow.parquet as pq
+
+    h = hashlib.sha256()
+    for folder in ("ingested", "deduplicated", "normalized", "splits"):
+        for f in sorted((project / "data" / folder).rglob("*.parquet")):
+            if "index" in f.parts:
+                continue
+            h.update(f.relative_to(project).as_posix().encode())
+            h.update(pq.read_table(f).to_pandas().to_json().encode())
+    return h.hexdigest()[:16]
+
+
+def project_for(work: Path, raw: Path, executor: str, ray_address: str | None) -> Path:
+    project = work / f"proj-{executor}"
+    shutil.rmtree(project, ignore_errors=True)
+    subprocess.run([str(BIN / "vertical-dag"), "init", str(project), "--domain", "legal"], check=True,
+                   capture_output=True)
+    shutil.rmtree(project / "data/raw", ignore_errors=True)
+    shutil.copytree(raw, project / "data/raw")
+    params = (project / "params.yaml").read_text()
+    params = params.replace("allowed_languages: []", "allowed_languages: [zh]")
+    if executor == "ray":
+        params = params.replace("backend: local", "backend: ray").replace(
+            "ray_address: null", f"ray_address: '{ray_address}'")
+    else:
+        params = params.replace("workers: auto", f"workers: {executor}")
+    (project / "params.yaml").write_text(params)
+    return project
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scales", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--executors", nargs="+", default=["1", "auto"], help="1 | N | auto | ray")
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="vd-scale-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    example = work / "example"
+    if not (example / "data/raw/china_law").is_dir():
+        subprocess.run([str(BIN / "vertical-dag"), "init", str(example)], check=True, capture_output=True)
+        subprocess.run([str(BIN / "vertical-dag"), "example", "fetch", "--no-model"], cwd=example, check=True,
+                       capture_output=True, env=env)
+    ray_address = None
+    if "ray" in args.executors:
+        ray_address = "127.0.0.1:6389"
+        subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=6389",
+                        "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True)
+    try:
+        print(f"{'scale':>5} {'executor':>8} " + " ".join(f"{s:>16}" for s in STAGES) + f" {'total':>8} {'vs 1':>6}  outputs")
+        for scale in args.scales:
+            raw = work / f"raw-x{scale}"
+            if not raw.exists():
+                mb = build_raw(example / "data/raw/china_law", raw / "china_law", scale) / 2**20
+                print(f"# scale {scale}: {mb:.0f} MB of raw JSONL")
+            base_total = None
+            for executor in args.executors:
+                project = project_for(work, raw, executor, ray_address)
+                cells, total = [], 0.0
+                for stage in STAGES:
+                    seconds, rss = run_stage(project, stage, env)
+                    total += seconds
+                    cells.append(f"{seconds:7.1f}s {rss:6.0f}MB")
+                base_total = base_total or total
+                print(f"{scale:>5} {executor:>8} " + " ".join(cells) + f" {total:7.1f}s {base_total / total:5.2f}x"
+                      f"  {outputs_digest(project)}", flush=True)
+    finally:
+        if ray_address:
+            subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
