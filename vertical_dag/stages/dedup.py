@@ -20,6 +20,7 @@ import resource
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,10 @@ import pyarrow.parquet as pq
 from ..params import DedupParams
 from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, read_json, write_parquet
 from ..text.canonical import hash_hex
-from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex
+from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex, Prepared, prepare_batch
 from ..text.lsh import optimal_bands, recall_bands
 from .context import StageContext
+from .executor import Executor, make_executor
 from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
 
 STAGE = "dedup"
@@ -92,9 +94,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     index = DedupIndex.load(index_dir, config) if store.units else DedupIndex(index_dir, config)
     paths = {i: in_dir / f"{p['name']}.parquet" for i, p in enumerate(index.parts)}
 
+    executor = make_executor(ctx.params.execution, None, sum(u.path.stat().st_size for u in plan.todo))
+
     def work(unit: Unit) -> PartResult:
         paths[len(index.parts)] = unit.path
-        res = process_part(ctx, index, unit, paths, config, store)
+        res = process_part(ctx, index, unit, paths, config, store, executor)
         index.save()  # commit point 1: the index; state.json (commit point 2) names what it holds
         pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
         return res
@@ -103,13 +107,39 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log.info("dedup: %s: %d in, %d kept, %d exact, %d near", unit.key, res.documents_in, res.documents_out,
                      res.dropped.counts["exact_duplicate"], res.dropped.counts["near_duplicate"])
 
-    failed = run_units(store, plan.todo, work, progress=progress, sequential=True)
+    try:
+        failed = run_units(store, plan.todo, work, progress=progress, sequential=True)
+    finally:
+        executor.close()
     raise_failures(STAGE, failed)
     return metrics(store, plan, time.perf_counter() - started, config)
 
 
+def batch_slices(src: pq.ParquetFile, batch_size: int) -> list[tuple[int, int, int]]:
+    """(row group, first row, rows) of every batch: row groups cut to at most batch_size rows."""
+    out = []
+    for g in range(src.num_row_groups):
+        n = src.metadata.row_group(g).num_rows
+        out.extend((g, s, min(batch_size, n - s)) for s in range(0, n, batch_size))
+    return out
+
+
+@dataclass(frozen=True)
+class _Prepare:
+    """Hash one batch of a part (canonical forms, shingles, signatures): the costly part, run on every core;
+    the decisions stay in this process, in order, so the outcome does not depend on the executor."""
+
+    path: Path
+    config: DedupConfig
+
+    def __call__(self, s: tuple[int, int, int]) -> Prepared:
+        g, start, n = s
+        texts = pq.ParquetFile(self.path).read_row_group(g, columns=["text"]).slice(start, n)
+        return prepare_batch(texts.column("text").to_pylist(), self.config)
+
+
 def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[int, Path], config: DedupConfig,
-                 store: PartStore) -> PartResult:
+                 store: PartStore, executor: Executor) -> PartResult:
     src = pq.ParquetFile(unit.path)
     index.begin_part(unit.key, src.metadata.num_rows)
 
@@ -122,11 +152,13 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
     schema = schema.append(pa.field("family_id", pa.string()))
     with atomic_path(store.part_path(unit.part)) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for rb in src.iter_batches(batch_size=ctx.params.dedup.batch_size):
+            slices = batch_slices(src, ctx.params.dedup.batch_size)
+            for (g, start, n), prep in zip(slices, executor.map(_Prepare(unit.path, config), slices), strict=True):
+                rb = src.read_row_group(g).slice(start, n)
                 ids = rb.column("doc_id").to_pylist()
-                dec = index.add_batch(rb.column("text").to_pylist(), ids, fetch)
+                dec = index.add_batch([], ids, fetch, prepared=prep)
                 keep = dec.action == KEEP
-                t = pa.Table.from_batches([rb]).append_column("cluster_id", pa.array(dec.root_id, pa.string()))
+                t = rb.append_column("cluster_id", pa.array(dec.root_id, pa.string()))
                 t = t.append_column("canonical_hash", pa.array([hash_hex(h) for h in dec.canonical_hash]))
                 t = t.append_column("family_id", pa.array(dec.family_id, pa.string()))
                 writer.write_table(t.filter(pa.array(keep)))

@@ -23,6 +23,8 @@ class Executor(Protocol):
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
 
+    def close(self) -> None: ...
+
 
 class InProcess:
     workers = 1
@@ -30,25 +32,36 @@ class InProcess:
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         return (fn(x) for x in items)
 
+    def close(self) -> None:
+        pass
+
 
 class LocalPool:
-    """A pool of `workers` processes (spawned: no inherited locks or threads); at most 2 * workers items in
-    flight, so memory stays bounded however many parts there are."""
+    """A pool of `workers` processes (spawned: no inherited locks or threads), started on first use and kept
+    for every later map() until close(); at most 2 * workers items in flight, so memory stays bounded
+    however many parts there are."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
-            pending: deque[Future] = deque()
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= 2 * self.workers:
-                    yield pending.popleft().result()
-            while pending:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(self._pool.submit(fn, item))
+            if len(pending) >= 2 * self.workers:
                 yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 class RayTasks:
@@ -77,6 +90,9 @@ class RayTasks:
                 yield self._ray.get(pending.popleft())
         while pending:
             yield self._ray.get(pending.popleft())
+
+    def close(self) -> None:
+        pass  # the cluster outlives the stage
 
 
 def _apply(fn: Callable[[T], R], item: T) -> R:

@@ -271,7 +271,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     work = _Work(p, store.parts_dir, store.ledger_dir, arrival)
     executor = make_executor(ctx.params.execution, len(plan.todo), total)
     started = time.perf_counter()
-    failed = run_units(store, plan.todo, work, executor, progress=progress)
+    try:
+        failed = run_units(store, plan.todo, work, executor, progress=progress)
+    finally:
+        executor.close()
     seconds = time.perf_counter() - started
     bar.close()
     store.state["arrival"] = arrival

@@ -158,7 +158,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     executor = make_executor(ctx.params.execution, len(plan.todo), sum(u.path.stat().st_size for u in plan.todo))
     work = _Work(config, ctx.params.normalize.batch_size, store.parts_dir, store.ledger_dir)
-    failed = run_units(store, plan.todo, work, executor, progress=progress)
+    try:
+        failed = run_units(store, plan.todo, work, executor, progress=progress)
+    finally:
+        executor.close()
     bar.close()
     raise_failures(STAGE, failed)
     seconds = time.perf_counter() - started

@@ -31,6 +31,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,44 @@ class BatchResult:
     family_id: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Prepared:
+    """What deciding needs from a batch's texts alone (pure: computed in any process, on any node)."""
+
+    chash: np.ndarray  # uint64 canonical hashes
+    hashes: np.ndarray  # shingle hashes of the whole batch ...
+    offsets: np.ndarray  # ... document i's are hashes[offsets[i]:offsets[i+1]]
+    sig: np.ndarray  # (n, num_perm) uint32 MinHash signatures
+
+
+@lru_cache(maxsize=4)
+def _hasher(num_perm: int, seed: int) -> MinHasher:
+    return MinHasher(num_perm, seed)
+
+
+def prepare_batch(texts: list[str], config: DedupConfig) -> Prepared:
+    """Canonical forms, their hashes, shingles and signatures of a batch: the costly, parallel part."""
+    canon = canonical_texts(texts)
+    hashes, offsets = shingle_hashes(canon, config.ngram_cjk, config.ngram_words)
+    sig = _hasher(config.num_perm, config.seed).signatures(hashes, offsets)
+    return Prepared(canonical_hashes(canon), hashes, offsets, sig)
+
+
+@dataclass
+class _Decisions:
+    action: np.ndarray
+    match: np.ndarray
+    est: np.ndarray
+    verified: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _Decisions:
+        return cls(np.full(n, KEEP, np.int8), np.full(n, -1, np.int64), np.full(n, np.nan), np.full(n, np.nan))
+
+
 class DedupIndex:
     def __init__(self, folder: Path, config: DedupConfig):
         self.folder, self.config = Path(folder), config
-        self.hasher = MinHasher(config.num_perm, config.seed)
         self.parts: list[dict] = []  # {name, start, count}
         self.bands_index, self.exact_index, self.family_index = KeyIndex(), KeyIndex(), KeyIndex()
         self.counter = [0]
@@ -202,87 +237,94 @@ class DedupIndex:
 
     # ------------------------------------------------------------ the rule
 
-    def add_batch(self, texts: list[str], doc_ids: list[str], fetch: FetchTexts) -> BatchResult:
-        cfg, n, g0 = self.config, len(texts), self.num_docs
-        canon = canonical_texts(texts)
-        chash = canonical_hashes(canon)
-        hashes, offsets = shingle_hashes(canon, cfg.ngram_cjk, cfg.ngram_words)
-        sig = self.hasher.signatures(hashes, offsets)
-        action = np.full(n, KEEP, np.int8)
-        match = np.full(n, -1, np.int64)
-        est = np.full(n, np.nan)
-        verified = np.full(n, np.nan)
+    def add_batch(self, texts: list[str], doc_ids: list[str], fetch: FetchTexts,
+                  prepared: Prepared | None = None) -> BatchResult:
+        """Decide a batch against everything seen before, then remember it. `prepared` (prepare_batch of the
+        same texts, computed anywhere: a worker process) skips the hashing here."""
+        cfg, g0 = self.config, self.num_docs
+        prep = prepared if prepared is not None else prepare_batch(texts, cfg)
+        n = len(prep.chash)
+        d = _Decisions.empty(n)
+        is_first = self._exact(prep, d, g0)
+        keys = band_keys(prep.sig, cfg.bands, cfg.rows)
+        eligible = (d.action == KEEP) & (np.diff(prep.offsets) > 0)
+        if cfg.near and eligible.any():
+            self._near(prep, keys, eligible, d, g0, fetch)
 
-        # 1. exact: earliest earlier document with the same canonical hash
+        # clusters: each duplicate takes its match's root; matches are earlier, so one pass in order
+        root = np.arange(g0, g0 + n, dtype=np.int64)
+        old = (d.match >= 0) & (d.match < g0)
+        if old.any():
+            root[old] = self.doc_info(d.match[old])[1]
+        for j in np.flatnonzero(d.match >= g0):  # in-batch matches: already resolved, being earlier
+            root[j] = root[d.match[j] - g0]
+        kept = (d.action == KEEP) & (np.diff(prep.offsets) > 0)
+        family, fkeys = self._families(prep.sig, kept, root, g0)
+        self._remember(prep, doc_ids, d, is_first, keys, kept, root, family, fkeys, g0)
+        return BatchResult(d.action, root, d.match, d.est, d.verified, prep.chash, family, self._ids(root, doc_ids, g0),
+                           self._ids(d.match, doc_ids, g0), self._ids(family, doc_ids, g0))
+
+    def _exact(self, prep: Prepared, d: _Decisions, g0: int) -> np.ndarray:
+        """Exact duplicates: the earliest earlier document with the same canonical hash. Returns which
+        documents are the first of their hash in the batch."""
+        chash, n = prep.chash, len(prep.chash)
         _, first = np.unique(chash, return_index=True)
         is_first = np.zeros(n, bool)
         is_first[first] = True
-        if cfg.exact:
-            q, d = self.exact_index.lookup(chash, max_hits=1)
-            match[q] = d
+        if self.config.exact:
+            q, m = self.exact_index.lookup(chash, max_hits=1)
+            d.match[q] = m
             inv = np.unique(chash, return_inverse=True)[1]
-            in_batch = (match < 0) & ~is_first
-            match[in_batch] = g0 + first[inv[in_batch]]
-            action[match >= 0] = EXACT
-            est[match >= 0] = 1.0
+            in_batch = (d.match < 0) & ~is_first
+            d.match[in_batch] = g0 + first[inv[in_batch]]
+            d.action[d.match >= 0] = EXACT
+            d.est[d.match >= 0] = 1.0
+        return is_first
 
-        # 2. near: LSH candidates among earlier documents, checked against the threshold
-        eligible = (action == KEEP) & (np.diff(offsets) > 0)
-        keys = band_keys(sig, cfg.bands, cfg.rows)
-        if cfg.near and eligible.any():
-            cand_j, cand_i = self._candidates(self.bands_index, keys, eligible, g0)
-            if len(cand_j):
-                sig_i = np.where((cand_i >= g0)[:, None], sig[np.clip(cand_i - g0, 0, n - 1)], 0)
-                old = cand_i < g0
-                if old.any():
-                    sig_i[old] = self.signatures_of(cand_i[old])
-                e = estimated_jaccard(sig[cand_j], sig_i)
-                score = e.copy()
-                if cfg.verify:
-                    score = self._verify(cand_j, cand_i, e, hashes, offsets, g0, fetch)
-                ok = score >= cfg.threshold
-                cand_j, cand_i, e, score = cand_j[ok], cand_i[ok], e[ok], score[ok]
-                # best match per document: highest score, then earliest
-                order = np.lexsort((cand_i, -score, cand_j))
-                cand_j, cand_i, e, score = cand_j[order], cand_i[order], e[order], score[order]
-                firsts = np.flatnonzero(np.r_[True, cand_j[1:] != cand_j[:-1]]) if len(cand_j) else []
-                self._assign_near(cand_j, cand_i, e, score, firsts, action, match, est, verified, g0)
-
-        # 3. clusters: each duplicate takes its match's root; matches are earlier, so one pass in order
-        root = np.arange(g0, g0 + n, dtype=np.int64)
-        old = (match >= 0) & (match < g0)
+    def _near(self, prep: Prepared, keys: np.ndarray, eligible: np.ndarray, d: _Decisions, g0: int,
+              fetch: FetchTexts) -> None:
+        """Near duplicates: LSH candidates among earlier documents, checked against the threshold."""
+        cfg, sig, n = self.config, prep.sig, len(prep.chash)
+        cand_j, cand_i = self._candidates(self.bands_index, keys, eligible, g0)
+        if not len(cand_j):
+            return
+        sig_i = np.where((cand_i >= g0)[:, None], sig[np.clip(cand_i - g0, 0, n - 1)], 0)
+        old = cand_i < g0
         if old.any():
-            root[old] = self.doc_info(match[old])[1]
-        for j in np.flatnonzero(match >= g0):  # in-batch matches: already resolved, being earlier
-            root[j] = root[match[j] - g0]
-        match_ids = self._ids(match, doc_ids, g0)
-        root_ids = self._ids(root, doc_ids, g0)
-        kept = (action == KEEP) & (np.diff(offsets) > 0)
-        family, fkeys = self._families(sig, kept, root, g0)
-        family_ids = self._ids(family, doc_ids, g0)
+            sig_i[old] = self.signatures_of(cand_i[old])
+        e = estimated_jaccard(sig[cand_j], sig_i)
+        score = self._verify(cand_j, cand_i, e, prep.hashes, prep.offsets, g0, fetch) if cfg.verify else e.copy()
+        ok = score >= cfg.threshold
+        cand_j, cand_i, e, score = cand_j[ok], cand_i[ok], e[ok], score[ok]
+        order = np.lexsort((cand_i, -score, cand_j))  # best match per document: highest score, then earliest
+        cand_j, cand_i, e, score = cand_j[order], cand_i[order], e[order], score[order]
+        firsts = np.flatnonzero(np.r_[True, cand_j[1:] != cand_j[:-1]]) if len(cand_j) else []
+        self._assign_near(cand_j, cand_i, e, score, firsts, d.action, d.match, d.est, d.verified, g0)
 
-        # 4. remember this batch
+    def _remember(self, prep: Prepared, doc_ids: list[str], d: _Decisions, is_first: np.ndarray, keys: np.ndarray,
+                  kept: np.ndarray, root: np.ndarray, family: np.ndarray, fkeys: np.ndarray | None, g0: int) -> None:
+        cfg, n = self.config, len(prep.chash)
+        nums = np.arange(g0, g0 + n)
         if cfg.exact:
-            fresh = is_first & (action != EXACT)
-            self.exact_index.add(chash[fresh], np.arange(g0, g0 + n)[fresh])
+            fresh = is_first & (d.action != EXACT)
+            self.exact_index.add(prep.chash[fresh], nums[fresh])
         if cfg.near:
-            add = (action != EXACT) & (np.diff(offsets) > 0)
-            self.bands_index.add(keys[add], np.repeat(np.arange(g0, g0 + n)[add], cfg.bands))
+            add = (d.action != EXACT) & (np.diff(prep.offsets) > 0)
+            self.bands_index.add(keys[add], np.repeat(nums[add], cfg.bands))
         if fkeys is not None:
-            self.family_index.add(fkeys[kept], np.repeat(np.arange(g0, g0 + n)[kept], cfg.family_bands))
+            self.family_index.add(fkeys[kept], np.repeat(nums[kept], cfg.family_bands))
         o = self._open
         assert o is not None, "begin_part() first"
         row0 = self.parts[-1]["count"]
-        o["sig"][row0 : row0 + n] = sig
+        o["sig"][row0 : row0 + n] = prep.sig
         o["ids"].extend(doc_ids)
         o["roots"].append(root)
         o["families"].append(family)
         self.parts[-1]["count"] += n
         # shingles of the latest batches, so verifying against them needs no re-reading (bounded: 8M hashes)
-        self._recent.append((g0, hashes, offsets))
+        self._recent.append((g0, prep.hashes, prep.offsets))
         while len(self._recent) > 1 and sum(len(h) for _, h, _ in self._recent) > RECENT_HASHES:
             self._recent.pop(0)
-        return BatchResult(action, root, match, est, verified, chash, family, root_ids, match_ids, family_ids)
 
     def _ids(self, g: np.ndarray, doc_ids: list[str], g0: int) -> list[str]:
         out = ["" if x < 0 else (doc_ids[x - g0] if x >= g0 else None) for x in g.tolist()]
