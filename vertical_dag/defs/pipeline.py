@@ -31,6 +31,7 @@ DEFAULT_DEPS: dict[str, tuple[str, ...]] = {
     "pretrain": ("split", "base_model"),
     "finetune": ("pretrain", "split"),
     "evaluate": ("base_model", "pretrain", "finetune", "split"),
+    "export": ("finetune", "split"),
 }
 
 

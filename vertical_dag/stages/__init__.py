@@ -25,5 +25,6 @@ STAGES: dict[str, StageSpec] = {
         StageSpec("pretrain", "pretrain", "data/models/pretrained", "pretrained_checkpoint"),
         StageSpec("finetune", "finetune", "data/models/finetuned", "finetuned_model"),
         StageSpec("evaluate", "evaluate", "data/reports/eval", "eval_report"),
+        StageSpec("export", "export", "data/models/export", "exported_model"),
     ]
 }
