@@ -129,6 +129,9 @@ def test_bad_requests_get_4xx_with_clear_messages(server):
     r = post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "长" * 300}]})
     err = r.json()["error"]
     assert r.status_code == 400 and err["code"] == "context_length_exceeded" and "limit is 64" in err["message"]
+    r = post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 100_000})
+    assert r.status_code == 400 and "leaves no room" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "prompt"
     client = openai.OpenAI(base_url=f"{bg.url}/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])

@@ -336,7 +336,8 @@ class ExportParams(Section):
     """Compressed copies of the fine-tuned model for CPU inference, and what they cost in quality and speed."""
 
     enabled: bool = True
-    int8: bool = True  # int8 per-channel weights (safetensors) run by torch's int8 CPU kernels
+    int8: bool = True  # int8 per-channel weights (safetensors); both CPU kernels are measured
+    int8_kernel: Literal["weight_only", "dynamic"] = "weight_only"  # what `--model int8` runs (see modeling/quantize.py)
     gguf: bool = True  # a GGUF file for llama.cpp / Ollama (Llama-family models)
     gguf_type: Literal["q8_0", "f16", "f32"] = "q8_0"
     max_eval_docs: int = Field(50, ge=1)  # test documents scored for bits/char, each copy against float32

@@ -31,7 +31,6 @@ DEFAULT_DEPS: dict[str, tuple[str, ...]] = {
     "pretrain": ("split", "base_model"),
     "finetune": ("pretrain", "split"),
     "evaluate": ("base_model", "pretrain", "finetune", "split"),
-    "export": ("finetune", "split"),
 }
 
 

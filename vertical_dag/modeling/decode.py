@@ -66,7 +66,8 @@ def _ended(row: Row, token: int, stop_ids: set[int], tokenizer: Any) -> str | No
         return "end_of_turn"
     stops = [x for x in row.settings.stop if x]
     if stops:
-        tail = tokenizer.decode(row.new[-(max(len(x) for x in stops) + 4):], skip_special_tokens=False)
+        # a character can take up to 4 byte-level tokens: look back far enough for the longest stop string
+        tail = tokenizer.decode(row.new[-(4 * max(len(x) for x in stops) + 4):], skip_special_tokens=False)
         if any(x in tail for x in stops):
             return "stop_string"
     if len(row.new) >= row.settings.max_new_tokens:

@@ -66,6 +66,9 @@ def context_limit(model: Any) -> int:
 
 
 def check_length(ids: list[int], model: Any, settings: GenerationSettings) -> list[int]:
+    if settings.max_new_tokens >= context_limit(model):
+        raise PromptTooLong(f"max_new_tokens {settings.max_new_tokens} leaves no room for a prompt in the model "
+                            f"context of {context_limit(model)} tokens")
     limit = min(settings.max_prompt_tokens, context_limit(model) - settings.max_new_tokens)
     if len(ids) > limit:
         raise PromptTooLong(f"prompt is {len(ids)} tokens with the template; the limit is {limit} "

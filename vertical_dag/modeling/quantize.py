@@ -4,10 +4,13 @@ Every Linear layer (the output head too) and the token embedding are quantized p
 (per row), symmetrically: w ~= q * scale with q in [-127, 127]. Norms and biases stay float32. The folder
 holds config.json, the tokenizer, `model.int8.safetensors` and `quantization.json`; no pickles.
 
-At load time the Linear layers run on torch's dynamic int8 kernels (torch.ao quantized Linear: int8
-weights, activations quantized on the fly) with exactly the stored weights; where those kernels are
-missing the weights are dequantized to float32 (same numbers, no speed gain). Tied input/output
-embeddings are stored once.
+Two kernels run the stored weights (the manifest names the default; load_int8 can override it):
+- "weight_only": the Linear weights dequantized to float32 at load: exactly the int8 weights' quality,
+  float32 speed; the embedding stays int8 in memory.
+- "dynamic": torch's dynamic int8 Linear (torch.ao; activations quantized per tensor on the fly).
+  Faster on CPU, but a language model's activation outliers make per-tensor activation quantization
+  lossy: the export stage measures both, so the choice is made on numbers.
+Tied input/output embeddings are stored once.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from safetensors.torch import load_file, save_file
 FORMAT = "vertical_dag-int8"
 WEIGHTS = "model.int8.safetensors"
 MANIFEST = "quantization.json"
+KERNELS = ("weight_only", "dynamic")
 log = logging.getLogger("vertical_dag.modeling.quantize")
 
 
@@ -40,8 +44,10 @@ def is_int8_folder(folder: Path | str) -> bool:
     return (Path(folder) / MANIFEST).is_file()
 
 
-def save_int8(model: Any, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
-    """Write the int8 folder; returns the manifest (what was quantized, bytes before and after)."""
+def save_int8(model: Any, tokenizer: Any, out_dir: Path, kernel: str = "weight_only") -> dict[str, Any]:
+    """Write the int8 folder; returns the manifest (what was quantized, default kernel, bytes before/after)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: one of {KERNELS}")
     out_dir.mkdir(parents=True, exist_ok=True)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     emb = model.get_input_embeddings()
@@ -64,7 +70,7 @@ def save_int8(model: Any, tokenizer: Any, out_dir: Path) -> dict[str, Any]:
     tokenizer.save_pretrained(out_dir)
     full = sum(p.numel() * p.element_size() for p in model.state_dict().values()
                if not (tied and p is head.weight))
-    manifest = {"format": FORMAT, "scheme": "int8 symmetric, per output channel", "quantized": quantized,
+    manifest = {"format": FORMAT, "scheme": "int8 symmetric, per output channel", "kernel": kernel, "quantized": quantized,
                 "embedding": names[id(emb)], "tied_output": tied,
                 "float32_bytes": int(full), "file_bytes": (out_dir / WEIGHTS).stat().st_size}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -88,9 +94,22 @@ class Int8Embedding(torch.nn.Module):
         return F.embedding(ids, self.q).float() * self.scale[ids][..., None]
 
 
-def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:
-    """A dynamic-int8 Linear holding exactly (q, scale); a float32 Linear where the kernels are missing."""
+def dequantized_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Module:
     out_f, in_f = q.shape
+    lin = torch.nn.Linear(in_f, out_f, bias=bias is not None, device="cpu")
+    with torch.no_grad():
+        lin.weight.copy_(q.float() * scale[:, None])
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str = "dynamic") -> torch.nn.Module:
+    """A dynamic-int8 Linear holding exactly (q, scale), or the dequantized float32 Linear ("weight_only",
+    and wherever torch has no int8 kernels)."""
+    out_f, in_f = q.shape
+    if kernel == "weight_only":
+        return dequantized_linear(q, scale, bias)
     try:
         from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
@@ -103,12 +122,7 @@ def int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None)
         return layer
     except (ImportError, RuntimeError, AttributeError) as exc:
         log.warning("no int8 CPU kernels (%s): running dequantized float32 weights", exc)
-        lin = torch.nn.Linear(in_f, out_f, bias=bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(q.float() * scale[:, None])
-            if bias is not None:
-                lin.bias.copy_(bias)
-        return lin
+        return dequantized_linear(q, scale, bias)
 
 
 def _set(model: Any, name: str, module: torch.nn.Module) -> None:
@@ -116,14 +130,18 @@ def _set(model: Any, name: str, module: torch.nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
-def load_int8(folder: Path | str) -> tuple[Any, Any]:
-    """(model on CPU in eval mode, tokenizer) from a folder written by save_int8."""
+def load_int8(folder: Path | str, kernel: str | None = None) -> tuple[Any, Any]:
+    """(model on CPU in eval mode, tokenizer) from a folder written by save_int8; `kernel` overrides the
+    manifest's default ("weight_only" or "dynamic")."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{folder / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    kernel = kernel or manifest.get("kernel", "weight_only")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: one of {KERNELS}")
     config = AutoConfig.from_pretrained(str(folder))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -139,11 +157,11 @@ def load_int8(folder: Path | str) -> tuple[Any, Any]:
             _set(model, name, Int8Embedding(q, scale, old.padding_idx))
         else:
             bias = tensors.get(f"{name}.bias")
-            _set(model, name, int8_linear(q, scale, bias))
+            _set(model, name, int8_linear(q, scale, bias, kernel))
     if manifest.get("tied_output"):
         head_name = next(n for n, m in model.named_modules() if m is model.get_output_embeddings())
         emb = model.get_submodule(manifest["embedding"])
-        _set(model, head_name, int8_linear(emb.q, emb.scale, None))
+        _set(model, head_name, int8_linear(emb.q, emb.scale, None, kernel))
     leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftovers:
         model = _materialize_buffers(model, config, leftovers)

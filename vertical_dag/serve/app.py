@@ -114,7 +114,7 @@ def create_app(served: ServedModel) -> FastAPI:
         settings = body.settings(served.settings)
         messages, redactions = served.processor.messages([{"role": m.role, "content": m.text()} for m in body.messages])
         engine = served.engine
-        ids = _encode(lambda: encode_chat(engine.tokenizer, engine.model, messages, settings))
+        ids = _encode(lambda: encode_chat(engine.tokenizer, engine.model, messages, settings), "messages")
         return await _respond(served, request, body, ids, settings, redactions, chat=True)
 
     @app.post("/v1/completions")
@@ -123,7 +123,7 @@ def create_app(served: ServedModel) -> FastAPI:
         settings = body.settings(served.settings)
         done = served.processor.text(body.prompt)
         engine = served.engine
-        ids = _encode(lambda: encode_text(engine.tokenizer, engine.model, done.text, settings))
+        ids = _encode(lambda: encode_text(engine.tokenizer, engine.model, done.text, settings), "prompt")
         return await _respond(served, request, body, ids, settings, done.redactions, chat=False)
 
     return app
@@ -135,11 +135,11 @@ def _check_model(served: ServedModel, name: str) -> None:
                        code="model_not_found", param="model")
 
 
-def _encode(fn: Callable[[], list[int]]) -> list[int]:
+def _encode(fn: Callable[[], list[int]], param: str) -> list[int]:
     try:
         return fn()
     except PromptTooLong as exc:
-        raise ApiError(400, str(exc), code="context_length_exceeded", param="messages") from None
+        raise ApiError(400, str(exc), code="context_length_exceeded", param=param) from None
 
 
 async def _respond(served: ServedModel, request: Request, body: Any, ids: list[int], settings: GenerationSettings,

@@ -27,11 +27,25 @@ log = logging.getLogger("vertical_dag.serve.export")
 @dataclass(frozen=True)
 class ExportOptions:
     int8: bool = True
+    int8_kernel: str = "weight_only"  # the folder's default kernel; both are measured
     gguf: bool = True
     gguf_type: str = "q8_0"
     gguf_pre: str = "default"  # llama.cpp pre-tokenizer name
     max_eval_tokens: int = 3000
     speed_new_tokens: int = 32
+
+
+def pre_tokenizer_name(base_model: Any, root: Path) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer: a GGUF base model already carries it; otherwise
+    "default" (llama.cpp then pre-tokenizes GPT-2 style and says so when it loads the file)."""
+    from ..modeling.gguf_export import gguf_pre_tokenizer
+    from ..modeling.load import ModelImportError, detect_kind
+
+    try:
+        kind, path = detect_kind(base_model.source, base_model.gguf_file, root)
+    except ModelImportError:
+        return "default"
+    return (gguf_pre_tokenizer(path) or "default") if kind == "gguf" and path is not None else "default"
 
 
 def tokens_per_second(model: Any, tokenizer: Any, prompt: str, new_tokens: int) -> float:
@@ -65,11 +79,13 @@ def export_model(src: Path, out: Path, texts: Sequence[str], opts: ExportOptions
     if opts.int8:
         from ..modeling.quantize import load_int8, save_int8
 
-        manifest = save_int8(model, tok, out / "int8")
-        q_model, q_tok = load_int8(out / "int8")
-        metrics["int8"] = {"bytes": manifest["file_bytes"], "path": str(out / "int8"),
-                           **measure(q_model, q_tok, texts, opts)}
-        del q_model
+        manifest = save_int8(model, tok, out / "int8", kernel=opts.int8_kernel)
+        for kernel in ("weight_only", "dynamic"):
+            q_model, q_tok = load_int8(out / "int8", kernel=kernel)
+            key = "int8" if kernel == "weight_only" else "int8_dynamic"
+            metrics[key] = {"bytes": manifest["file_bytes"], "path": str(out / "int8"), "kernel": kernel,
+                            "default": kernel == opts.int8_kernel, **measure(q_model, q_tok, texts, opts)}
+            del q_model
     if opts.gguf:
         from ..modeling.gguf_export import GGUFUnsupported, load_gguf, write_gguf
 
@@ -85,7 +101,7 @@ def export_model(src: Path, out: Path, texts: Sequence[str], opts: ExportOptions
             metrics["gguf"] = {"bytes": info["bytes"], "path": str(path), "qtype": opts.gguf_type,
                                "tokenizer_round_trip": same_tokens, **measure(g_model, g_tok, texts, opts, speed=False)}
             del g_model
-    for name in ("int8", "gguf"):
+    for name in ("int8", "int8_dynamic", "gguf"):
         m = metrics.get(name, {})
         if "bits_per_char" in m:
             m["bpc_increase"] = round(m["bits_per_char"] - base_bpc, 4)

@@ -19,23 +19,8 @@ from .context import StageContext
 from .evaluate import test_texts
 
 
-def _gguf_pre(ctx: StageContext) -> str:
-    """llama.cpp names its pre-tokenizer; a GGUF base model already carries the right name."""
-    from ..modeling.gguf_export import gguf_pre_tokenizer
-    from ..modeling.load import ModelImportError, detect_kind
-
-    bm = ctx.params.base_model
-    try:
-        kind, path = detect_kind(bm.source, bm.gguf_file, ctx.project.root)
-    except ModelImportError:
-        return "default"
-    if kind == "gguf" and path is not None:
-        return gguf_pre_tokenizer(path) or "default"
-    return "default"
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
-    from ..serve.export import ExportOptions, export_model
+    from ..serve.export import ExportOptions, export_model, pre_tokenizer_name
 
     p = ctx.params.export
     out = ctx.out
@@ -52,7 +37,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     texts, available = test_texts(ctx.project.root, p.max_eval_docs, ctx.params.project.seed)
     if not texts:
         ctx.log.warning("no test documents in data/splits/test.parquet: sizes only, no bits/char or speed")
-    opts = ExportOptions(int8=p.int8, gguf=p.gguf, gguf_type=p.gguf_type, gguf_pre=_gguf_pre(ctx) if p.gguf else "default",
+    pre = pre_tokenizer_name(ctx.params.base_model, ctx.project.root) if p.gguf else "default"
+    opts = ExportOptions(int8=p.int8, int8_kernel=p.int8_kernel, gguf=p.gguf, gguf_type=p.gguf_type, gguf_pre=pre,
                          max_eval_tokens=p.max_eval_tokens, speed_new_tokens=p.speed_new_tokens)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,7 +49,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics = _repoint(metrics, tmp, out)
     metrics["test_docs_available"] = available
     write_json(metrics, out / "export.json")
-    for name in ("int8", "gguf"):
+    for name in ("int8", "int8_dynamic", "gguf"):
         m = metrics.get(name) or {}
         if "bits_per_char" in m:
             ctx.log.info("%s: %.1f MB (%.2fx float32), bits/char %.4f (%+.4f)%s", name, m["bytes"] / 1e6,
