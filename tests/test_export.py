@@ -45,7 +45,8 @@ def test_export_writes_int8_and_gguf_and_measures_them_against_float32(exported)
     assert m["gguf"]["bytes"] < fp["bytes"] / 2  # Q8_0 plus the tokenizer (1.7 MB: much of a tiny model)
     for name in ("int8", "gguf"):
         assert abs(m[name]["bpc_increase"]) < 0.05 * fp["bits_per_char"], m[name]  # measured, and small
-    assert m["int8"]["tokens_per_s"] > 0 and "speedup" in m["int8"]
+    assert m["int8"]["tokens_per_s"] > 0 and "speedup" in m["int8"] and m["int8"]["default"] is True
+    assert m["int8_dynamic"]["bits_per_char"] > 0 and m["int8_dynamic"]["kernel"] == "dynamic"  # measured too
     assert m["gguf"]["tokenizer_round_trip"] is True  # transformers read the GGUF's tokenizer back identically
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))  # no pickles
     assert (project.root / "data/gates/export.json").is_file()
