@@ -19,7 +19,7 @@ from ..project import Project
 from ..stages import STAGES
 
 RAW_ASSET = "raw_sources"
-TRAINING_STAGES = ("base_model", "pretrain", "finetune", "evaluate")
+TRAINING_STAGES = ("base_model", "pretrain", "finetune", "evaluate", "export")
 
 # Lineage for stages not (yet) in dvc.yaml, by stage name; "raw" is the observable source.
 DEFAULT_DEPS: dict[str, tuple[str, ...]] = {

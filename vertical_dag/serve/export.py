@@ -9,6 +9,7 @@ tokens/s (float32 and int8; a GGUF's speed belongs to llama.cpp, which is not ru
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,15 +49,19 @@ def pre_tokenizer_name(base_model: Any, root: Path) -> str:
     return (gguf_pre_tokenizer(path) or "default") if kind == "gguf" and path is not None else "default"
 
 
-def tokens_per_second(model: Any, tokenizer: Any, prompt: str, new_tokens: int) -> float:
-    """Greedy decoding speed of one request (batch of one), prompt cut to 64 tokens, after a warm-up."""
+def tokens_per_second(model: Any, tokenizer: Any, prompt: str, new_tokens: int, repeats: int = 3) -> float:
+    """Greedy decoding speed of one request (batch of one), prompt cut to 64 tokens, after a warm-up;
+    the median of `repeats` runs (a shared machine's load swings single runs)."""
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][:64] or [tokenizer.eos_token_id]
     settings = GenerationSettings(max_new_tokens=new_tokens, repetition_penalty=1.0)
     decode(model, tokenizer, [Row(ids=ids, settings=GenerationSettings(max_new_tokens=2))], [])
-    row = Row(ids=ids, settings=settings)
-    started = time.perf_counter()
-    decode(model, tokenizer, [row], [])  # no stop tokens: always new_tokens long
-    return len(row.new) / (time.perf_counter() - started)
+    rates = []
+    for _ in range(repeats):
+        row = Row(ids=ids, settings=settings)
+        started = time.perf_counter()
+        decode(model, tokenizer, [row], [])  # no stop tokens: always new_tokens long
+        rates.append(len(row.new) / (time.perf_counter() - started))
+    return statistics.median(rates)
 
 
 def measure(model: Any, tokenizer: Any, texts: Sequence[str], opts: ExportOptions, *, speed: bool = True) -> dict[str, Any]:
