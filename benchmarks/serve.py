@@ -11,7 +11,7 @@ The export step (serve/export.py) writes the int8 folder and a Q8_0 GGUF, reads 
 through transformers) and reports file size, bits/char on --eval-docs articles and single-request
 tokens/s against float32.
 
-Run: .venv/bin/python benchmarks/serve.py [--requests 16] [--max-tokens 32] [--threads 2] [--model DIR]
+Run: .venv/bin/python benchmarks/serve.py [--requests 8] [--max-tokens 16] [--threads 2] [--model DIR]
 """
 
 from __future__ import annotations
@@ -116,11 +116,11 @@ def serve_and_drive(model, tok, prompts, clients_list, max_tokens) -> dict[int, 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
-    ap.add_argument("--requests", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--eval-docs", type=int, default=50)
-    ap.add_argument("--max-eval-tokens", type=int, default=3000, help="tokens scored for bits/char per copy")
+    ap.add_argument("--eval-docs", type=int, default=30)
+    ap.add_argument("--max-eval-tokens", type=int, default=1500, help="tokens scored for bits/char per copy")
     ap.add_argument("--json", default=None, help="also write every number to this file")
     ap.add_argument("--no-gguf", action="store_true", help="skip the GGUF export and its round trip (slow to read)")
     args = ap.parse_args()

@@ -340,9 +340,9 @@ class ExportParams(Section):
     int8_kernel: Literal["weight_only", "dynamic"] = "weight_only"  # what `--model int8` runs (see modeling/quantize.py)
     gguf: bool = True  # a GGUF file for llama.cpp / Ollama (Llama-family models)
     gguf_type: Literal["q8_0", "f16", "f32"] = "q8_0"
-    max_eval_docs: int = Field(50, ge=1)  # test documents scored for bits/char, each copy against float32
-    max_eval_tokens: int = Field(3000, ge=16)
-    speed_new_tokens: int = Field(32, ge=1, le=1024)  # tokens/s: greedy continuation of a test document
+    max_eval_docs: int = Field(30, ge=1)  # test documents scored for bits/char, each copy against float32
+    max_eval_tokens: int = Field(1500, ge=16)
+    speed_new_tokens: int = Field(16, ge=1, le=1024)  # tokens/s: greedy continuation of a test document
     threads: int | None = Field(None, ge=1)  # CPU threads while measuring (None: torch's default)
 
 

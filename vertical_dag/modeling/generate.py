@@ -1,8 +1,9 @@
 """Inference: prompt -> chat template -> model -> answer with the template and stop strings removed.
 
-The prompt is formatted exactly as in fine-tuning (same template, same system prompt), decoding settings
-come from params (greedy or sampling, max new tokens, temperature, top-p, stop strings), and only the new
-tokens are decoded, so the answer never echoes the prompt or the template's markers.
+The prompt is processed as the corpus was (prompting.py), formatted exactly as in fine-tuning (same
+template, same system prompt), decoded by the shared loop in decode.py with settings from params (greedy
+or sampling, max new tokens, temperature, top-p, stop strings), and only the new tokens are decoded, so
+the answer never echoes the prompt or the template's markers. TextStream gives the same answer in pieces.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ class ExportOptions:
     gguf: bool = True
     gguf_type: str = "q8_0"
     gguf_pre: str = "default"  # llama.cpp pre-tokenizer name
-    max_eval_tokens: int = 3000
-    speed_new_tokens: int = 32
+    max_eval_tokens: int = 1500
+    speed_new_tokens: int = 16
 
 
 def pre_tokenizer_name(base_model: Any, root: Path) -> str:
