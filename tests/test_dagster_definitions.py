@@ -83,11 +83,13 @@ def test_code_version_follows_params_and_code(tmp_path: Path):
     assert after["ingest"] != before["ingest"]
     assert after["normalize"] != before["normalize"]  # its gate bounds lengths by ingest.max_doc_chars
     assert all(after[k] == v for k, v in before.items() if k not in ("ingest", "normalize"))
-    # code and user-named files reach the version through the stage's inputs file (`vertical-dag inputs`)
-    inputs = project.root / STAGES["ingest"].inputs_file
-    inputs.parent.mkdir(parents=True, exist_ok=True)
-    inputs.write_text(json.dumps({"code": {"vertical_dag.stages.ingest": "changed"}}), encoding="utf-8")
-    assert next(n for n in load_pipeline(project) if n.name == "ingest").code_version != after["ingest"]
+    # files a stage's params name reach its version as they reach DVC (stages/inputs.py)
+    model = project.root / "data/cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(b"one")
+    first = next(n for n in load_pipeline(project) if n.name == "base_model").code_version
+    model.write_bytes(b"two")
+    assert next(n for n in load_pipeline(project) if n.name == "base_model").code_version != first
 
 
 def test_dagster_yaml_sizes_the_dvc_pool(instance):

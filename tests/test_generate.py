@@ -79,3 +79,20 @@ def test_generate_from_a_model_folder_path(proj, capsys):
     folder = Path(proj.root / "data/models/finetuned/model")
     assert cli_main(["-C", str(proj.root), "generate", "hi", "--model", str(folder)]) == 0
     assert capsys.readouterr().out == by_name
+
+
+def test_generate_processes_prompts_like_the_corpus_and_redacts_pii(proj, tmp_path, capsys):
+    params = yaml.safe_load((proj.root / "params.yaml").read_text())
+    params["finetune"]["generation"]["redact_pii"] = True
+    (proj.root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    try:
+        src, dest = tmp_path / "p.jsonl", tmp_path / "a.jsonl"
+        id_no = "11010519491231002X"
+        src.write_text(json.dumps({"prompt": f"<b>身份证</b>{id_no}　　是谁的？"}, ensure_ascii=False) + "\n", encoding="utf-8")
+        assert cli_main(["-C", str(proj.root), "generate", "--input", str(src), "--output", str(dest)]) == 0
+        row = json.loads(dest.read_text(encoding="utf-8"))
+        assert row["prompt"] == "身份证<ID_CARD>　是谁的？" and row["redactions"] == {"ID_CARD": 1}
+        assert id_no not in dest.read_text(encoding="utf-8") + capsys.readouterr().err
+    finally:
+        params["finetune"]["generation"]["redact_pii"] = False
+        (proj.root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))

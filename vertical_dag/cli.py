@@ -107,6 +107,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return generate_main(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.cli import main as serve_main
+
+    return serve_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vertical-dag", description=__doc__)
     p.add_argument("-C", "--project", default=None, help="project folder (default: found upwards from the cwd)")
@@ -158,8 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("prompt", nargs="?", help="a prompt (or use --input)")
     s.add_argument("--input", help="JSONL of prompts ({'prompt': ...} per line)")
     s.add_argument("--output", help="write JSONL here instead of printing")
-    s.add_argument("--model", default="finetuned", help="finetuned | pretrained | base | a checkpoint folder")
+    s.add_argument("--model", default="finetuned", help="finetuned | pretrained | base | int8 | a checkpoint folder")
     s.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a trained model (127.0.0.1 by default)")
+    s.add_argument("--model", default=None, help="finetuned | pretrained | base | int8 | a model folder (default: serve.model)")
+    s.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set VERTICAL_DAG_API_KEY)")
+    s.add_argument("--max-batch-size", type=int, default=None, help="requests decoded together (default: serve.max_batch_size)")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -316,6 +316,8 @@ class GenerationParams(Section):
     repetition_penalty: float = Field(1.1, ge=1, le=3)
     stop: list[str] = Field(default_factory=list)  # output is cut at the first of these
     max_prompt_tokens: int = Field(2048, ge=8)  # longer prompts are refused with a clear error
+    normalize_prompts: bool = True  # prompts cleaned as the normalize stage cleaned the corpus
+    redact_pii: bool = False  # prompts PII-redacted (normalize.pii patterns) before the model or a log sees them
 
 
 class FinetuneParams(Section):
@@ -393,6 +395,31 @@ class EvaluateParams(Section):
     seed: int = 1234
 
 
+class ExportParams(Section):
+    """Compressed copies of the fine-tuned model for CPU inference, and what they cost in quality and speed."""
+
+    enabled: bool = True
+    int8: bool = True  # int8 per-channel weights (safetensors); both CPU kernels are measured
+    int8_kernel: Literal["weight_only", "dynamic"] = "weight_only"  # what `--model int8` runs (see modeling/quantize.py)
+    gguf: bool = True  # a GGUF file for llama.cpp / Ollama (Llama-family models)
+    gguf_type: Literal["q8_0", "f16", "f32"] = "q8_0"
+    max_eval_docs: int = Field(30, ge=1)  # test documents scored for bits/char, each copy against float32
+    max_eval_tokens: int = Field(1500, ge=16)
+    speed_new_tokens: int = Field(16, ge=1, le=1024)  # tokens/s: greedy continuation of a test document
+    threads: int | None = Field(None, ge=1)  # CPU threads while measuring (None: torch's default)
+
+
+class ServeParams(Section):
+    """`vertical-dag serve`: an OpenAI-compatible HTTP server (flags override these)."""
+
+    host: str = "127.0.0.1"  # localhost only unless asked; set an API key before binding wider
+    port: int = Field(8000, ge=1, le=65535)
+    model: str = "finetuned"  # finetuned | pretrained | base | int8 | a model folder
+    max_batch_size: int = Field(8, ge=1, le=256)  # queued requests decoded together
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)  # how long the first request waits for company
+    max_queue: int = Field(64, ge=1)  # requests waiting beyond this are refused with 429
+
+
 class GatesParams(Section):
     """Bounds of the quality gates (Great Expectations suites, one per stage; see vertical_dag/quality)."""
 
@@ -446,6 +473,8 @@ class Params(Section):
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    serve: ServeParams = ServeParams()
     gates: GatesParams = GatesParams()
     automation: AutomationParams = AutomationParams()
 

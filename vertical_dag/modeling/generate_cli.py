@@ -13,7 +13,7 @@ from typing import Any
 
 EXIT_BAD_INPUT = 2
 MODEL_NAMES = {"finetuned": "data/models/finetuned/model", "pretrained": "data/models/pretrained/model",
-               "base": "data/models/base/model"}
+               "base": "data/models/base/model", "int8": "data/models/export/int8"}
 
 
 def _err(msg: str) -> None:
@@ -64,6 +64,7 @@ def main(args: Any) -> int:
     from ..params import load_params
     from ..project import find_project
     from .generate import GenerationSettings, ModelMissing, PromptTooLong, generate_one, load_for_inference
+    from .prompting import InputProcessor
 
     prompt, input_file, output = getattr(args, "prompt", None), getattr(args, "input", None), getattr(args, "output", None)
     if bool(prompt) == bool(input_file):
@@ -72,6 +73,7 @@ def main(args: Any) -> int:
     project = find_project(getattr(args, "project", None))
     params = load_params(project.params_file)
     settings = GenerationSettings.from_params(params.finetune.generation, params.finetune.system_prompt, params.finetune.seed)
+    processor = InputProcessor.from_params(params)
 
     problems: list[str] = []
     if input_file:
@@ -94,7 +96,7 @@ def main(args: Any) -> int:
     for line, text in prompts:
         where = f"{input_file}:{line}: " if input_file else ""
         try:
-            res = generate_one(model, tok, text, settings)
+            res = generate_one(model, tok, text, settings, processor)
         except PromptTooLong as exc:
             problems.append(f"{where}{exc}")
             _err(f"{where}{exc}")

@@ -93,6 +93,9 @@ STAGES: dict[str, Stage] = {
               plugins=True, training=True,
               plots=tuple(Plot(f"data/plots/evaluate_{k}.csv", k, "model", "bar_horizontal")
                           for k in ("domain_bpc", "general_bpc", "task_accuracy"))),
+        Stage("export", "exported_model", "data/models/export", "int8 and GGUF copies for CPU inference",
+              reads=("split", "finetune"), params=("export", "project.seed", "base_model.source", "base_model.gguf_file"),
+              training=True),
     ]
 }
 

@@ -1,0 +1,1 @@
+"""Inference for applications: the OpenAI-compatible local server (app, engine) over modeling/."""
