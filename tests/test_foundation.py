@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vertical_dag.params import ParamsError, load_params, parse_params
 from vertical_dag.project import ProjectNotFound, find_project
@@ -90,3 +91,26 @@ def test_summary_shows_counts_gates_and_stages_not_run(project: Path):
     assert dedup.split()[:6] == ["dedup", "1,200", "1,000", "200", "0", "FAIL"]
     assert "near_duplicate 150, exact_duplicate 50" in dedup  # most frequent reason first
     assert next(line for line in out.splitlines() if line.startswith("ingest")).split()[1:3] == ["not", "run"]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and not k.endswith(("task_weights", "extra_patterns")):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_one_place_for_each_default():
+    """The pydantic models hold the defaults: the template init copies states every key with that value,
+    and this repository's params.yaml states every key (its values are the example's)."""
+    from vertical_dag.params import Params
+
+    defaults = _flat(Params().model_dump())
+    template = _flat(yaml.safe_load((REPO / "vertical_dag/templates/params.yaml").read_text()))
+    example = _flat(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert set(template) == set(defaults) == set(example)
+    differ = {k: (template[k], v) for k, v in defaults.items() if template[k] != v}
+    assert differ == {"project.name": ("my-vertical", "vertical")}  # init writes the folder's name there

@@ -275,7 +275,7 @@ class PretrainParams(Section):
     block_size: int = Field(256, ge=8, le=131072)
     batch_size: int = Field(4, ge=1)  # blocks per micro-batch per device
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0, le=1)
+    lr: float = Field(2e-4, gt=0, le=1)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     warmup_steps: int = Field(2, ge=0)
     weight_decay: float = Field(0.1, ge=0)

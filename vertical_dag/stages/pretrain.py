@@ -46,6 +46,7 @@ from ..records import (
 )
 from . import STAGES, upstream
 from .context import StageContext
+from .metrics import ReasonCounts, contract_counts
 
 
 def read_split(splits: Path, name: str) -> tuple[pa.Table, str]:
@@ -103,7 +104,6 @@ def _train_config(p: Any, n_blocks: int, base_sha256: str) -> TrainConfig:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     p = ctx.params.pretrain
-    root = ctx.project.root
     started = time.perf_counter()
     if p.threads:
         torch.set_num_threads(p.threads)
@@ -119,16 +119,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
-    # Tokenise; a document with no tokens cannot be trained on and goes to the ledger.
     texts = train_tbl.column("text").to_pylist()
-    ids = train_tbl.column("doc_id").to_pylist()
     t0 = time.perf_counter()
-    train_docs = tokenize(tokenizer, texts)
-    empty = [i for i, d in enumerate(train_docs) if len(d) == 0]
-    ledger = [LedgerEntry(ids[i], "pretrain", "dropped", "no_tokens", "text tokenises to nothing") for i in empty]
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_parquet(ledger_table(ledger), ctx.ledger_dir / "train.parquet")
-    train_docs = [d for d in train_docs if len(d)]
+    train_docs, dropped = _tokenize_train(ctx, tokenizer, texts, train_tbl.column("doc_id").to_pylist())
     domain_tokens = sum(len(d) + 1 for d in train_docs)
     val_docs = tokenize(tokenizer, val_tbl.column("text").to_pylist())
 
@@ -159,12 +152,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     m = result.metrics
 
     metrics: dict[str, Any] = {
-        "documents_in": len(texts),
-        "documents_out": len(train_docs),
-        "dropped": len(empty),
-        "quarantined": 0,
-        "drops_by_reason": {"no_tokens": len(empty)} if empty else {},
-        "examples_by_reason": {"no_tokens": [ids[i] for i in empty[:5]]} if empty else {},
+        **contract_counts(len(texts), len(train_docs), dropped),
         "validation_documents": val_tbl.num_rows,
         "block_size": p.block_size,
         "blocks": len(packed),
@@ -183,20 +171,44 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     if m["val_perplexity_base"] and m["val_perplexity_final"]:
         metrics["val_perplexity_gain"] = round(m["val_perplexity_base"] - m["val_perplexity_final"], 4)
-    gates = {s: read_json(ctx.project.root / STAGES[s].gate_file) for s in upstream(ctx.spec.name) if not STAGES[s].training}
-    card = model_card(
-        title=f"{ctx.params.project.name}: continued pretraining",
-        base={k: base_info.get(k) for k in ("source", "kind", "sha256", "architecture", "parameters", "is_instruct", "warnings")},
-        data={"train": f"data/splits/train.parquet sha256 {train_hash}", "validation": f"data/splits/validation.parquet sha256 {val_hash}",
-              "replay": f"{p.replay_path} sha256 {replay_hash}" if replay_hash else "none"},
-        params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates, notes=notes,
-        role="pretrained", root=root, languages=train_languages(ctx.input("split"), ctx.params.normalize.allowed_languages))
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first rank writes
-        write_model_folder(model, tokenizer, ctx.out / "model", card)
-        write_text(history_csv(result.history), root / ctx.spec.plots[0].path)
-        write_json({"train_sha256": train_hash, "validation_sha256": val_hash, "replay_sha256": replay_hash,
-                    "base_sha256": base_info.get("output_sha256"), "steps": cfg.max_steps}, ctx.out / "state.json")
+    _write_outputs(ctx, model, tokenizer, result, metrics, base_info, notes,
+                   {"train": train_hash, "validation": val_hash, "replay": replay_hash})
     metrics["seconds"] = round(time.perf_counter() - started, 3)
     ctx.log.info("validation perplexity %.3f -> %.3f over %d tokens; %.1f tokens/s", m["val_perplexity_base"] or float("nan"),
                  m["val_perplexity_final"] or float("nan"), m["val_tokens"], m["tokens_per_s"] or 0.0)
     return metrics
+
+
+def _tokenize_train(ctx: StageContext, tokenizer: Any, texts: list[str], ids: list[str]) -> tuple[list, ReasonCounts]:
+    """Token arrays of the train documents; one with no tokens cannot be trained on and goes to the ledger."""
+    docs = tokenize(tokenizer, texts)
+    dropped, ledger = ReasonCounts(), []
+    for i in (i for i, d in enumerate(docs) if len(d) == 0):
+        ledger.append(LedgerEntry(ids[i], "pretrain", "dropped", "no_tokens", "text tokenises to nothing"))
+        dropped.add("no_tokens", ids[i])
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_parquet(ledger_table(ledger), ctx.ledger_dir / "train.parquet")
+    return [d for d in docs if len(d)], dropped
+
+
+def _write_outputs(ctx: StageContext, model: Any, tokenizer: Any, result: Any, metrics: dict[str, Any],
+                   base_info: dict[str, Any], notes: list[str], hashes: dict[str, str | None]) -> None:
+    """The model folder with its card, the loss curve, and what the run was made from (first rank only)."""
+    p, root = ctx.params.pretrain, ctx.project.root
+    gates = {s: read_json(root / STAGES[s].gate_file) for s in upstream(ctx.spec.name) if not STAGES[s].training}
+    splits = ctx.spec.reads[0]
+    card = model_card(
+        title=f"{ctx.params.project.name}: continued pretraining",
+        base={k: base_info.get(k) for k in ("source", "kind", "sha256", "architecture", "parameters", "is_instruct", "warnings")},
+        data={"train": f"{STAGES[splits].out}/train.parquet sha256 {hashes['train']}",
+              "validation": f"{STAGES[splits].out}/validation.parquet sha256 {hashes['validation']}",
+              "replay": f"{p.replay_path} sha256 {hashes['replay']}" if hashes["replay"] else "none"},
+        params=p.model_dump(), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict | list)}, gates=gates,
+        notes=notes, role="pretrained", root=root,
+        languages=train_languages(ctx.input("split"), ctx.params.normalize.allowed_languages))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first rank writes
+        write_model_folder(model, tokenizer, ctx.out / "model", card)
+        write_text(history_csv(result.history), root / ctx.spec.plots[0].path)
+        write_json({"train_sha256": hashes["train"], "validation_sha256": hashes["validation"],
+                    "replay_sha256": hashes["replay"], "base_sha256": base_info.get("output_sha256"),
+                    "steps": result.metrics["steps"]}, ctx.out / "state.json")
