@@ -21,10 +21,8 @@ SUMMARY_CHECK = "quality_gate"  # the whole gate as one check, for a stage whose
 
 def check_names(stage: str) -> list[str]:
     """The stage's expectation names, fixed up front so Dagster can declare them before anything runs."""
-    try:
-        from ..quality.suites import gate_check_names
-    except ImportError:
-        return [SUMMARY_CHECK]
+    from ..quality.suites import gate_check_names
+
     return list(dict.fromkeys(gate_check_names(stage))) or [
         SUMMARY_CHECK
     ]  # a stage without a suite: its gate as one

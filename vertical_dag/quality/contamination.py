@@ -2,7 +2,7 @@
 for each validation/test document, the share of its distinct rare n-grams that also occur in train.
 
 N-grams are the split stage's own definition (vertical_dag.text.ngrams: word n-grams, or character n-grams
-for CJK, sizes from split.decontaminate) when that module exists, else character 13-grams. Rare means not
+for CJK, with the split stage's settings). Rare means not
 boilerplate: an n-gram found in more than split.decontaminate's max_ngram_families template families of the
 split output is a standard clause shared by many forms, not leakage (vertical_dag.text.decontaminate); the
 clauses of one form count however many variants of it there are. Train's hashes are one sorted array
@@ -16,39 +16,18 @@ from typing import Any
 
 import numpy as np
 
-NGRAM = 13
-_BASE = np.uint64(1_000_003)
+
+def _settings(params: Any) -> dict[str, Any]:
+    from ..stages.split import decontamination_settings
+
+    return decontamination_settings(params)
 
 
-def char_ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    if len(codes) < n:
-        return np.empty(0, dtype=np.uint64)
-    powers = _BASE ** np.arange(n, dtype=np.uint64)
-    windows = np.lib.stride_tricks.sliding_window_view(codes, n)
-    with np.errstate(over="ignore"):
-        return (windows * powers).sum(axis=1, dtype=np.uint64)
-
-
-def _settings(params: Any) -> dict[str, Any] | None:
-    try:
-        from ..text.decontaminate import resolve_settings
-    except ImportError:
-        return None
-    dc = getattr(getattr(params, "split", None), "decontaminate", None)
-    if dc is None:
-        return resolve_settings("general")
-    preset = getattr(params.project, "domain", "general") if dc.preset == "auto" else dc.preset
-    return resolve_settings(preset, dc.model_dump())
-
-
-def ngram_hasher(params: Any = None) -> Callable[[str], np.ndarray]:
-    """text -> n-gram hashes, the way the split stage decontaminates (when it is installed)."""
-    settings = _settings(params)
-    if settings is None:
-        return char_ngram_hashes
+def ngram_hasher(params: Any) -> Callable[[str], np.ndarray]:
+    """text -> n-gram hashes, the way the split stage decontaminates."""
     from ..text.ngrams import NgramSpec
 
+    settings = _settings(params)
     return NgramSpec(word_n=int(settings["word_ngram"]), char_n=int(settings["char_ngram"])).hashes
 
 
@@ -58,13 +37,13 @@ def _distinct(a: np.ndarray) -> np.ndarray:
     return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
 
 
-def train_index(texts: Iterable[str], hasher: Callable[[str], np.ndarray] = char_ngram_hashes) -> np.ndarray:
+def train_index(texts: Iterable[str], hasher: Callable[[str], np.ndarray]) -> np.ndarray:
     arrays = [hasher(t) for t in texts if t]
     arrays = [a for a in arrays if len(a)]
     return _distinct(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
 
 
-def overlap(text: str, index: np.ndarray, hasher: Callable[[str], np.ndarray] = char_ngram_hashes) -> float:
+def overlap(text: str, index: np.ndarray, hasher: Callable[[str], np.ndarray]) -> float:
     """Share of the text's distinct n-grams found in the train index (0.0 for a text with no n-gram)."""
     h = _distinct(hasher(text or ""))
     if not len(h) or not len(index):
@@ -73,14 +52,14 @@ def overlap(text: str, index: np.ndarray, hasher: Callable[[str], np.ndarray] = 
     return float((index[pos] == h).mean())
 
 
-def eval_contamination(texts: list[str], splits: list[str], params: Any = None,
+def eval_contamination(texts: list[str], splits: list[str], params: Any,
                        families: list[str] | None = None) -> list[float]:
     """Per document: for validation/test ones their overlap with train (rare n-grams), 0.0 for train ones.
     `families`: each document's template family (None: each its own)."""
     hasher = ngram_hasher(params)
     settings = _settings(params)
     common = np.empty(0, dtype=np.uint64)
-    if settings is not None and int(settings["max_ngram_families"]) > 0:
+    if int(settings["max_ngram_families"]) > 0:
         from ..text.decontaminate import boilerplate
 
         distinct = [_distinct(hasher(t or "")) for t in texts]

@@ -8,7 +8,6 @@ split fractions, model metrics) become one small table each, so every check is a
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,24 +22,12 @@ SPLIT_NAMES = ("train", "validation", "test")
 # Ledger actions that remove a document from a stage's output (the rest annotate kept documents).
 REMOVING_ACTIONS = ("dropped", "quarantined")
 
-# Strict patterns, used only when the project's own PII detector (vertical_dag.text.pii) is absent.
-FALLBACK_PII = {
-    "EMAIL": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-    "PHONE": re.compile(r"(?<!\d)(?:\+?86[- ]?)?1[3-9]\d{9}(?!\d)"),
-    "ID_CARD": re.compile(r"(?<![\dA-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dA-Za-z])"),
-    "BANK_CARD": re.compile(r"(?<!\d)(?:62|4\d|5[1-5])\d{14,17}(?!\d)"),
-    "IP": re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])"),
-}
-
-
 def pii_detector(pii_params: Any = None) -> Callable[[str], list[str]]:
-    """A function text -> PII kinds found in it: the project's redactor when present (with normalize.pii's
-    types and extra patterns; every built-in type when redaction is switched off), strict regexes otherwise."""
-    try:
-        from ..text.pii import PII_TYPES, Redactor  # imported lazily: the gate works before (and without) it
-    except ImportError:
-        return lambda text: sorted(kind for kind, rx in FALLBACK_PII.items() if rx.search(text))
-    if pii_params is not None and getattr(pii_params, "enabled", False):
+    """A function text -> PII kinds found in it: the project's redactor with normalize.pii's types and extra
+    patterns (every built-in type when redaction is switched off: the gate still looks)."""
+    from ..text.pii import PII_TYPES, Redactor
+
+    if pii_params is not None and pii_params.enabled:
         redactor = Redactor(pii_params.extra_patterns, tuple(pii_params.types))
     else:
         redactor = Redactor(types=PII_TYPES)

@@ -94,9 +94,11 @@ def _column(docs: pa.Table, name: str) -> list[Any]:
     return docs.column(name).to_pylist() if name in docs.column_names else [None] * docs.num_rows
 
 
-def decontamination_settings(ctx: StageContext) -> dict[str, Any]:
-    dc = ctx.params.split.decontaminate
-    preset = ctx.params.project.domain if dc.preset == "auto" else dc.preset
+def decontamination_settings(params: Any) -> dict[str, Any]:
+    """The decontamination settings in force: the preset (split.decontaminate.preset, auto: project.domain)
+    with the keys params set. The split gate measures leakage with the same settings."""
+    dc = params.split.decontaminate
+    preset = params.project.domain if dc.preset == "auto" else dc.preset
     return {"preset": preset, **resolve_settings(preset, dc.model_dump())}
 
 
@@ -154,7 +156,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fractions = (sp.fractions.train, sp.fractions.validation, sp.fractions.test)
     docs = read_parts(ctx.project.root / STAGES["normalize"].out / "parts")
     n_in = docs.num_rows
-    dc_settings = decontamination_settings(ctx)
+    dc_settings = decontamination_settings(ctx.params)
     settings = {"seed": seed, "group_by": sp.group_by, "fractions": list(fractions)}
     legacy = ctx.out / "state.json"  # where earlier versions kept it: it stops `datasets` from loading the folder
     previous = (read_json(ctx.out / STATE_FILE, default=None) or read_json(legacy, default={}) or {}).get("settings")
