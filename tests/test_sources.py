@@ -285,8 +285,13 @@ def test_part_names_are_stable_and_safe():
 
 
 def test_source_params_reach_the_reader(tmp_path: Path):
+    """Through ingest's own translation of params (read_options), not options built by hand."""
+    from vertical_dag.params import IngestParams
+    from vertical_dag.stages.ingest import read_options
+
     path = write(tmp_path / "x.data", '{"uid": "u1", "body": "hello", "a": 1, "b": 2}\n')
     sp = SourceParams(name="s", format="jsonl", text_field="body", id_field="uid", meta_fields=["a"])
-    opts = ReadOptions(text_field=sp.text_field, id_field=sp.id_field, meta_fields=tuple(sp.meta_fields))
-    good, _ = records(path, opts, sp.format)
+    fmt, opts = read_options(IngestParams(sources=[sp], max_doc_chars=1000), "s")
+    assert opts.max_doc_chars == 1000 and fmt == "jsonl"
+    good, _ = records(path, opts, fmt)
     assert (good[0].key, good[0].text, good[0].meta) == ("u1", "hello", {"a": 1, "encoding": "utf-8"})
