@@ -276,12 +276,12 @@ def test_evaluate_gate(root: Path) -> None:
     result = run("evaluate", root, forgot)
     assert set(failed(result)) == {"general_bpc_not_worse", "task_accuracy_improved"}
     assert "general_bpc_increase" in result.failure_message() and "<= 0.1" in result.failure_message()
-    # without a general corpus forgetting is not measured and not demanded; bounds come from evaluate's section
+    # without a general corpus forgetting is not measured and not demanded; bounds come from the gates section
     no_general = json.loads(json.dumps(good))
     for m in no_general["models"].values():
         del m["general_bpc"]
     assert run("evaluate", root, no_general).success
-    strict = parse_params({"evaluate": {"min_task_accuracy_gain": 0.5}})
+    strict = parse_params({"gates": {"min_task_accuracy_gain": 0.5}})
     assert list(failed(run("evaluate", root, no_general, strict))) == ["task_accuracy_improved"]
     # a model that was not evaluated fails the gates that need it
     del no_general["models"]["finetuned"]
