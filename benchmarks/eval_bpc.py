@@ -7,7 +7,8 @@ evaluate does now). Each row prints bits/char, the 95% bootstrap interval over d
 relative to the estimate, seconds, tokens, and both as ratios against the baseline run side by side.
 
 Run in a project where the example has been split and imported (`vertical-dag run split`, `... base_model`):
-    python benchmarks/eval_bpc.py --project /path/to/example [--model data/models/base/model]
+    python benchmarks/eval_bpc.py --project /path/to/example [--model data/models/base/model] \
+        [--corpora domain general] [--samples 120x48 300x48 60x96]
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def main() -> None:
     ap.add_argument("--project", type=Path, required=True)
     ap.add_argument("--model", default="data/models/base/model")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--corpora", nargs="+", default=["domain", "general"], choices=["domain", "general"])
+    ap.add_argument("--samples", nargs="+", default=["120x48", "300x48", "60x96"],
+                    help="candidate samples as DOCSxCHARS")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = args.project.resolve()
@@ -64,17 +68,18 @@ def main() -> None:
     model.eval()
     general, _ = read_general(root, params.evaluate.general_corpus, params, load_registry(params.project.plugins, root))
     corpora = {"domain": (test_texts(root), 4000), "general": (general, 2000)}
-    for name, (texts, budget) in corpora.items():
+    for name in args.corpora:
+        texts, budget = corpora[name]
         base = measure(model, tok, first_within_budget(texts, tok, budget, 1234), batch_size=4)
-        print(json.dumps({"corpus": name, "run": f"baseline: first whole docs within {budget} tokens", **base}))
-        for n, chars in ((300, 48), (400, 32), (200, 64), (150, 96)):
+        print(json.dumps({"corpus": name, "run": f"baseline: first whole docs within {budget} tokens", **base}), flush=True)
+        for n, chars in (map(int, spec.split("x")) for spec in args.samples):
             row = measure(model, tok, E.sample_texts(texts, n, chars, 1234), batch_size=16)
             ratios = {"width_vs_baseline": round(row["rel_half_width"] / base["rel_half_width"], 3),
                       "seconds_vs_baseline": round(row["seconds"] / max(base["seconds"], 1e-9), 3),
                       "tokens_vs_baseline": round(row["tokens"] / base["tokens"], 3)}
-            print(json.dumps({"corpus": name, "run": f"sample {n} docs x first {chars} chars", **row, **ratios}))
+            print(json.dumps({"corpus": name, "run": f"sample {n} docs x first {chars} chars", **row, **ratios}), flush=True)
     print(json.dumps({"note": "rel_half_width: half the 95% interval over documents / the estimate (target <= 0.02)",
-                      "threads": args.threads, "numpy": np.__version__}))
+                      "threads": args.threads, "numpy": np.__version__}), flush=True)
 
 
 if __name__ == "__main__":

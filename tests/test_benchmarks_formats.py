@@ -109,3 +109,18 @@ def test_free_answers_are_scored_by_rouge_l_over_characters_for_cjk():
     # character tokens: 6 of the 8 reference characters in order, and nothing extra
     assert rouge_l("不能预见的情况", "不能预见客观情况") == pytest.approx(2 * (6 / 7) * (6 / 8) / (6 / 7 + 6 / 8))
     assert rouge_l("force majeure event", "a force majeure event") == pytest.approx(2 * 1 * 0.75 / 1.75)
+
+
+def test_openai_evals_samples_choice_and_free_answer(tmp_path):
+    f = read_task_file(write_jsonl(tmp_path / "samples.jsonl", [
+        {"input": [{"role": "system", "content": "The following are multiple choice questions about tort law."},
+                   {"role": "user", "content": "Is the defendant liable?\nA. Yes, he was negligent.\nB. No, there was no duty."
+                                               "\nAnswer:"}], "ideal": "B"},
+        {"input": [{"role": "system", "content": "Answer concisely."}, {"role": "user", "content": "The wrong dose is: "}],
+         "ideal": ["Levofloxacin", "levofloxacin 750 mcg"]},
+        {"input": "q", "ideal": ""}]))
+    assert f.layouts == {"evals_choice": 1, "evals_free_answer": 1} and [n for n, _ in f.bad] == [3]
+    mc, free = f.items
+    assert mc.prompt == "The following are multiple choice questions about tort law.\nIs the defendant liable?"
+    assert mc.options == ["Yes, he was negligent.", "No, there was no duty."] and mc.response == "No, there was no duty."
+    assert free.prompt == "Answer concisely.\nThe wrong dose is:" and free.response == "Levofloxacin"

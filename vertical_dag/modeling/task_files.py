@@ -4,6 +4,8 @@ A file is a JSON array of records or JSON Lines (decided per file by its first c
 read by the first layout that fits it:
 
 - chat: {messages: [{role, content}, ...]} (the last turn is the assistant's answer);
+- OpenAI-evals samples: {input: [{role, content}, ...] or a string, ideal: the answer (or a list of them)},
+  multiple choice when the input lists options and the ideal answer is a letter;
 - options as fields (C-Eval / CMMLU / MMLU exports): {question, A, B, C, D, ..., answer: "B"};
 - a choice list: {question, choices: [...], answer: index | letter | the choice itself};
 - options inside the question text ("A:...;B:..." or "A. ... B. ...") with the answer a letter, alone or
@@ -30,7 +32,8 @@ LETTERS = "ABCDEFGH"
 _MARKER = re.compile(r"(?:^|(?<=[\s;；,，。?？!！(（\]】]))[(（]?([A-H])\s*[:：.．、)）]\s*")
 # the answer letter(s) of a sentence: "正确答案：B。", "答案是 B", "B", "(B)", "Answer: B"
 _ANSWER = re.compile(r"(?:答案|answer)[^A-Za-z]{0,6}([A-H]{1,8})(?![A-Za-z])|^\W*([A-H]{1,8})\W*$", re.IGNORECASE)
-_PROMPT_KEYS = ("instruction", "prompt", "question")
+# the answer cue after the last option ("...D. xx\nAnswer:"), not part of the option
+_TRAILER = re.compile(r"\s*\n\s*(?:answer|答案)\s*[:：]?\s*$", re.IGNORECASE)
 _ANSWER_KEYS = ("output", "response", "answer")
 
 
@@ -90,6 +93,7 @@ def split_options(text: str) -> tuple[str, list[str]] | None:
     stem = text[: marks[0].start()].strip()
     ends = [m.start() for m in marks[1:]] + [len(text)]
     options = [text[m.end():e].strip().rstrip(";；,，").strip() for m, e in zip(marks, ends, strict=True)]
+    options[-1] = _TRAILER.sub("", options[-1]).strip()
     if not stem or not all(options):
         return None
     return stem, options
@@ -120,12 +124,29 @@ def _prompt(obj: dict[str, Any]) -> str:
     return text
 
 
+def _evals_sample(obj: dict[str, Any], task: str) -> tuple[TaskItem, str]:
+    """An OpenAI-evals sample: the input turns joined into one prompt, `ideal` the reference."""
+    turns = obj["input"] if isinstance(obj["input"], list) else [{"role": "user", "content": obj["input"]}]
+    if not turns or not all(isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns):
+        raise BadRecord("input must be a string or a list of {role, content} turns")
+    ideal = obj["ideal"][0] if isinstance(obj["ideal"], list) and obj["ideal"] else obj["ideal"]
+    if not isinstance(ideal, str) or not ideal.strip():
+        raise BadRecord("ideal must be a non-empty string (or a list of them)")
+    prompt = "\n".join(t["content"].strip() for t in turns if t["content"].strip())
+    inside = split_options(prompt) if answer_letters(ideal) else None
+    if inside:
+        return _choice(*inside, ideal, task), "evals_choice"
+    return TaskItem(task, prompt, ideal), "evals_free_answer"
+
+
 def parse_record(obj: Any, *, task: str = "user") -> tuple[TaskItem, str]:
     """One record -> (item, layout name); BadRecord says why when no layout fits."""
     if not isinstance(obj, dict):
         raise BadRecord(f"record is a JSON {type(obj).__name__}, not an object")
     if "messages" in obj:
         return _messages(obj, task), "chat"
+    if "input" in obj and "ideal" in obj:
+        return _evals_sample(obj, task)
     prompt = _prompt(obj)
     answer = next((obj[k] for k in _ANSWER_KEYS if k in obj), None)
     if "A" in obj and "B" in obj:
