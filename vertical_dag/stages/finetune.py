@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +75,26 @@ def _model_stamp(folder: Path) -> list:
     return sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in folder.iterdir() if p.is_file())
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
-    import torch
+@dataclass
+class TaskMix:
+    """The instruction items of one run: the training mix, validation items and the held-out eval set."""
 
-    from ..modeling import sft
-    from ..modeling.load import load_model_folder, pick_device
+    train: list[T.TaskItem]
+    validation: list[T.TaskItem]
+    held_out: list[T.TaskItem]
+    user: list[T.TaskItem]
+    files: list[Path]
+    ledger: list[LedgerEntry]  # malformed user records (quarantined) and user records the mix left out
+    malformed: int
+    chosen_user: set[str]
 
-    p = ctx.params.finetune
-    root, out = ctx.project.root, ctx.out
-    started = time.perf_counter()
-    torch.manual_seed(p.seed)
-    init_dir = init_model_dir(ctx)
-    docs = read_split_docs(root / "data/splits")
-    if not docs:
-        raise FileNotFoundError(f"no splits in {root / 'data/splits'} (run the split stage first)")
 
-    # 1. instruction data: generated per split (built-in + plugin tasks) + the user's files (train only)
+def build_items(ctx: StageContext, docs: list[T.Doc]) -> TaskMix:
+    """Tasks generated per split by the built-in and plugin generators, mixed by weight with the user's files.
+
+    Items of validation/test documents never reach training; a label task is balanced over its labels.
+    """
+    p, root = ctx.params.finetune, ctx.project.root
     registry = load_registry(ctx.params.project.plugins, root)
     weights = {name: p.task_weights.get(name, 1.0) for name in registry.task_names}  # a task not listed weighs 1
     by_split: dict[str, dict[str, list[T.TaskItem]]] = {}
@@ -107,14 +112,35 @@ def run(ctx: StageContext) -> dict[str, Any]:
             ledger.append(LedgerEntry(f"{f.path.name}:{line}", STAGE, "quarantined", reason.split(":")[0],
                                       f"{ctx.project.rel(f.path)}:{line}: {reason}"))
     malformed = len(ledger)
-    train_pool = {**by_split["train"], T.USER_TASK: user_items}
-    train_items, _ = T.mix(train_pool, weights, p.max_train_items, p.seed)
+    train_items, _ = T.mix({**by_split["train"], T.USER_TASK: user_items}, weights, p.max_train_items, p.seed)
     val_items, _ = T.mix(by_split["validation"], weights, max(8, p.max_train_items // 20), p.seed)
     eval_items = T.eval_sample(by_split["test"], p.eval_items_per_task, p.seed)
     chosen_user = {it.doc_id for it in train_items if it.task == T.USER_TASK}
     for it in user_items:
         if it.doc_id not in chosen_user:
             ledger.append(LedgerEntry(it.doc_id, STAGE, "dropped", "not_sampled", "left out by the task weights / max_train_items"))
+    return TaskMix(train_items, val_items, eval_items, user_items, files, ledger, malformed, chosen_user)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from ..modeling import sft
+    from ..modeling.load import load_model_folder, pick_device
+
+    p = ctx.params.finetune
+    root, out = ctx.project.root, ctx.out
+    started = time.perf_counter()
+    torch.manual_seed(p.seed)
+    init_dir = init_model_dir(ctx)
+    docs = read_split_docs(root / "data/splits")
+    if not docs:
+        raise FileNotFoundError(f"no splits in {root / 'data/splits'} (run the split stage first)")
+
+    # 1. instruction data: generated per split (built-in + plugin tasks) + the user's files (train only)
+    mixed = build_items(ctx, docs)
+    train_items, val_items, eval_items, ledger = mixed.train, mixed.validation, mixed.held_out, mixed.ledger
+    user_items, malformed, files, chosen_user = mixed.user, mixed.malformed, mixed.files, mixed.chosen_user
 
     # 2. encode with the chat template; labels on responses only
     tok_model_dir = init_dir
