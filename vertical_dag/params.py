@@ -319,7 +319,7 @@ class EvaluateParams(Section):
 
     enabled: bool = True
     max_test_docs: int = Field(120, ge=1)  # test documents sampled for domain bits per character
-    max_general_docs: int = Field(120, ge=1)  # general-text documents sampled (forgetting)
+    max_general_docs: int = Field(150, ge=1)  # general-text documents sampled (forgetting)
     max_doc_chars: int = Field(48, ge=8)  # each sampled document is scored on its first N characters
     general_corpus: str | None = None  # a text/JSONL/Parquet file of general text (forgetting check)
     batch_size: int = Field(16, ge=1)  # documents per forward pass
