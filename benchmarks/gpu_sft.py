@@ -25,14 +25,17 @@ from vertical_dag.modeling.train import TrainConfig, train
 def task_items(assets: Path, ft: dict[str, Any], n_docs: int | None, seed: int) -> tuple[list[Any], str]:
     """Instruction items generated from train documents by the project's task builders."""
     from vertical_dag.modeling import tasks as T
+    from vertical_dag.plugins import load_registry
 
+    registry = load_registry(["vertical_dag_china_law"])  # the example's plugin, as params.yaml registers it
     rows = read_split(assets, "train", n_docs)
     for r in rows:
         r["split"] = "train"
     docs = T.docs_from_rows(rows)
-    by_task = T.generate_tasks(docs, list(T.TASK_FUNCS), max_context_chars=int(ft.get("max_context_chars", 60)),
+    by_task = T.generate_tasks(docs, registry.tasks, fields=registry.doc_fields,
+                               max_context_chars=int(ft.get("max_context_chars", 60)),
                                max_answer_chars=int(ft.get("max_answer_chars", 100)), seed=seed)
-    weights = {k: float(v) for k, v in (ft.get("task_weights") or dict.fromkeys(T.TASK_FUNCS, 1.0)).items()}
+    weights = {k: float((ft.get("task_weights") or {}).get(k, 1.0)) for k in registry.task_names}
     items, _ = T.mix(by_task, weights, int(ft.get("max_train_items", 120)), seed)
     return items, ",".join(sorted({it.task for it in items}))
 

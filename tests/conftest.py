@@ -30,7 +30,7 @@ def cache_root() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from vertical_dag.example import SMOLLM2, download_cache, fetch_artifact
+    from vertical_dag_china_law.fetch import SMOLLM2, download_cache, fetch_artifact
 
     return fetch_artifact(SMOLLM2, cache_root() / "models", download_cache())
 

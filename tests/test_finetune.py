@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import yaml
 from vertical_dag.modeling import sft
 from vertical_dag.modeling import tasks as T
 from vertical_dag.modeling.packing import IGNORE, PAD_SOURCE, pack_whole
+from vertical_dag.modeling.task_files import BadRecord, parse_record
+from vertical_dag.plugins import load_registry
 from vertical_dag.project import Project
 from vertical_dag.records import read_json, read_ledger
 from vertical_dag.stages.context import run_stage
@@ -53,10 +56,10 @@ def make_project(root: Path, tokenizer_dir: Path, *, finetune: dict | None = Non
     ft = {"max_steps": 4, "block_size": 192, "max_train_items": 24, "eval_items_per_task": 4, "lr": 3e-3,
           "max_context_chars": 40, "max_answer_chars": 40, "system_prompt": "你是法律助手。", "checkpoint_every": 2,
           **(finetune or {})}
-    ev = {"max_test_docs": 8, "max_test_tokens": 300, "max_general_tokens": 150, "max_task_items": 8,
+    ev = {"max_test_docs": 8, "max_general_docs": 8, "max_doc_chars": 40, "max_task_items": 8, "held_out_samples": 2,
           "max_free_answer_items": 2, "bootstrap_samples": 200, "sample_max_new_tokens": 4,
           "sample_prompts": ["《中华人民共和国刑法》第一条规定了什么？"], **(evaluate or {})}
-    params = {"project": {"name": "t", "domain": "legal"}, "finetune": ft, "evaluate": ev}
+    params = {"project": {"name": "t", "domain": "legal", "plugins": ["vertical_dag_china_law"]}, "finetune": ft, "evaluate": ev}
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
     (root / "dvc.yaml").write_text("stages: {}\n")
     write_splits(root, law_docs())
@@ -145,19 +148,28 @@ def test_packed_examples_do_not_attend_to_each_other(tok, tokenizer_dir, tmp_pat
 # ---------------------------------------------------------------- tasks and user records
 
 
+LAW = load_registry(["vertical_dag_china_law"])  # the example's plugin: its tasks and document fields
+
+
+def law_tasks(docs: list[T.Doc], names: tuple[str, ...] | None = None, **kw) -> dict[str, list[T.TaskItem]]:
+    gens = {k: v for k, v in LAW.tasks.items() if names is None or k in names}
+    return T.generate_tasks(docs, gens, fields=LAW.doc_fields, **kw)
+
+
 def test_tasks_are_corpus_facts_and_respect_splits():
     docs = T.docs_from_rows(law_docs())
-    by_task = T.generate_tasks(docs, T.TASK_FUNCS, seed=1)
+    by_task = law_tasks(docs, seed=1)
     assert set(by_task) >= {"article_lookup", "law_department", "in_force", "heading_passage", "continuation", "fill_in"}
     lookup = by_task["article_lookup"][0]
     doc = next(d for d in docs if d.doc_id == lookup.doc_id)
+    cfg = T.TaskConfig(fields=LAW.doc_fields)
     assert lookup.prompt == f"《{doc.meta['law_name']}》{doc.meta['article_no']}规定了什么？"
-    assert lookup.response == T.article_body(doc)
+    assert lookup.response == T.body(doc, cfg) and not lookup.response.startswith("第")
     for it in by_task["in_force"]:
         d = next(x for x in docs if x.doc_id == it.doc_id)
         assert it.response == ("现行有效" if d.meta["status"] == "现行有效" else "已失效")
     for it in by_task["fill_in"]:
-        assert "____" in it.prompt and it.response in T.article_body(next(x for x in docs if x.doc_id == it.doc_id))
+        assert "____" in it.prompt and it.response in T.body(next(x for x in docs if x.doc_id == it.doc_id), cfg)
     test_items = T.eval_sample({t: [i for i in v if i.split == "test"] for t, v in by_task.items()}, 3, seed=1)
     assert test_items and all(i.split == "test" for i in test_items)
     lookups = [i for i in test_items if i.task == "article_lookup"]
@@ -171,13 +183,13 @@ def test_tasks_are_corpus_facts_and_respect_splits():
 def test_distractors_follow_each_passage_tasks_policy():
     """Lookup/heading offer other laws' articles (same branch first); continuations offer the same law's."""
     docs = T.docs_from_rows(law_docs())
-    by_task = T.generate_tasks(docs, ("article_lookup", "heading_passage", "continuation"), seed=1)
-    law_of = {it.response: it.meta["law_name"] for v in by_task.values() for it in v}
+    by_task = law_tasks(docs, ("article_lookup", "heading_passage", "continuation"), seed=1)
+    law_of = {it.response: it.meta["group"] for v in by_task.values() for it in v}
     dept_of = {law: dept for law, dept, _ in LAWS}
     items = T.eval_sample({t: [i for i in v if i.split == "test"] for t, v in by_task.items()}, 4, seed=1)
     assert {it.task for it in items} == {"article_lookup", "heading_passage", "continuation"}
     for it in items:
-        law = it.meta["law_name"]
+        law = it.meta["group"]
         distractors = [o for k, o in enumerate(it.options) if k != it.answer_index]
         assert len(distractors) == 3 and it.response not in distractors
         laws = [law_of[o] for o in distractors]
@@ -191,17 +203,31 @@ def test_distractors_follow_each_passage_tasks_policy():
                 assert same_branch[0] in laws
 
 
+def test_label_tasks_are_sampled_balanced_over_their_labels():
+    """A label task's majority label (here 2 of 3 laws in force) gets no larger share of the eval set or the mix."""
+    docs = T.docs_from_rows(law_docs())
+    by_task = law_tasks(docs, ("in_force", "law_department"), seed=1)
+    statuses = [it.response for it in by_task["in_force"]]
+    assert statuses.count("现行有效") == 2 * statuses.count("已失效")  # the corpus is unbalanced
+    for sample in (T.eval_sample(by_task, 10, seed=3), T.mix(by_task, {"in_force": 1.0, "law_department": 1.0}, 20, 3)[0]):
+        for task in ("in_force", "law_department"):
+            counts = sorted(collections.Counter(it.response for it in sample if it.task == task).values())
+            assert counts and counts[-1] - counts[0] <= 1, (task, counts)
+    assert not T.is_label_task(by_task["in_force"][:1]) and T.is_label_task(by_task["law_department"])
+
+
 @pytest.mark.parametrize("record,reason", [
     ({"instruction": "", "output": "x"}, "missing instruction"),
     ({"instruction": "q"}, "missing output"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, "start with a user turn"),
     ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}, "role"),
-    ({"question": "q", "choices": ["a", "b"], "answer": 5}, "answer must be"),
-    (["not", "an", "object"], "not a JSON object"),
+    ({"question": "q", "choices": ["a", "b"], "answer": 5}, "not an index, a choice or a letter"),
+    ({"question": "q", "A": "a", "B": "b", "answer": "AB"}, "several options"),
+    (["not", "an", "object"], "not an object"),
 ])
 def test_malformed_user_records_are_refused_with_a_reason(record, reason):
-    with pytest.raises(T.BadRecord, match=reason):
-        T.parse_user_record(record)
+    with pytest.raises(BadRecord, match=reason):
+        parse_record(record)
 
 
 # ---------------------------------------------------------------- training
@@ -262,7 +288,7 @@ def _sft_case(folder, tok, lora: bool):
     from vertical_dag.modeling.load import load_model_folder
     from vertical_dag.modeling.train import TrainConfig
 
-    items = T.generate_tasks(T.docs_from_rows(law_docs(4)), ["in_force", "law_department"], max_context_chars=20, seed=0)
+    items = law_tasks(T.docs_from_rows(law_docs(4)), ("in_force", "law_department"), max_context_chars=20, seed=0)
     ex = [sft.encode_chat(tok, it.chat()) for v in items.values() for it in v]
     data, val = pack_whole(ex[2:], 160, tok.pad_token_id), pack_whole(ex[:2], 160, tok.pad_token_id)
     torch.manual_seed(0)

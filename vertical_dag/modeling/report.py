@@ -55,7 +55,7 @@ def read_curve(path: Path | None) -> list[tuple[float, float]]:
     return out
 
 
-def _bars(metrics: dict[str, Any], keys: list[tuple[str, str]], title: str, ci_key: str | None = None) -> str:
+def _bars(metrics: dict[str, Any], keys: list[tuple[str, str]], title: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,10 +70,10 @@ def _bars(metrics: dict[str, Any], keys: list[tuple[str, str]], title: str, ci_k
         xs = [i for i, v in enumerate(vals) if v is not None]
         ys = [vals[i] for i in xs]
         err = None
-        if ci_key and key == "task_accuracy":
-            cis = [metrics["models"][models[i]].get(ci_key) for i in xs]
-            if all(c and None not in c for c in cis):
-                err = [[y - c[0] for y, c in zip(ys, cis, strict=True)], [c[1] - y for y, c in zip(ys, cis, strict=True)]]
+        cis = [metrics["models"][models[i]].get(f"{key}_ci") for i in xs]
+        if xs and all(c and None not in c for c in cis):
+            err = [[max(0.0, y - c[0]) for y, c in zip(ys, cis, strict=True)],
+                   [max(0.0, c[1] - y) for y, c in zip(ys, cis, strict=True)]]
         ax.bar([models[i] for i in xs], ys, color=[COLORS[models[i]] for i in xs], yerr=err, capsize=4)
         for x, y in zip(range(len(xs)), ys, strict=True):
             ax.annotate(f"{y:.3f}", (x, y), ha="center", va="bottom", fontsize=8)
@@ -135,74 +135,126 @@ SCORING_NOTE = (
     "is 1/#labels for such a model.</p>")
 
 
+def _headline(metrics: dict[str, Any], models: list[str]) -> str:
+    rows = []
+    for key, label in [("domain_bpc", "domain bits/char"), ("general_bpc", "general bits/char"),
+                       ("domain_ppl", "domain perplexity"), ("general_ppl", "general perplexity"),
+                       ("task_accuracy", "task accuracy")]:
+        if not any(key in metrics["models"][m] for m in models):
+            continue
+        rows.append([label, *[fmt(metrics["models"][m].get(key)) for m in models]])
+        if any(f"{key}_ci" in metrics["models"][m] for m in models):
+            rows.append([f"{label} CI", *[_ci(metrics["models"][m].get(f"{key}_ci")) for m in models]])
+    return "<h2>Headline</h2>" + _table(["metric", *models], rows) + (
+        f"<p class='note'>Bits per character are comparable across tokenizers; perplexity is per token. Intervals are "
+        f"{fmt(metrics.get('confidence'), 2)} percentile bootstrap intervals over {metrics.get('bootstrap_samples')} "
+        f"resamples: of the documents for bits per character (domain: {metrics.get('domain_docs')} test documents sampled "
+        f"of {metrics.get('domain_docs_available')}; general: {metrics.get('general_docs')} documents of "
+        f"{html.escape(str(metrics.get('general_corpus') or 'none'))}; each scored on its first {metrics.get('doc_chars')} "
+        f"characters), of the held-out items for accuracy. Overlapping intervals mean the difference may be noise.</p>")
+
+
+def _gates(metrics: dict[str, Any]) -> str:
+    """The gate results when the quality layer put them into the metrics; the stage itself judges nothing."""
+    gates = metrics.get("gates") or {}
+    if not gates:
+        return ""
+    return "<h2>Model gates</h2>" + _table(
+        ["gate", "result", "observed", "bound", "what it checks"],
+        [[html.escape(n), f"<span class='{'pass' if g.get('success') else 'fail'}'>{'pass' if g.get('success') else 'FAIL'}</span>",
+          fmt(g.get("observed")), fmt(g.get("bound")), html.escape(g.get("description", ""))] for n, g in gates.items()])
+
+
+def _task_cell(e: dict[str, Any] | None) -> str:
+    if not e:
+        return "n/a"
+    if "balanced_accuracy" in e:  # a label task: balanced accuracy is its headline
+        cell = f"balanced {fmt(e['balanced_accuracy'])} {_ci(e.get('balanced_accuracy_ci'))}<br>accuracy {fmt(e['accuracy'])}"
+    else:
+        cell = f"{fmt(e['accuracy'])} {_ci(e.get('ci'))}"
+    cell += f" (n={e['n']})"
+    if "rouge_l" in e:
+        cell += f"<br>ROUGE-L {fmt(e['rouge_l'])} {_ci(e.get('rouge_l_ci'))}"
+    if e.get("top_answer_share", 0) >= 0.5:
+        cell += f"<br>answers {html.escape(e['top_answer'])} to {round(e['top_answer_share'] * 100)}%"
+    return cell
+
+
+def _tasks(metrics: dict[str, Any], models: list[str]) -> str:
+    names = sorted({t for m in models for t in metrics["models"][m].get("tasks", {})})
+    if not names:
+        return ""
+    rows = [[html.escape(t), *[_task_cell(metrics["models"][m].get("tasks", {}).get(t)) for m in models],
+             fmt(metrics.get("task_baselines", {}).get(t))] for t in names]
+    return "<h2>Per task</h2>" + _table(["task", *models, "majority / chance"], rows) + SCORING_NOTE
+
+
+def _comparisons(metrics: dict[str, Any]) -> str:
+    comps = metrics.get("comparisons") or {}
+    if not comps:
+        return ""
+    rows = [[html.escape(k), *[f"{fmt(v[key]['diff'])} {_ci(v[key].get('ci'))}" if key in v else "n/a"
+                               for key in ("domain_bpc", "general_bpc")],
+             f"{fmt(v['diff'])} {_ci(v.get('ci'))}" if "diff" in v else "n/a"] for k, v in comps.items()]
+    out = "<h2>Paired differences (same documents, same items)</h2>" + _table(
+        ["comparison", "domain bits/char", "general bits/char", "task accuracy"], rows)
+    by_task = {k: v["tasks"] for k, v in comps.items() if v.get("tasks")}
+    if by_task:
+        tasks = sorted({t for v in by_task.values() for t in v})
+        out += "<h3>Task accuracy per task</h3>" + _table(
+            ["task", *map(html.escape, by_task)],
+            [[html.escape(t), *[f"{fmt(v[t]['diff'])} {_ci(v[t]['ci'])}" if t in v else "n/a" for v in by_task.values()]]
+             for t in tasks])
+    return out
+
+
+def _user_eval(metrics: dict[str, Any], models: list[str]) -> str:
+    files = metrics.get("user_eval") or {}
+    if not files:
+        return ""
+    rows = []
+    for rel, f in files.items():
+        how = (f"{html.escape(f['container'])}; {', '.join(f'{html.escape(k)} {v}' for k, v in f['layouts'].items()) or '-'}; "
+               f"{f['scored']} of {f['items']} items scored; {f['bad_records']} bad records")
+        if f["bad_by_reason"]:
+            how += " (" + ", ".join(f"{html.escape(k)} {v}" for k, v in f["bad_by_reason"].items()) + ")"
+        cells = []
+        for m in models:
+            r = (f.get("models") or {}).get(m) or {}
+            parts = []
+            if "accuracy" in r:
+                parts.append(f"accuracy {fmt(r['accuracy'])} {_ci(r.get('accuracy_ci'))} (n={r['choice_items']})")
+            if "rouge_l" in r:
+                parts.append(f"ROUGE-L {fmt(r['rouge_l'])} {_ci(r.get('rouge_l_ci'))}, exact {fmt(r['exact_match'])} "
+                             f"(n={r['free_items']})")
+            cells.append("<br>".join(parts) or "n/a")
+        rows.append([html.escape(rel), how, *cells])
+    examples = [html.escape(e) for f in files.values() for e in f.get("bad_examples", [])]
+    note = ("<p class='note'>Bad records (first of each file): " + "; ".join(examples) + "</p>") if examples else ""
+    return "<h2>Your benchmarks</h2>" + _table(["file", "read as", *models], rows) + note
+
+
+def _samples(metrics: dict[str, Any], models: list[str]) -> str:
+    samples = metrics.get("samples", [])
+    if not samples:
+        return ""
+    rows = [[html.escape(s.get("task") or "prompt"), html.escape(s["prompt"]), html.escape(s.get("reference") or "-"),
+             *[html.escape(s.get(m, "") or "") for m in models]] for s in samples]
+    return ("<h2>Sample answers</h2><p class='note'>Held-out items (never trained on) with their reference, then the "
+            "configured prompts; greedy decoding.</p>" + _table(["task", "prompt", "reference", *models], rows))
+
+
 def render_report(metrics: dict[str, Any], curves: dict[str, list[tuple[float, float]]]) -> str:
     """The whole page, from the metrics dict (as written to metrics.json) and the training loss curves."""
     models = [m for m in MODELS if m in metrics["models"]]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>{CSS}</style>"
              "</head><body><h1>Evaluation report: base vs pretrained vs fine-tuned</h1>"]
-    gates = metrics.get("gates", {})
-    ok = all(g.get("success") for g in gates.values()) if gates else None
-    parts.append(f"<p>Model gates: <span class='{'pass' if ok else 'fail'}'>{'all pass' if ok else 'FAILING'}</span>. "
-                 f"<span class='note'>{html.escape(metrics.get('note', ''))}</span></p>")
-
-    rows = []
-    for key, label in [("domain_bpc", "domain bits/char"), ("domain_ppl", "domain perplexity"),
-                       ("general_bpc", "general bits/char"), ("general_ppl", "general perplexity"),
-                       ("task_accuracy", "task accuracy"), ("task_accuracy_ci", "task accuracy CI"),
-                       ("user_eval_accuracy", "user eval accuracy")]:
-        if not any(key in metrics["models"][m] for m in models):
-            continue
-        cells = [_ci(metrics["models"][m].get(key)) if key.endswith("_ci") else fmt(metrics["models"][m].get(key))
-                 for m in models]
-        rows.append([label, *cells])
-    parts.append("<h2>Headline</h2>" + _table(["metric", *models], rows))
-    parts.append(f"<p class='note'>Bits per character are comparable across tokenizers; perplexity is per token. "
-                 f"Intervals are {fmt(metrics.get('confidence'), 2)} percentile bootstrap intervals over "
-                 f"{metrics.get('bootstrap_samples')} resamples of the held-out items: overlapping intervals mean the "
-                 f"difference may be noise. Domain text: {metrics.get('domain_docs')} test documents; general text: "
-                 f"{html.escape(str(metrics.get('general_corpus') or 'none'))}.</p>")
-
-    parts.append("<h2>Model gates</h2>" + _table(
-        ["gate", "result", "observed", "bound", "what it checks"],
-        [[html.escape(n), f"<span class='{'pass' if g.get('success') else 'fail'}'>{'pass' if g.get('success') else 'FAIL'}</span>",
-          fmt(g.get("observed")), fmt(g.get("bound")), html.escape(g.get("description", ""))] for n, g in gates.items()]))
-
-    parts.append("<h2>Perplexity and accuracy</h2>")
-    parts.append(_bars(metrics, [("domain_bpc", "domain bits/char (lower is better)"),
-                                 ("general_bpc", "general bits/char (lower is better)")], "Language modelling"))
-    parts.append(_bars(metrics, [("task_accuracy", "held-out task accuracy")], "Tasks (with bootstrap CI)", "task_accuracy_ci"))
-
-    task_names = sorted({t for m in models for t in metrics["models"][m].get("tasks", {})})
-    if task_names:
-        rows = []
-        for t in task_names:
-            cells = []
-            for m in models:
-                e = metrics["models"][m].get("tasks", {}).get(t)
-                same = (f"<br>answers {html.escape(e['top_answer'])} to {round(e['top_answer_share'] * 100)}%"
-                        if e and e.get("top_answer_share", 0) >= 0.5 else "")
-                bal = f"<br>balanced {fmt(e['balanced_accuracy'])}" if e and "balanced_accuracy" in e else ""
-                cells.append(f"{fmt(e['accuracy'])} {_ci(e.get('ci'))} (n={e['n']})"
-                             + (f"<br>ROUGE-L {fmt(e['rouge_l'])}" if "rouge_l" in e else "") + bal + same if e else "n/a")
-            base = metrics.get("task_baselines", {}).get(t)
-            rows.append([html.escape(t), *cells, fmt(base)])
-        parts.append("<h2>Per task</h2>" + _table(["task", *models, "majority / chance"], rows) + SCORING_NOTE)
-    if metrics.get("comparisons"):
-        parts.append("<h2>Paired differences</h2>" + _table(
-            ["comparison", "difference in accuracy", "CI"],
-            [[html.escape(k), fmt(v.get("diff")), _ci(v.get("ci"))] for k, v in metrics["comparisons"].items()]))
-        by_task = {k: v["tasks"] for k, v in metrics["comparisons"].items() if v.get("tasks")}
-        if by_task:
-            tasks = sorted({t for v in by_task.values() for t in v})
-            parts.append("<h3>Per task (same items)</h3>" + _table(
-                ["task", *map(html.escape, by_task)],
-                [[html.escape(t), *[f"{fmt(v[t]['diff'])} {_ci(v[t]['ci'])}" if t in v else "n/a" for v in by_task.values()]]
-                 for t in tasks]))
-
-    parts.append("<h2>Training loss</h2>" + _curves(curves))
-    samples = metrics.get("samples", [])
-    if samples:
-        rows = [[html.escape(s["prompt"]), *[html.escape(s.get(m, "") or "") for m in models]] for s in samples]
-        parts.append("<h2>Sample prompts</h2>" + _table(["prompt", *models], rows))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    if metrics.get("note"):
+        parts.append(f"<p class='note'>{html.escape(metrics['note'])}</p>")
+    parts += [_headline(metrics, models), _gates(metrics), "<h2>Perplexity and accuracy</h2>",
+              _bars(metrics, [("domain_bpc", "domain bits/char (lower is better)"),
+                              ("general_bpc", "general bits/char (lower is better)")], "Language modelling (with bootstrap CI)"),
+              _bars(metrics, [("task_accuracy", "held-out task accuracy")], "Tasks (with bootstrap CI)"),
+              _tasks(metrics, models), _comparisons(metrics), _user_eval(metrics, models),
+              "<h2>Training loss</h2>" + _curves(curves), _samples(metrics, models), "</body></html>"]
+    return "\n".join(p for p in parts if p)

@@ -1,11 +1,15 @@
-"""Instruction tasks made from the domain corpus itself, and the user's own instruction / eval files.
+"""Instruction tasks made from the domain corpus itself.
 
-Every generated answer is a fact of the corpus (an article's text, its law's department or status, the
-rest of a passage), so the tasks need no hand labelling. Example-specific tasks key on meta fields when a
-document has them (law_name, article_no, law_department, status); generic reading tasks work on any text.
-An item remembers the document and split it came from: items from validation/test documents are for
-evaluation only. Multiple-choice items carry `options` (the reference answer among distractors) and are
-scored by the log-likelihood of each option; the others are free answers (exact match / ROUGE-L).
+Every generated answer is a fact of the corpus (a passage's text, the rest of a passage, a span it repeats),
+so the tasks need no hand labelling. The generic tasks here work on any text; a vertical adds its own task
+generators through a plugin (vertical_dag.plugins): a generator is a function (Doc, TaskConfig) -> TaskItem
+or None. An item remembers the document and split it came from: items from validation/test documents are
+for evaluation only. Multiple-choice items carry `options` (the reference among distractors) and are scored
+by the log-likelihood of each option; the others are free answers (exact match / ROUGE-L).
+
+Passage items (a free answer that other documents could also give) name a distractor policy in
+`meta["distractors"]` and their document's groups in `meta["group"]` / `meta["parent_group"]` (which meta
+fields those are is the vertical's choice, DocFields); mc_for_eval then offers other documents' answers.
 """
 
 from __future__ import annotations
@@ -14,18 +18,19 @@ import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-EXAMPLE_TASKS = ("article_lookup", "law_department", "in_force")
-GENERIC_TASKS = ("heading_passage", "continuation", "fill_in")
-ALL_TASKS = ("user", *EXAMPLE_TASKS, *GENERIC_TASKS)
-IN_FORCE = "现行有效"
 N_DISTRACTORS = 3
+USER_TASK = "user"  # the user's own instruction files (finetune.instruction_files)
 _PUNCT = re.compile(r"[\s\W_]", re.UNICODE)
 _BLANK = "____"
+
+# distractor policies of passage items
+OTHER_GROUP = "other_group"  # answers of documents of *other* groups, of the same parent group first
+SAME_GROUP = "same_group"  # answers of documents of the same group first
 
 
 @dataclass
@@ -50,6 +55,11 @@ class TaskItem:
     def chat(self) -> list[dict[str, str]]:
         return self.messages or [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": self.response}]
 
+    @property
+    def is_passage(self) -> bool:
+        """A passage item: its options are other documents' answers (scored by PMI on a common prefix)."""
+        return bool(self.meta.get("distractors"))
+
 
 @dataclass(frozen=True)
 class Doc:
@@ -62,6 +72,17 @@ class Doc:
     @property
     def zh(self) -> bool:
         return (self.lang or "").startswith("zh") or bool(re.search(r"[\u4e00-\u9fff]", self.text[:50]))
+
+
+@dataclass(frozen=True)
+class DocFields:
+    """Which meta fields of a vertical's documents play which part in the generic tasks."""
+
+    title: tuple[str, ...] = ("title", "heading", "name")  # the first one present is the document's heading
+    subtitle: str | None = "chapter"  # appended to the heading when present
+    number: str | None = None  # a number the text starts with (e.g. "第一条"), cut from passages
+    group: str | None = None  # the collection a document belongs to (a law, a guideline, a contract)
+    parent_group: str | None = None  # a broader class of collections (a branch of law, a specialty)
 
 
 def docs_from_rows(rows: Iterable[dict[str, Any]]) -> list[Doc]:
@@ -78,16 +99,41 @@ def docs_from_rows(rows: Iterable[dict[str, Any]]) -> list[Doc]:
     return out
 
 
-def article_body(doc: Doc) -> str:
-    """The article text without its leading number ("第一条　...")."""
-    no = str(doc.meta.get("article_no") or "")
+@dataclass
+class TaskConfig:
+    """What every task generator is given besides the document."""
+
+    max_context_chars: int = 160
+    max_answer_chars: int = 160
+    seed: int = 1234
+    fields: DocFields = field(default_factory=DocFields)
+    rng: random.Random = field(default_factory=random.Random)
+    docs: list[Doc] = field(default_factory=list)  # every document the items are made from
+    _labels: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def labels(self, key: str) -> list[str]:
+        """The sorted distinct values of meta[key] over the documents: a label task's option set."""
+        if key not in self._labels:
+            self._labels[key] = sorted({str(d.meta[key]) for d in self.docs if d.meta.get(key)})
+        return self._labels[key]
+
+
+TaskGenerator = Callable[[Doc, TaskConfig], "TaskItem | None"]
+
+
+# ---------------------------------------------------------------- helpers for task generators
+
+
+def body(doc: Doc, cfg: TaskConfig) -> str:
+    """The document's text without the leading number its fields name ("第一条　..." -> "...")."""
+    no = str(doc.meta.get(cfg.fields.number) or "") if cfg.fields.number else ""
     text = doc.text.strip()
     if no and text.startswith(no):
         text = text[len(no):].lstrip("　 \t:：")
     return text
 
 
-def _cut(text: str, n: int) -> str:
+def cut(text: str, n: int) -> str:
     """At most n characters, ending at a sentence end when one is in the second half, else with an ellipsis."""
     if len(text) <= n:
         return text
@@ -95,73 +141,48 @@ def _cut(text: str, n: int) -> str:
     return text[: end + 1] if end >= n // 2 else text[:n] + "…"
 
 
-def _title(doc: Doc) -> str | None:
-    for key in ("title", "heading", "law_name", "name"):
+def title(doc: Doc, cfg: TaskConfig) -> str | None:
+    for key in cfg.fields.title:
         if doc.meta.get(key):
             t = str(doc.meta[key])
-            if doc.meta.get("chapter"):
-                t += f" {doc.meta['chapter']}"
+            sub = cfg.fields.subtitle
+            if sub and doc.meta.get(sub):
+                t += f" {doc.meta[sub]}"
             return t
     first = doc.text.strip().split("\n", 1)
     return first[0][:60] if len(first) == 2 and 0 < len(first[0]) <= 80 else None
 
 
-def _law(doc: Doc) -> dict[str, Any]:
-    """The document's law and branch of law: mc_for_eval picks distractors by them."""
-    return {k: str(doc.meta[k]) for k in ("law_name", "law_department") if doc.meta.get(k)}
+def passage_meta(doc: Doc, cfg: TaskConfig, distractors: str) -> dict[str, Any]:
+    """The meta of a passage item: its distractor policy and its document's groups (see mc_for_eval)."""
+    meta: dict[str, Any] = {"distractors": distractors}
+    for part, key in (("group", cfg.fields.group), ("parent_group", cfg.fields.parent_group)):
+        if key and doc.meta.get(key):
+            meta[part] = str(doc.meta[key])
+    return meta
 
 
-# ---------------------------------------------------------------- the tasks, one function each
-
-
-def article_lookup(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
-    law, no = doc.meta.get("law_name"), doc.meta.get("article_no")
-    body = article_body(doc)
-    if not law or not no or len(body) < 4:
-        return None
-    return TaskItem("article_lookup", f"《{law}》{no}规定了什么？", _cut(body, cfg.max_answer_chars), meta=_law(doc))
-
-
-def law_department(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
-    dept = doc.meta.get("law_department")
-    if not dept or not cfg.departments:
-        return None
-    choices = "、".join(cfg.departments)
-    prompt = f"下面这条规定属于哪个法律部门？（{choices}）\n{_cut(article_body(doc), cfg.max_context_chars)}"
-    return TaskItem("law_department", prompt, str(dept), options=list(cfg.departments),
-                    answer_index=cfg.departments.index(dept) if dept in cfg.departments else None)
-
-
-def in_force(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
-    law, status = doc.meta.get("law_name"), doc.meta.get("status")
-    if not law or not status:
-        return None
-    date = f"（{doc.meta['publish_date']}公布）" if doc.meta.get("publish_date") else ""
-    excerpt = _cut(article_body(doc), min(60, cfg.max_context_chars))
-    prompt = f"《{law}》{date}{doc.meta.get('article_no') or ''}：{excerpt}\n这部法律现在是否仍然有效？（现行有效、已失效）"
-    options = ["现行有效", "已失效"]
-    answer = 0 if status == IN_FORCE else 1
-    return TaskItem("in_force", prompt, options[answer], options=options, answer_index=answer)
+# ---------------------------------------------------------------- the generic tasks, one function each
 
 
 def heading_passage(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
-    title = _title(doc)
-    body = article_body(doc)
-    if not title or len(body) < 8:
+    heading, text = title(doc, cfg), body(doc, cfg)
+    if not heading or len(text) < 8:
         return None
-    no = doc.meta.get("article_no") or ""
-    prompt = f"写出{title}{no}的条文。" if doc.zh else f"Write the passage under the heading: {title}"
-    return TaskItem("heading_passage", prompt, _cut(body, cfg.max_answer_chars), meta=_law(doc))
+    no = doc.meta.get(cfg.fields.number) or "" if cfg.fields.number else ""
+    prompt = f"写出{heading}{no}的条文。" if doc.zh else f"Write the passage under the heading: {heading}"
+    return TaskItem("heading_passage", prompt, cut(text, cfg.max_answer_chars), meta=passage_meta(doc, cfg, OTHER_GROUP))
 
 
 def continuation(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
-    body = article_body(doc)
-    if len(body) < 24:
+    text = body(doc, cfg)
+    if len(text) < 24:
         return None
-    cut = max(8, int(len(body) * 0.4))
-    head, tail = body[:cut][-cfg.max_context_chars:], body[cut:]
+    at = max(8, int(len(text) * 0.4))
+    head, tail = text[:at][-cfg.max_context_chars:], text[at:]
     prompt = f"续写下面的文字：\n{head}" if doc.zh else f"Continue this text:\n{head}"
-    return TaskItem("continuation", prompt, _cut(tail, min(cfg.max_answer_chars, 80)), meta=_law(doc))
+    return TaskItem("continuation", prompt, cut(tail, min(cfg.max_answer_chars, 80)),
+                    meta=passage_meta(doc, cfg, SAME_GROUP))
 
 
 def _cloze_span(text: str, zh: bool, rng: random.Random) -> tuple[int, int] | None:
@@ -189,69 +210,54 @@ def _cloze_span(text: str, zh: bool, rng: random.Random) -> tuple[int, int] | No
 
 
 def fill_in(doc: Doc, cfg: TaskConfig) -> TaskItem | None:
-    body = article_body(doc)[: cfg.max_context_chars]
-    span = _cloze_span(body, doc.zh, cfg.rng)
+    text = body(doc, cfg)[: cfg.max_context_chars]
+    span = _cloze_span(text, doc.zh, cfg.rng)
     if span is None:
         return None
     s, e = span
-    masked = body[:s] + _BLANK + body[e:]
+    masked = text[:s] + _BLANK + text[e:]
     prompt = (f"填空：{masked}\n空格处应填什么？只回答所填的词。" if doc.zh
               else f"Fill in the blank: {masked}\nAnswer with the missing word only.")
-    return TaskItem("fill_in", prompt, body[s:e])
+    return TaskItem("fill_in", prompt, text[s:e])
 
 
-TASK_FUNCS = {f.__name__: f for f in (article_lookup, law_department, in_force, heading_passage, continuation, fill_in)}
-
-
-@dataclass
-class TaskConfig:
-    max_context_chars: int = 160
-    max_answer_chars: int = 160
-    seed: int = 1234
-    departments: list[str] = field(default_factory=list)
-    rng: random.Random = field(default_factory=random.Random)
+GENERIC_TASKS: dict[str, TaskGenerator] = {f.__name__: f for f in (heading_passage, continuation, fill_in)}
 
 
 # ---------------------------------------------------------------- building the item sets
 
 
-def generate_tasks(docs: list[Doc], tasks: Iterable[str], *, max_context_chars: int = 160, max_answer_chars: int = 160,
+def generate_tasks(docs: list[Doc], generators: Mapping[str, TaskGenerator], *, fields: DocFields | None = None,
+                   max_context_chars: int = 160, max_answer_chars: int = 160,
                    seed: int = 1234) -> dict[str, list[TaskItem]]:
     """Every task item the documents support, per task name (each item knows its doc and split)."""
-    rng = random.Random(seed)
-    depts = sorted({str(d.meta["law_department"]) for d in docs if d.meta.get("law_department")})
-    cfg = TaskConfig(max_context_chars, max_answer_chars, seed, depts, rng)
+    cfg = TaskConfig(max_context_chars, max_answer_chars, seed, fields or DocFields(), random.Random(seed), docs)
     out: dict[str, list[TaskItem]] = {}
-    for name in tasks:
-        if name not in TASK_FUNCS:
-            continue
+    for name, make in generators.items():
         items = []
         for d in docs:
-            it = TASK_FUNCS[name](d, cfg)
+            it = make(d, cfg)
             if it is not None and it.response.strip():
-                it.doc_id, it.split = d.doc_id, d.split
+                it.task, it.doc_id, it.split = name, d.doc_id, d.split
                 items.append(it)
         out[name] = items
     return out
 
 
-# Where a passage task's distractors come from. A held-out article was never trained on, so telling it from
-# other articles of the *same* law would take memorising text the model has not seen; what domain adaptation
-# can teach is what each law is about. Lookup and heading items therefore offer articles of *other* laws
-# (of the same branch first, so the law's subject, not the branch's vocabulary, decides). A continuation is
-# decided by its context, so its distractors come from the same law first (coherence, not topic).
-OTHER_GROUP_TASKS = ("article_lookup", "heading_passage")
-SAME_GROUP_TASKS = ("continuation",)
-PASSAGE_TASKS = (*OTHER_GROUP_TASKS, *SAME_GROUP_TASKS)
-
-
 def _distractors(it: TaskItem, pool: list[tuple[str, str, str]], rng: random.Random) -> list[str]:
-    """N_DISTRACTORS answers from `pool` rows (law, branch, answer), by the task's policy, never the reference."""
-    law, dept = it.meta.get("law_name", ""), it.meta.get("law_department", "")
-    if it.task in OTHER_GROUP_TASKS and law:
-        tiers = [[a for lw, d, a in pool if lw != law and d == dept and dept], [a for lw, _, a in pool if lw != law]]
+    """N_DISTRACTORS answers from `pool` rows (group, parent group, answer), by the item's policy, never the reference.
+
+    A held-out passage was never trained on, so telling it from other passages of its *own* group would take
+    memorising text the model has not seen; what domain adaptation can teach is what each group is about.
+    OTHER_GROUP items (lookup, heading) therefore offer passages of other groups, of the same parent group
+    first, so the group's subject, not the parent's vocabulary, decides. A continuation is decided by its
+    context: SAME_GROUP items offer the same group's passages first (coherence, not topic).
+    """
+    group, parent = it.meta.get("group", ""), it.meta.get("parent_group", "")
+    if it.meta.get("distractors") == OTHER_GROUP and group:
+        tiers = [[a for g, pg, a in pool if g != group and pg == parent and parent], [a for g, _, a in pool if g != group]]
     else:
-        tiers = [[a for lw, _, a in pool if lw == law and law], [a for *_, a in pool]]
+        tiers = [[a for g, _, a in pool if g == group and group], [a for *_, a in pool]]
     picked: list[str] = []
     for tier in tiers:
         candidates = list(dict.fromkeys(a for a in tier if a != it.response and a not in picked))
@@ -262,17 +268,17 @@ def _distractors(it: TaskItem, pool: list[tuple[str, str, str]], rng: random.Ran
 
 
 def mc_for_eval(items: list[TaskItem], seed: int, pool_items: Iterable[TaskItem] = ()) -> None:
-    """Give free-text items of the passage tasks distractors (in place): other documents' answers to the
-    same task, from `pool_items` + `items`, picked by the task's policy above."""
+    """Give free-text passage items distractors (in place): other documents' answers to the same task, from
+    `pool_items` + `items`, picked by the item's policy (_distractors)."""
     rng = random.Random(seed)
     pool: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
     for it in [*items, *pool_items]:
-        if it.task in PASSAGE_TASKS and (it.task, it.doc_id) not in seen:
+        if it.is_passage and (it.task, it.doc_id) not in seen:
             seen.add((it.task, it.doc_id))
-            pool[it.task].append((it.meta.get("law_name", ""), it.meta.get("law_department", ""), it.response))
+            pool[it.task].append((it.meta.get("group", ""), it.meta.get("parent_group", ""), it.response))
     for it in items:
-        if it.task not in PASSAGE_TASKS or it.options is not None:
+        if not it.is_passage or it.options is not None:
             continue
         picked = _distractors(it, pool[it.task], rng)
         if not picked:
@@ -282,15 +288,39 @@ def mc_for_eval(items: list[TaskItem], seed: int, pool_items: Iterable[TaskItem]
         it.options, it.answer_index = options, options.index(it.response)
 
 
+def is_label_task(items: list[TaskItem]) -> bool:
+    """All items choose among one fixed label set (e.g. the branches of law)."""
+    return len(items) > 1 and all(it.options for it in items) and len({tuple(it.options or ()) for it in items}) == 1
+
+
+def balanced_order(items: list[TaskItem], rng: random.Random) -> list[TaskItem]:
+    """The items shuffled; for a label task, interleaved label by label, so any prefix is as balanced over the
+    labels as the items allow (a model cannot score well, nor learn, by the majority label alone)."""
+    items = list(items)
+    rng.shuffle(items)
+    if not is_label_task(items):
+        return items
+    by_label: dict[str, list[TaskItem]] = defaultdict(list)
+    for it in items:
+        by_label[it.response].append(it)
+    queues = [by_label[k] for k in sorted(by_label)]
+    rng.shuffle(queues)
+    out: list[TaskItem] = []
+    while any(queues):
+        for q in queues:
+            if q:
+                out.append(q.pop())
+    return out
+
+
 def mix(items_by_task: dict[str, list[TaskItem]], weights: dict[str, float], total: int, seed: int) -> tuple[list[TaskItem], int]:
-    """Sample up to `total` items with each task's share proportional to its weight (unused share moves on).
+    """Sample up to `total` items with each task's share proportional to its weight (unused share moves on);
+    a label task's items are balanced over its labels.
 
     Returns the mixed, shuffled items and how many available items were left out.
     """
     rng = random.Random(seed)
-    avail = {t: list(v) for t, v in items_by_task.items() if v and weights.get(t, 0) > 0}
-    for v in avail.values():
-        rng.shuffle(v)
+    avail = {t: balanced_order(v, rng) for t, v in items_by_task.items() if v and weights.get(t, 0) > 0}
     take = dict.fromkeys(avail, 0)
     remaining = total
     while remaining > 0:
@@ -316,94 +346,13 @@ def mix(items_by_task: dict[str, list[TaskItem]], weights: dict[str, float], tot
 
 
 def eval_sample(items_by_task: dict[str, list[TaskItem]], per_task: int, seed: int) -> list[TaskItem]:
-    """A fixed, seeded sample of held-out items per task (the eval set stays small; CIs show the noise)."""
+    """A fixed, seeded sample of held-out items per task, balanced over the labels of a label task."""
     rng = random.Random(seed)
     out = []
     for task in sorted(items_by_task):
-        group = list(items_by_task[task])
-        rng.shuffle(group)
-        out.extend(group[:per_task])
+        out.extend(balanced_order(items_by_task[task], rng)[:per_task])
     mc_for_eval(out, seed, [it for group in items_by_task.values() for it in group])
     return out
-
-
-# ---------------------------------------------------------------- user files
-
-
-class BadRecord(ValueError):
-    pass
-
-
-def parse_user_record(obj: Any, *, task: str = "user") -> TaskItem:
-    """One user record: {instruction, input?, output} / {prompt, response} / {messages: [...]} (+ choices/answer)."""
-    if not isinstance(obj, dict):
-        raise BadRecord("record is not a JSON object")
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise BadRecord("messages must be a non-empty list")
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-                raise BadRecord(f"messages[{i}] needs role system/user/assistant and string content")
-        roles = [m["role"] for m in msgs if m["role"] != "system"]
-        if not roles or roles[0] != "user" or roles[-1] != "assistant":
-            raise BadRecord("messages must start with a user turn and end with an assistant turn")
-        if not msgs[-1]["content"].strip():
-            raise BadRecord("the last assistant turn is empty")
-        last_user = next(m["content"] for m in reversed(msgs) if m["role"] == "user")
-        clean = [{"role": m["role"], "content": m["content"]} for m in msgs]
-        return TaskItem(task, last_user, msgs[-1]["content"], messages=clean)
-    prompt = obj.get("instruction", obj.get("prompt", obj.get("question")))
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise BadRecord("missing instruction (or prompt / question) string")
-    extra = obj.get("input")
-    if extra is not None and not isinstance(extra, str):
-        raise BadRecord("input must be a string")
-    if extra:
-        prompt = f"{prompt}\n{extra}"
-    choices = obj.get("choices")
-    answer = obj.get("output", obj.get("response", obj.get("answer")))
-    if choices is not None:
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise BadRecord("choices must be a list of at least two strings")
-        if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
-            idx = answer
-        elif isinstance(answer, str) and answer in choices:
-            idx = choices.index(answer)
-        elif isinstance(answer, str) and len(answer) == 1 and "A" <= answer.upper() < chr(65 + len(choices)):
-            idx = ord(answer.upper()) - 65
-        else:
-            raise BadRecord("answer must be an index into choices, one of the choices, or a letter")
-        return TaskItem(task, prompt, choices[idx], options=list(choices), answer_index=idx)
-    if not isinstance(answer, str) or not answer.strip():
-        raise BadRecord("missing output (or response / answer) string")
-    return TaskItem(task, prompt, answer)
-
-
-def read_user_files(paths: Iterable[Path], *, task: str = "user") -> Iterator[tuple[Path, int, TaskItem | None, str]]:
-    """Yield (file, line, item, reason) per line; item is None (and reason says why) for a malformed line."""
-    for path in paths:
-        try:
-            fh = open(path, encoding="utf-8", errors="strict")
-        except OSError as exc:
-            yield path, 0, None, f"unreadable file: {exc}"
-            continue
-        with fh:
-            try:
-                for n, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                        item = parse_user_record(obj, task=task)
-                        item.doc_id, item.split = f"{path.name}:{n}", "user"
-                        yield path, n, item, ""
-                    except json.JSONDecodeError as exc:
-                        yield path, n, None, f"bad_json: {exc.msg} at column {exc.colno}"
-                    except BadRecord as exc:
-                        yield path, n, None, f"bad_record: {exc}"
-            except UnicodeDecodeError as exc:
-                yield path, 0, None, f"not UTF-8: {exc.reason}"
 
 
 def write_items(items: Iterable[TaskItem], path: Path) -> int:

@@ -15,12 +15,15 @@ import math
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..modeling import tasks as T
 from ..modeling.card import finetuned_card
 from ..modeling.packing import Packed, pack_whole
+from ..modeling.task_files import read_task_file
+from ..plugins import load_registry
 from ..records import LedgerEntry, ledger_table, write_parquet, write_text
 from .context import StageContext
 
@@ -65,6 +68,53 @@ def user_files(root: Path, patterns: list[str]) -> list[Path]:
     return sorted(set(found))
 
 
+@dataclass
+class TaskMix:
+    """The instruction items of one run: the training mix, validation items and the held-out eval set."""
+
+    train: list[T.TaskItem]
+    validation: list[T.TaskItem]
+    held_out: list[T.TaskItem]
+    user: list[T.TaskItem]
+    files: list[Path]
+    ledger: list[LedgerEntry]  # malformed user records (quarantined) and user records the mix left out
+    malformed: int
+    chosen_user: set[str]
+
+
+def build_items(ctx: StageContext, docs: list[T.Doc]) -> TaskMix:
+    """Tasks generated per split by the built-in and plugin generators, mixed by weight with the user's files.
+
+    Items of validation/test documents never reach training; a label task is balanced over its labels.
+    """
+    p, root = ctx.params.finetune, ctx.project.root
+    registry = load_registry(ctx.params.project.plugins, root)
+    weights = {name: p.task_weights.get(name, 1.0) for name in registry.task_names}  # a task not listed weighs 1
+    by_split: dict[str, dict[str, list[T.TaskItem]]] = {}
+    for split in SPLITS:
+        part = [d for d in docs if d.split == split]
+        by_split[split] = T.generate_tasks(part, registry.tasks, fields=registry.doc_fields,
+                                           max_context_chars=p.max_context_chars, max_answer_chars=p.max_answer_chars,
+                                           seed=p.seed)
+    ledger: list[LedgerEntry] = []
+    user_items: list[T.TaskItem] = []
+    files = user_files(root, p.instruction_files)
+    for f in map(read_task_file, files):
+        user_items += f.items
+        for line, reason in f.bad:
+            ledger.append(LedgerEntry(f"{f.path.name}:{line}", STAGE, "quarantined", reason.split(":")[0],
+                                      f"{ctx.project.rel(f.path)}:{line}: {reason}"))
+    malformed = len(ledger)
+    train_items, _ = T.mix({**by_split["train"], T.USER_TASK: user_items}, weights, p.max_train_items, p.seed)
+    val_items, _ = T.mix(by_split["validation"], weights, max(8, p.max_train_items // 20), p.seed)
+    eval_items = T.eval_sample(by_split["test"], p.eval_items_per_task, p.seed)
+    chosen_user = {it.doc_id for it in train_items if it.task == T.USER_TASK}
+    for it in user_items:
+        if it.doc_id not in chosen_user:
+            ledger.append(LedgerEntry(it.doc_id, STAGE, "dropped", "not_sampled", "left out by the task weights / max_train_items"))
+    return TaskMix(train_items, val_items, eval_items, user_items, files, ledger, malformed, chosen_user)
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from ..modeling import sft
 
@@ -76,31 +126,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if not docs:
         raise FileNotFoundError(f"no splits in {root / 'data/splits'} (run the split stage first)")
 
-    # 1. instruction data: generated per split + the user's files (train only)
-    names = [t for t in T.TASK_FUNCS]
-    by_split: dict[str, dict[str, list[T.TaskItem]]] = {}
-    for split in SPLITS:
-        part = [d for d in docs if d.split == split]
-        by_split[split] = T.generate_tasks(part, names, max_context_chars=p.max_context_chars,
-                                           max_answer_chars=p.max_answer_chars, seed=p.seed)
-    ledger: list[LedgerEntry] = []
-    user_items: list[T.TaskItem] = []
-    files = user_files(root, p.instruction_files)
-    for path, line, item, reason in T.read_user_files(files):
-        if item is None:
-            ledger.append(LedgerEntry(f"{path.name}:{line}", STAGE, "quarantined", reason.split(":")[0],
-                                      f"{ctx.project.rel(path)}:{line}: {reason}"))
-        else:
-            user_items.append(item)
-    malformed = len(ledger)
-    train_pool = {**by_split["train"], "user": user_items}
-    train_items, _ = T.mix(train_pool, p.task_weights, p.max_train_items, p.seed)
-    val_items, _ = T.mix(by_split["validation"], p.task_weights, max(8, p.max_train_items // 20), p.seed)
-    eval_items = T.eval_sample(by_split["test"], p.eval_items_per_task, p.seed)
-    chosen_user = {it.doc_id for it in train_items if it.task == "user"}
-    for it in user_items:
-        if it.doc_id not in chosen_user:
-            ledger.append(LedgerEntry(it.doc_id, STAGE, "dropped", "not_sampled", "left out by the task weights / max_train_items"))
+    # 1. instruction data: generated per split (built-in + plugin tasks) + the user's files (train only)
+    mixed = build_items(ctx, docs)
+    train_items, val_items, eval_items, ledger = mixed.train, mixed.validation, mixed.held_out, mixed.ledger
+    user_items, malformed, files, chosen_user = mixed.user, mixed.malformed, mixed.files, mixed.chosen_user
 
     # 2. encode with the chat template; labels on responses only
     tok_model_dir = init_dir

@@ -77,7 +77,9 @@ def _replay(ctx: StageContext, tokenizer: Any, domain_tokens: int, notes: list[s
     replay_path = (ctx.project.root / p.replay_path) if p.replay_path else None
     replay_hash = None
     if replay_path is not None and replay_path.exists():
-        general_texts = read_general_texts(replay_path)
+        from ..plugins import load_registry
+
+        general_texts = read_general_texts(replay_path, readers=load_registry(ctx.params.project.plugins, root).general_readers)
         replay_hash = file_sha256(replay_path) if replay_path.is_file() else None
     elif replay_path is not None:
         notes.append(f"replay text {p.replay_path} not found: trained without replay (for the example: "

@@ -18,9 +18,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import atomic_path, file_sha256
+from vertical_dag.records import atomic_path, file_sha256
 
-log = logging.getLogger("vertical_dag.example")
+log = logging.getLogger("vertical_dag_china_law")
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def fetch_example(project_root: Path, *, only: set[str] | None = None, hold_back
     db = fetch_artifact(LAWS, project_root / "data" / "cache" / "downloads", wheels)
     written = write_law_batches(db, project_root / "data" / "raw" / "china_law", only=only, hold_back=hold_back)
     out: dict[str, object] = {"laws_db": str(db), "batches": written}
-    from .example_general import fetch_general_text
+    from .general import fetch_general_text
 
     # General (non-legal) text: held-out forgetting measurements and optional replay.
     out["general_text"] = str(fetch_general_text(project_root, wheels))
