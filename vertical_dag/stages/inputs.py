@@ -94,7 +94,7 @@ def path_fingerprint(value: Any, root: Path, cache: dict[str, Any]) -> Any:
 
 def _plugin_files(names: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    for name in names:
+    for name in (n.partition(":")[0] for n in names):  # "module" or "module:attribute"
         spec = importlib.util.find_spec(name)
         origin = Path(spec.origin) if spec and spec.origin else None
         if origin is None:

@@ -79,7 +79,7 @@ def _replay(ctx: StageContext, tokenizer: Any, domain_tokens: int, notes: list[s
     if replay_path is not None and replay_path.exists():
         from ..plugins import load_registry
 
-        general_texts = read_general_texts(replay_path, readers=load_registry(ctx.params.project.plugins, root).general_readers)
+        general_texts = read_general_texts(replay_path, readers=load_registry(ctx.params.project.plugins, ctx.project.root).general_readers)
         replay_hash = file_sha256(replay_path) if replay_path.is_file() else None
     elif replay_path is not None:
         notes.append(f"replay text {p.replay_path} not found: trained without replay (for the example: "
