@@ -101,7 +101,7 @@ def test_samples_are_held_out_items_with_their_reference(evaluated):
 def test_report_shows_the_three_models_and_matches_metrics_json(evaluated):
     proj, m = evaluated
     out = proj.root / "data/reports/eval"
-    saved = read_json(out / "metrics.json")
+    saved = read_json(proj.root / "data/metrics/evaluate.json")  # the one metrics file (DVC metrics, the report)
     page = (out / "report.html").read_text(encoding="utf-8")
     assert saved["models"] == m["models"]
     for name in ("base", "pretrained", "finetuned"):
@@ -116,7 +116,7 @@ def test_report_shows_the_three_models_and_matches_metrics_json(evaluated):
                                                            f"{fmt(saved['models']['base']['domain_bpc_ci'][1])}]"
     assert page.count("data:image/png;base64,") >= 3 and "http://" not in page and "https://" not in page
     assert "Model gates" not in page  # no gates entry in the metrics: the section is left out
-    acc_csv = (out / "plots/task_accuracy.csv").read_text().splitlines()
+    acc_csv = (proj.root / "data/plots/evaluate_task_accuracy.csv").read_text().splitlines()
     assert acc_csv[0] == "model,task_accuracy" and acc_csv[1:] == [f"{n},{saved['models'][n]['task_accuracy']}"
                                                                    for n in ("base", "pretrained", "finetuned")]
     assert (proj.root / "data/plots/finetune_loss.csv").read_text().startswith("step,loss")

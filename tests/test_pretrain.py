@@ -270,7 +270,7 @@ def test_stage_imports_base_then_pretrains_with_replay(project: Path, tiny_dir: 
     from vertical_dag.stages.context import run_stage
 
     base = run_stage("base_model", Project(project))
-    assert base["kind"] == "hf_folder" and base["imported"] and len(base["sha256"]) == 64
+    assert base["kind"] == "hf_folder" and len(base["sha256"]) == 64
     assert base["is_instruct"]  # the SmolLM2 tokenizer carries a chat template: warned
     source = json.loads((project / "data/models/base/source.json").read_text())
     assert source["kind"] == "hf_folder" and source["output_sha256"] == base["output_sha256"]

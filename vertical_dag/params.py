@@ -326,7 +326,7 @@ class GenerationParams(Section):
     top_p: float = Field(0.9, gt=0, le=1)
     repetition_penalty: float = Field(1.1, ge=1, le=3)
     stop: list[str] = Field(default_factory=list)  # output is cut at the first of these
-    max_prompt_tokens: int = Field(2048, ge=8)  # longer prompts are refused with a clear error
+    max_prompt_tokens: int = Field(1024, ge=8)  # longer prompts are refused with a clear error
     normalize_prompts: bool = True  # prompts cleaned as the normalize stage cleaned the corpus
     redact_pii: bool = False  # prompts PII-redacted (normalize.pii patterns) before the model or a log sees them
 
@@ -343,9 +343,9 @@ class FinetuneParams(Section):
     instruction_files: list[str] = Field(default_factory=list)  # globs, relative to the project root
     system_prompt: str | None = None  # None: the chat template's own default
     max_train_items: int = Field(120, ge=1)
-    eval_items_per_task: int = Field(30, ge=0)  # held-out items per task, made from test documents only
-    max_context_chars: int = Field(160, ge=16)  # passage shown in a prompt
-    max_answer_chars: int = Field(160, ge=4)  # reference answers are cut here
+    eval_items_per_task: int = Field(40, ge=0)  # held-out items per task, made from test documents only
+    max_context_chars: int = Field(100, ge=16)  # passage shown in a prompt
+    max_answer_chars: int = Field(100, ge=4)  # reference answers are cut here
     method: Literal["full", "lora"] = "lora"
     lora_r: int = Field(16, ge=1, le=1024)
     lora_alpha: float = Field(32, gt=0)
@@ -357,12 +357,12 @@ class FinetuneParams(Section):
     grad_accum: int = Field(1, ge=1)
     max_steps: int = Field(40, ge=1)  # optimizer steps; training ends at this or after `epochs`
     epochs: float = Field(1.0, gt=0)
-    lr: float = Field(2e-4, gt=0, lt=1)
-    warmup_steps: int = Field(5, ge=0)
+    lr: float = Field(1e-3, gt=0, lt=1)  # LoRA takes a higher rate than full fine-tuning
+    warmup_steps: int = Field(4, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decays to lr * min_lr_ratio
     grad_clip: float = Field(1.0, gt=0)
-    checkpoint_every: int = Field(20, ge=1)  # steps; a crashed run resumes from the last one
+    checkpoint_every: int = Field(10, ge=1)  # steps; a crashed run resumes from the last one
     log_every: int = Field(1, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # autocast; auto: bf16 on GPU, fp32 on CPU

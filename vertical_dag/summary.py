@@ -30,7 +30,7 @@ def summary(project: Project) -> str:
     """The summary as text; stages that have not run are listed as such."""
     rows = [("stage", "in", "kept", "dropped", "quarantined", "gate", "top drop reasons")]
     for stage in STAGES:
-        m = read_json(project.root / "data/metrics" / f"{stage}.json", None)
+        m = read_json(project.root / STAGES[stage].metrics_file, None)
         if m is None:
             rows.append((stage, "not run", "", "", "", "", ""))
             continue
@@ -40,7 +40,7 @@ def summary(project: Project) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
-    ev = read_json(project.root / "data/reports/eval/metrics.json", None)
+    ev = read_json(project.root / STAGES["evaluate"].metrics_file, None)
     if ev and ev.get("models"):
         lines += ["", "model        domain bits/char  general bits/char  task accuracy (CI)"]
         for name, row in ev["models"].items():
@@ -49,5 +49,5 @@ def summary(project: Project) -> str:
                          f"{_num(row.get('task_accuracy'))} [{_num(ci[0])}, {_num(ci[1])}]")
         for name, c in (ev.get("comparisons") or {}).items():
             lines.append(f"{name}: {_num(c.get('diff'))} [{_num(c['ci'][0])}, {_num(c['ci'][1])}]")
-        lines.append(f"report: {project.rel(project.root / 'data/reports/eval/report.html')}")
+        lines.append(f"report: {STAGES['evaluate'].out}/report.html")
     return "\n".join(lines)

@@ -3,8 +3,9 @@
 Reads the three model folders, data/splits/test.parquet, the held-out task items the finetune stage wrote
 (data/models/finetuned/tasks/eval.jsonl, made from test documents only), the user's benchmark files
 (evaluate.eval_files) and an optional general-text corpus. Writes data/reports/eval/{report.html,
-metrics.json, samples.jsonl, plots/*.csv}. The stage reports numbers; the model gates that judge them are
-the quality layer's (bounds under `gates:`). DVC decides when it runs again.
+samples.jsonl} and the plot tables the registry declares; its metrics are data/metrics/evaluate.json. The
+stage reports numbers; the model gates that judge them are the quality layer's (bounds under `gates:`),
+and the report shows their verdict. DVC decides when it runs again.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from typing import Any
 from ..modeling import tasks as T
 from ..modeling.task_files import TaskFile, read_task_file
 from ..plugins import Registry, load_registry
-from ..records import atomic_path, write_json, write_text
+from ..records import atomic_path, write_text
+from . import STAGES
 from .context import StageContext
 
-MODEL_DIRS = {"base": "data/models/base/model", "pretrained": "data/models/pretrained/model",
-              "finetuned": "data/models/finetuned/model"}
-EVAL_ITEMS = "data/models/finetuned/tasks/eval.jsonl"
-TEST_SPLIT = "data/splits/test.parquet"
+MODELS = {"base": "base_model", "pretrained": "pretrain", "finetuned": "finetune"}  # report name -> stage
+
+
+def model_dirs(ctx: StageContext) -> dict[str, Path]:
+    return {name: ctx.input(stage) / "model" for name, stage in MODELS.items()}
 
 
 def read_general(root: Path, rel: str, params: Any, registry: Registry) -> tuple[list[str], str]:
@@ -47,20 +50,20 @@ def read_general(root: Path, rel: str, params: Any, registry: Registry) -> tuple
     return texts, rel
 
 
-def test_texts(root: Path) -> list[str]:
+def test_texts(splits: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    path = root / TEST_SPLIT
+    path = splits / "test.parquet"
     if not path.exists():
         return []
     return [t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t and t.strip()]
 
 
-def held_out_items(root: Path, fp: Any, registry: Registry) -> list[T.TaskItem]:
+def held_out_items(splits: Path, fp: Any, registry: Registry) -> list[T.TaskItem]:
     """Without the finetune stage's eval set: make the same held-out items from the test split here."""
     from .finetune import read_split_docs
 
-    docs = [d for d in read_split_docs(root / "data/splits") if d.split == "test"]
+    docs = [d for d in read_split_docs(splits) if d.split == "test"]
     by_task = T.generate_tasks(docs, registry.tasks, fields=registry.doc_fields, max_context_chars=fp.max_context_chars,
                                max_answer_chars=fp.max_answer_chars, seed=fp.seed)
     return T.eval_sample(by_task, fp.eval_items_per_task, fp.seed)
@@ -93,18 +96,6 @@ def baselines(items: list[T.TaskItem]) -> dict[str, float]:
     return out
 
 
-def find_loss_csv(folder: Path) -> Path | None:
-    """The pretraining loss curve: data/plots/pretrain_loss.csv, else a CSV with step and loss in the model folder."""
-    for p in [folder.parents[1] / "plots/pretrain_loss.csv", *sorted(folder.glob("*.csv")), *sorted(folder.glob("*/*.csv"))]:
-        if not p.exists():
-            continue
-        with open(p, newline="") as f:
-            header = f.readline()
-        if "loss" in header and "step" in header:
-            return p
-    return None
-
-
 @dataclass
 class Inputs:
     """Everything every model is scored on: the same documents, items and prompts for each."""
@@ -132,7 +123,7 @@ def read_inputs(ctx: StageContext, registry: Registry) -> Inputs:
 
     p, fp, root = ctx.params.evaluate, ctx.params.finetune, ctx.project.root
     notes: list[str] = []
-    all_test = test_texts(root)
+    all_test = test_texts(ctx.input("split"))
     texts = sample_texts(all_test, p.max_test_docs, p.max_doc_chars, p.seed)
     general, desc = [], None
     if p.general_corpus and (root / p.general_corpus).exists():
@@ -141,7 +132,8 @@ def read_inputs(ctx: StageContext, registry: Registry) -> Inputs:
     if not general:
         notes.append("no general corpus: forgetting (general bits/char) not measured" if not p.general_corpus
                      else f"general corpus {p.general_corpus} not found or empty: forgetting not measured")
-    items = pick_items(T.read_items(root / EVAL_ITEMS) or held_out_items(root, fp, registry), p.max_task_items)
+    eval_items = ctx.input("finetune") / "tasks/eval.jsonl"
+    items = pick_items(T.read_items(eval_items) or held_out_items(ctx.input("split"), fp, registry), p.max_task_items)
     files = [read_task_file(path, task="user_eval") for path in user_files(root, p.eval_files)]
     file_items = {ctx.project.rel(f.path): _sampled(f.items, p.max_items_per_file, p.seed) for f in files}
     for f in files:
@@ -236,17 +228,19 @@ def comparisons(raw: dict[str, dict[str, Any]], boot: dict[str, Any]) -> dict[st
 def run(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from ..modeling.report import read_curve, render_report
+    from ..modeling.report import render_report
 
     p, root, out = ctx.params.evaluate, ctx.project.root, ctx.out
     started = time.perf_counter()
     torch.manual_seed(p.seed)
-    dirs = {name: root / rel for name, rel in MODEL_DIRS.items() if (root / rel / "config.json").exists()}
+    every = model_dirs(ctx)
+    dirs = {name: d for name, d in every.items() if (d / "config.json").exists()}
     if "base" not in dirs:
-        raise FileNotFoundError(f"no base model at {root / MODEL_DIRS['base']} (run the base_model stage first)")
+        raise FileNotFoundError(f"no base model at {every['base']} (run the base_model stage first)")
     registry = load_registry(ctx.params.project.plugins, root)
     inputs = read_inputs(ctx, registry)
-    inputs.notes += [f"{name} model missing ({MODEL_DIRS[name]}): not evaluated" for name in MODEL_DIRS if name not in dirs]
+    inputs.notes += [f"{name} model missing ({ctx.project.rel(d)}): not evaluated" for name, d in every.items()
+                     if name not in dirs]
     boot = {"samples": p.bootstrap_samples, "confidence": p.confidence, "seed": p.seed}
     models: dict[str, dict[str, Any]] = {}
     raw: dict[str, dict[str, Any]] = {}
@@ -261,14 +255,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     samples = [{**s, **{name: raw[name]["samples"][i] for name in raw}} for i, s in enumerate(inputs.samples)]
     metrics = _metrics(ctx, inputs, models, comparisons(raw, boot), samples)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(metrics, out / "metrics.json")
-    _write_plots(out / "plots", models)
+    _write_plots(ctx, models)
     with atomic_path(out / "samples.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    curves = {"pretrain": read_curve(find_loss_csv(root / "data/models/pretrained")),
-              "finetune": read_curve(root / "data/models/finetuned/loss.csv")}
-    write_text(render_report(metrics, curves), out / "report.html")
+    write_text(render_report(metrics, _curves(ctx)), out / "report.html")
     ctx.log.info("report: %s", ctx.project.rel(out / "report.html"))
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     return metrics
@@ -310,13 +301,31 @@ def _metrics(ctx: StageContext, inputs: Inputs, models: dict[str, Any], compared
     }
 
 
-def _write_plots(folder: Path, models: dict[str, dict[str, Any]]) -> None:
-    """One small CSV per headline metric (model, value) for `dvc plots show` (bar charts)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for key in ("domain_bpc", "general_bpc", "task_accuracy"):
-        with atomic_path(folder / f"{key}.csv") as tmp, open(tmp, "w", newline="") as f:
+def _curves(ctx: StageContext) -> dict[str, Any]:
+    from ..modeling.report import read_curve
+
+    root = ctx.project.root
+    return {name: read_curve(root / STAGES[stage].plots[0].path) for name, stage in
+            (("pretrain", "pretrain"), ("finetune", "finetune"))}
+
+
+def _write_plots(ctx: StageContext, models: dict[str, dict[str, Any]]) -> None:
+    """One small CSV per headline metric (model, value) for `dvc plots show` (bar charts), where the stage
+    registry declares them."""
+    for plot in ctx.spec.plots:
+        key = plot.x
+        with atomic_path(ctx.project.root / plot.path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["model", key])
             for name, row in models.items():
                 if row.get(key) is not None:
                     w.writerow([name, row[key]])
+
+
+def after_gate(ctx: StageContext, metrics: dict[str, Any], gate: Any) -> None:
+    """The report shows the model gates as the quality gate judged them (quality/suites.py, bounds in gates.*)."""
+    from ..modeling.report import render_report
+
+    shown = {**metrics, "gates": {e.name: {"success": e.success, "observed": e.observed, "bound": e.bound,
+                                           "description": e.description} for e in gate.expectations}}
+    write_text(render_report(shown, _curves(ctx)), ctx.out / "report.html")

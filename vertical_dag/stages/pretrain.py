@@ -197,7 +197,8 @@ def _write_outputs(ctx: StageContext, model: Any, tokenizer: Any, result: Any, m
                    base_info: dict[str, Any], notes: list[str], hashes: dict[str, str | None]) -> None:
     """The model folder with its card, the loss curve, and what the run was made from (first rank only)."""
     p, root = ctx.params.pretrain, ctx.project.root
-    gates = {s: read_json(root / STAGES[s].gate_file) for s in upstream(ctx.spec.name) if not STAGES[s].training}
+    gates = {s: g for s in upstream(ctx.spec.name) if not STAGES[s].training
+             and (g := read_json(root / STAGES[s].gate_file)) is not None}  # the data gates that ran
     splits = ctx.spec.reads[0]
     card = model_card(
         title=f"{ctx.params.project.name}: continued pretraining",
