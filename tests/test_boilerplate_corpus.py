@@ -28,7 +28,7 @@ TINY = {
                  "checkpoint_every": 4, "lr": 0.001},
     "finetune": {"max_train_items": 8, "eval_items_per_task": 2, "block_size": 128, "max_steps": 2,
                  "checkpoint_every": 2},
-    "evaluate": {"max_test_docs": 4, "max_test_tokens": 256, "block_size": 64, "max_task_items": 6,
+    "evaluate": {"max_test_docs": 4, "max_general_docs": 4, "max_doc_chars": 64, "max_task_items": 6,
                  "max_free_answer_items": 1, "bootstrap_samples": 20, "sample_max_new_tokens": 4},
     "gates": {"min_perplexity_gain": -1000.0, "min_domain_bpc_gain": -1000.0, "min_task_accuracy_gain": -1.0},
 }

@@ -71,6 +71,11 @@ def test_init_remote_makes_dvc_push_work(tmp_path: Path) -> None:
     assert "remote = storage" in config and str(remote) in config
     write_batch(root, "1990s", 40, seed=3)
     tool("dvc", "repro", "ingest", cwd=root)
+    # data/ingested still holds raw text with its PII: dvc push leaves it out until the project says so
+    assert "Everything is up to date" in tool("dvc", "push", cwd=root).stdout
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("push_unredacted: false", "push_unredacted: true"))
+    run_cli("dvc-yaml", cwd=root)
     pushed = tool("dvc", "push", cwd=root)
     assert "pushed" in pushed.stdout
     assert any(p.is_file() for p in remote.rglob("*")), "nothing reached the remote"

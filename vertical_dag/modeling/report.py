@@ -159,7 +159,9 @@ def _gates(metrics: dict[str, Any]) -> str:
     gates = metrics.get("gates") or {}
     if not gates:
         return ""
-    return "<h2>Model gates</h2>" + _table(
+    ok = all(g.get("success") for g in gates.values())
+    verdict = f"<p>Model gates: <span class='{'pass' if ok else 'fail'}'>{'all pass' if ok else 'FAILING'}</span></p>"
+    return "<h2>Model gates</h2>" + verdict + _table(
         ["gate", "result", "observed", "bound", "what it checks"],
         [[html.escape(n), f"<span class='{'pass' if g.get('success') else 'fail'}'>{'pass' if g.get('success') else 'FAIL'}</span>",
           fmt(g.get("observed")), fmt(g.get("bound")), html.escape(g.get("description", ""))] for n, g in gates.items()])

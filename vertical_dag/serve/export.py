@@ -64,9 +64,22 @@ def tokens_per_second(model: Any, tokenizer: Any, prompt: str, new_tokens: int, 
     return statistics.median(rates)
 
 
+def within_budget(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """The first texts whose tokens fit max_tokens (at least one): every copy is scored on the same ones."""
+    kept, used = [], 0
+    for text in texts:
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if kept and used + n > max_tokens:
+            break
+        kept.append(text)
+        used += n
+    return kept
+
+
 def measure(model: Any, tokenizer: Any, texts: Sequence[str], opts: ExportOptions, *, speed: bool = True) -> dict[str, Any]:
-    score = score_texts(model, tokenizer, texts, max_tokens=opts.max_eval_tokens)
-    out: dict[str, Any] = {"bits_per_char": round(score.bpc, 4), "scored_tokens": score.tokens, "scored_chars": score.chars}
+    score = score_texts(model, tokenizer, within_budget(tokenizer, texts, opts.max_eval_tokens))
+    out: dict[str, Any] = {"bits_per_char": round(score.bpc, 4), "scored_tokens": int(score.tokens.sum()),
+                           "scored_chars": int(score.chars.sum())}
     if speed and texts:
         out["tokens_per_s"] = round(tokens_per_second(model, tokenizer, texts[0], opts.speed_new_tokens), 2)
     return out

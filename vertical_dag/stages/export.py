@@ -14,9 +14,12 @@ from typing import Any
 
 import torch
 
+from ..modeling.evaluate import sample_texts
 from ..records import write_json
 from .context import StageContext
 from .evaluate import test_texts
+
+MAX_DOC_CHARS = 100_000  # documents are measured whole (max_eval_tokens bounds the cost)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -34,9 +37,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise FileNotFoundError(f"no fine-tuned model at {src}: run `vertical-dag run finetune` first")
     if p.threads:
         torch.set_num_threads(p.threads)
-    texts, available = test_texts(ctx.project.root, p.max_eval_docs, ctx.params.project.seed)
+    every = test_texts(ctx.input("split"))
+    texts, available = sample_texts(every, p.max_eval_docs, MAX_DOC_CHARS, ctx.params.project.seed), len(every)
     if not texts:
-        ctx.log.warning("no test documents in data/splits/test.parquet: sizes only, no bits/char or speed")
+        ctx.log.warning("no test documents in the test split: sizes only, no bits/char or speed")
     pre = pre_tokenizer_name(ctx.params.base_model, ctx.project.root) if p.gguf else "default"
     opts = ExportOptions(int8=p.int8, int8_kernel=p.int8_kernel, gguf=p.gguf, gguf_type=p.gguf_type, gguf_pre=pre,
                          max_eval_tokens=p.max_eval_tokens, speed_new_tokens=p.speed_new_tokens)
