@@ -33,14 +33,7 @@ def first_within_budget(texts: list[str], tok, budget: int, seed: int) -> list[s
     """The baseline's documents: a seeded shuffle, whole documents, until the token budget is reached."""
     order = list(texts)
     random.Random(seed).shuffle(order)
-    out, used = [], 0
-    for t in order:
-        n = len(tok(t, add_special_tokens=False)["input_ids"])
-        if out and used + n > budget:
-            break
-        out.append(t)
-        used += n
-    return out
+    return E.within_budget(tok, order, budget)
 
 
 def measure(model, tok, texts: list[str], batch_size: int) -> dict[str, float]:

@@ -66,6 +66,18 @@ def sample_texts(texts: Sequence[str], n: int, max_chars: int, seed: int) -> lis
     return [pool[int(i)].strip()[:max_chars] for i in sorted(picked)]
 
 
+def within_budget(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """The first texts whose tokens fit max_tokens (at least one): every copy is scored on the same ones."""
+    kept, used = [], 0
+    for text in texts:
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if kept and used + n > max_tokens:
+            break
+        kept.append(text)
+        used += n
+    return kept
+
+
 @torch.no_grad()
 def score_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 16,
                 max_window: int = 1024) -> TextScores:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..modeling.decode import Row, decode
-from ..modeling.evaluate import score_texts
+from ..modeling.evaluate import score_texts, within_budget
 from ..modeling.generate import GenerationSettings
 
 log = logging.getLogger("vertical_dag.serve.export")
@@ -62,18 +62,6 @@ def tokens_per_second(model: Any, tokenizer: Any, prompt: str, new_tokens: int, 
         decode(model, tokenizer, [row], [])  # no stop tokens: always new_tokens long
         rates.append(len(row.new) / (time.perf_counter() - started))
     return statistics.median(rates)
-
-
-def within_budget(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[str]:
-    """The first texts whose tokens fit max_tokens (at least one): every copy is scored on the same ones."""
-    kept, used = [], 0
-    for text in texts:
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if kept and used + n > max_tokens:
-            break
-        kept.append(text)
-        used += n
-    return kept
 
 
 def measure(model: Any, tokenizer: Any, texts: Sequence[str], opts: ExportOptions, *, speed: bool = True) -> dict[str, Any]:
