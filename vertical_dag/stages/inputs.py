@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,18 @@ def code_closure(module: str) -> dict[str, Path]:
     return dict(sorted(seen.items()))
 
 
+def _source_sha(path: Path) -> str:
+    """A module's sha256, read once per process and version of the file: every stage's closure shares most
+    of the package."""
+    st = path.stat()
+    return _sha_of(path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=512)
+def _sha_of(path: Path, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _sha(path: Path, cache: dict[str, Any]) -> str:
     key = str(path.resolve())
     fp = file_fingerprint(path, cache.get(key))
@@ -115,8 +128,7 @@ def stage_inputs(spec: Stage, params: Params, root: Path, cache: dict[str, Any])
         for part in key.split("."):
             value = value[part]
         paths[key] = path_fingerprint(value, root, cache)
-    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-    return {"code": {name: digest(path) for name, path in code.items()}, "paths": paths}
+    return {"code": {name: _source_sha(path) for name, path in code.items()}, "paths": paths}
 
 
 def write_inputs(project: Project) -> dict[str, Any]:
