@@ -295,3 +295,19 @@ def test_source_params_reach_the_reader(tmp_path: Path):
     assert opts.max_doc_chars == 1000 and fmt == "jsonl"
     good, _ = records(path, opts, fmt)
     assert (good[0].key, good[0].text, good[0].meta) == ("u1", "hello", {"a": 1, "encoding": "utf-8"})
+
+
+def test_text_without_a_known_extension_is_read_as_text(tmp_path: Path):
+    """README, a changelog, notes.v2: plain text by content when the name says nothing; also inside a .gz."""
+    import gzip
+
+    readme = write(tmp_path / "README", "A project's readme.\nSecond line.\n")
+    good, bad = records(readme)
+    assert [r.text.strip() for r in good] == ["A project's readme.\nSecond line."] and not bad
+    log = tmp_path / "pkg.changelog.gz"
+    log.write_bytes(gzip.compress(b"pkg (1.2) stable; urgency=low\n\n  * Fixed a crash.\n"))
+    good, bad = records(log)
+    assert len(good) == 1 and "Fixed a crash" in good[0].text and not bad
+    with pytest.raises(FileRejected) as err:  # bytes that are not text keep the old reason
+        records(write(tmp_path / "blob.xyz", b"\x00\x01\x02\xff" * 50))
+    assert err.value.reason == "unsupported_format"

@@ -58,11 +58,14 @@ WARC_SUFFIXES = (".warc.gz",)
 SIDECAR_SUFFIXES = ("-journal", "-wal", "-shm")
 
 
-def detect_format(path: Path | str, declared: str = "auto") -> str:
+def detect_format(path: Path | str, declared: str = "auto", content: Path | None = None,
+                  encodings: tuple[str, ...] = ReadOptions.encodings) -> str:
     """The reader for a file: by extension, or the declared format; FileRejected('unsupported_format').
 
     A compressed file or archive is one by its name whatever the source declares: the declared format is then
-    what its members are (ReadOptions.member_format). A gzip'd WARC is a WARC.
+    what its members are (ReadOptions.member_format). A gzip'd WARC is a WARC. A name with no known extension
+    (README, a changelog, notes.v2) is plain text when its bytes (`content`: the file, or a decompressed
+    member) decode as text.
     """
     name = Path(path).name.lower()
     if name.endswith(WARC_SUFFIXES):
@@ -73,16 +76,38 @@ def detect_format(path: Path | str, declared: str = "auto") -> str:
     if declared != "auto":
         return declared
     suffix = Path(path).suffix.lower()
-    if suffix not in EXTENSIONS:
-        raise FileRejected("unsupported_format", f"no reader for extension {suffix or '(none)'!r}")
-    return EXTENSIONS[suffix]
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    if content is not None and _looks_like_text(content, encodings):
+        return "text"
+    raise FileRejected("unsupported_format", f"no reader for extension {suffix or '(none)'!r}")
+
+
+def _looks_like_text(path: Path, encodings: tuple[str, ...]) -> bool:
+    """Strict, since the name gave no hint: decodable, no NUL byte without a BOM, and almost every character
+    printable (a zip or office signature such as PK\x03\x04 is not text)."""
+    from .encoding import detect, read_sample
+
+    try:
+        sample, whole = read_sample(path)
+        if not sample or (b"\x00" in sample and not sample.startswith((b"\xff\xfe", b"\xfe\xff"))):
+            return False
+        enc = detect(sample, encodings, final=whole)
+        bom = sample.startswith((b"\xff\xfe", b"\xfe\xff"))
+        if enc.replace("_", "-").lower().startswith(("utf-16", "utf-32")) and not bom:
+            return False  # any even number of bytes "decodes" as UTF-16: without a BOM it proves nothing
+        text = sample.decode(enc, errors="ignore")
+    except (FileRejected, OSError, LookupError):
+        return False
+    odd = sum(1 for c in text if not (c.isprintable() or c in "\t\n\r\f"))
+    return bool(text.strip()) and odd <= 0.01 * len(text)
 
 
 def read(path: Path | str, opts: ReadOptions | None = None, fmt: str = "auto") -> Iterator[Record]:
     """Every record of one raw file. Raises FileRejected before yielding when the file cannot be read at all."""
     path = Path(path)
     opts = opts or ReadOptions()
-    return READERS[detect_format(path, fmt)](path, opts)
+    return READERS[detect_format(path, fmt, path, opts.encodings)](path, opts)
 
 
 __all__ = [

@@ -118,7 +118,7 @@ def _read_inner(path: Path, name: str, opts: ReadOptions, budget: Budget, depth:
         return
     if path.stat().st_size == 0:
         raise FileRejected("empty_file", "0 bytes")
-    yield from READERS[detect_format(name, opts.member_format)](path, opts)
+    yield from READERS[detect_format(name, opts.member_format, path, opts.encodings)](path, opts)
 
 
 def _member_records(path: Path, member: str, opts: ReadOptions, budget: Budget, depth: int) -> Iterator[Record]:

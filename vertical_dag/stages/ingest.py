@@ -150,7 +150,7 @@ def _read_records(path: Path, rel: str, source: str, p: IngestParams, writer: Pa
     """Stream the file's records into the writer; bad ones into the ledger. Returns the records read."""
     declared, opts = read_options(p, source)
     seen: dict[str, tuple[str, str]] = {}  # record key -> (doc_id, location) of its first occurrence
-    result.extra["format"] = detect_format(path, declared)
+    result.extra["format"] = detect_format(path, declared, path, opts.encodings)
     records = 0
     for rec in read(path, opts, result.extra["format"]):
         records += 1
