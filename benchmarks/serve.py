@@ -36,7 +36,7 @@ from vertical_dag.params import Params  # noqa: E402
 
 def law_texts(n: int, seed: int = 0) -> list[str]:
     from tests.conftest import cache_root
-    from vertical_dag.example import LAWS, download_cache, fetch_artifact
+    from vertical_dag_china_law.fetch import LAWS, download_cache, fetch_artifact
 
     db = fetch_artifact(LAWS, cache_root() / "data", download_cache())
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
@@ -48,10 +48,10 @@ def law_texts(n: int, seed: int = 0) -> list[str]:
 def model_folder(arg: str | None) -> tuple[Path, str, str]:
     """(folder, what it is, llama.cpp pre-tokenizer name for its GGUF)."""
     from tests.conftest import cache_root
-    from vertical_dag.example import SMOLLM2, download_cache, fetch_artifact
     from vertical_dag.modeling.load import import_model
     from vertical_dag.params import load_params
     from vertical_dag.serve.export import pre_tokenizer_name
+    from vertical_dag_china_law.fetch import SMOLLM2, download_cache, fetch_artifact
 
     pre = pre_tokenizer_name(load_params(ROOT / "params.yaml").base_model, ROOT)
     if arg:

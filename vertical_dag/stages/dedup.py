@@ -35,6 +35,7 @@ from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex, Prepa
 from ..text.lsh import optimal_bands, recall_bands
 from .context import StageContext
 from .executor import Executor, make_executor
+from .inputs import code_digest
 from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
 
 STAGE = "dedup"
@@ -80,7 +81,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
     config = config_from_params(ctx.params.dedup)
     in_dir = ctx.input("ingest") / "parts"
-    store = PartStore(ctx.out, fingerprint_settings(config.fingerprint()), ctx.log)
+    store = PartStore(ctx.out, fingerprint_settings(config.fingerprint(), code_digest(STAGE)), ctx.log)
     index_dir = ctx.out / "index"
     manifest = read_json(index_dir / "manifest.json", {}) or {}
     if store.units and [p["name"] for p in manifest.get("parts", [])] != store.ordered():

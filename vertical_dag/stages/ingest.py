@@ -40,6 +40,7 @@ from ..sources import (
 from ..sources.base import position_key
 from .context import StageContext
 from .executor import make_executor
+from .inputs import code_digest
 from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
 
 STAGE = "ingest"
@@ -253,7 +254,7 @@ def _arrivals(store: PartStore, keys: list[str]) -> dict[str, int]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     p = ctx.params.ingest
-    store = PartStore(ctx.out, fingerprint_settings(STATE_VERSION, p.model_dump()), ctx.log, version=STATE_VERSION)
+    store = PartStore(ctx.out, fingerprint_settings(STATE_VERSION, p.model_dump(), code_digest(STAGE)), ctx.log, version=STATE_VERSION)
     files = scan_raw(ctx.project.raw)
     arrival = _arrivals(store, list(files))
     plan = store.plan(Unit(rel, path, part_name(rel)) for rel, path in files.items())

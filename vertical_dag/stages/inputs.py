@@ -156,3 +156,10 @@ def write_inputs(project: Project) -> dict[str, Any]:
         logging.getLogger("vertical_dag.inputs").warning(
             "dvc.yaml differs from what the stage registry and params give: run `vertical-dag dvc-yaml`")
     return written
+
+
+def code_digest(stage: str) -> str:
+    """One hash of the code a stage runs: part stages keep it with their incremental state, so new code
+    redoes the parts old code made (DVC re-runs the stage; this makes the stage redo its work)."""
+    code = code_closure(f"vertical_dag.stages.{stage}")
+    return hashlib.sha256("".join(_source_sha(p) for p in code.values()).encode()).hexdigest()[:16]

@@ -30,6 +30,7 @@ from ..text.normalizer import DocResult, Normalizer, NormalizerConfig
 from ..text.quality import resolve_thresholds
 from .context import StageContext
 from .executor import make_executor
+from .inputs import code_digest
 from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
 
 STAGE = "normalize"
@@ -137,7 +138,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
     in_dir = ctx.input("dedup") / "parts"
     config = normalizer_config(ctx.params)
-    settings = fingerprint_settings(STATE_VERSION, ctx.params.normalize.model_dump(), preset_name(ctx.params))
+    settings = fingerprint_settings(STATE_VERSION, ctx.params.normalize.model_dump(), preset_name(ctx.params),
+                                    code_digest(STAGE))
     store = PartStore(ctx.out, settings, ctx.log, version=STATE_VERSION)
     units = [Unit(name, p, name) for name, p in ((p.relative_to(in_dir).with_suffix("").as_posix(), p)
                                                   for p in list_parts(in_dir))]
