@@ -58,16 +58,17 @@ def build_raw(example_raw: Path, dest: Path, scale: int) -> int:
     return total
 
 
-def run_stage(project: Path, stage: str, env: dict[str, str]) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of `vertical-dag run STAGE`, gate included."""
+def run_stage(project: Path, stage: str, env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of every process it ran, peak RSS in MB of the largest) of `vertical-dag run
+    STAGE`, gate included. CPU seconds are what a machine shared with other work still measures fairly."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", str(BIN / "vertical-dag"), "run", stage], cwd=project,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", str(BIN / "vertical-dag"), "run", stage],
+                          cwd=project, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"{stage} failed:\n{proc.stderr[-2000:]}")
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
-    return seconds, rss_kb / 1024
+    rss_kb, user, system = proc.stderr.strip().splitlines()[-1].split()
+    return seconds, float(user) + float(system), int(rss_kb) / 1024
 
 
 def outputs_digest(project: Path) -> str:
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--executors", nargs="+", default=["1", "auto"], help="1 | N | auto | ray")
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="append one JSON line per run here")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vd-scale-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -121,7 +123,8 @@ def main() -> None:
         subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=6389",
                         "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True)
     try:
-        print(f"{'scale':>5} {'executor':>8} " + " ".join(f"{s:>16}" for s in STAGES) + f" {'total':>8} {'vs 1':>6}  outputs")
+        print(f"{'scale':>5} {'executor':>8} " + " ".join(f"{s + ' wall/cpu/RSS':>24}" for s in STAGES)
+              + f" {'total':>8} {'vs first':>8}  outputs")
         for scale in args.scales:
             raw = work / f"raw-x{scale}"
             if not raw.exists():
@@ -130,14 +133,19 @@ def main() -> None:
             base_total = None
             for executor in args.executors:
                 project = project_for(work, raw, executor, ray_address)
-                cells, total = [], 0.0
+                cells, total, record = [], 0.0, {"scale": scale, "executor": executor}
                 for stage in STAGES:
-                    seconds, rss = run_stage(project, stage, env)
+                    seconds, cpu, rss = run_stage(project, stage, env)
                     total += seconds
-                    cells.append(f"{seconds:7.1f}s {rss:6.0f}MB")
+                    record[stage] = {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss)}
+                    cells.append(f"{seconds:7.1f}s {cpu:6.1f}s {rss:6.0f}MB")
                 base_total = base_total or total
-                print(f"{scale:>5} {executor:>8} " + " ".join(cells) + f" {total:7.1f}s {base_total / total:5.2f}x"
-                      f"  {outputs_digest(project)}", flush=True)
+                record["outputs"] = outputs_digest(project)
+                print(f"{scale:>5} {executor:>8} " + " ".join(cells) + f" {total:7.1f}s {base_total / total:7.2f}x"
+                      f"  {record['outputs']}", flush=True)
+                if args.json:
+                    with open(args.json, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
     finally:
         if ray_address:
             subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)

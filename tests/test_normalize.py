@@ -13,10 +13,10 @@ import yaml
 from vertical_dag.project import Project
 from vertical_dag.records import DOC_SCHEMA, make_doc_id, read_ledger, write_parquet
 from vertical_dag.stages.context import run_stage
-from vertical_dag.text.clean import CleanOptions, clean_text
-from vertical_dag.text.langid import detect_language
+from vertical_dag.text.clean import CleanOptions, clean_text, clean_texts
+from vertical_dag.text.langid import detect_language, detect_languages
 from vertical_dag.text.pii import Redactor, id_check_char, luhn_ok, valid_resident_id
-from vertical_dag.text.quality import quality_reasons, resolve_thresholds
+from vertical_dag.text.quality import quality_reasons, quality_verdicts, resolve_thresholds
 
 from .conftest import run_cli
 
@@ -82,6 +82,28 @@ def test_clean_strips_markup_and_converts_traditional():
     table = "税目 | 税率\n+------+------+\n| 普通 | 1％ |\n!34436{width=\"4.6in\"\nheight=\"3.1in\"}"
     cleaned = clean_text(table)
     assert "------" not in cleaned and "width=" not in cleaned and "普通" in cleaned
+
+
+# Documents that would bleed into their neighbours if a batch were one string: an unclosed comment before a
+# closing one, a table rule and spaces at a document's edges, NUL and a "\r" at an end with "\n" next door.
+BATCH_EDGES = [
+    "前文<!-- 未闭合的注释", "后文 --> 仍然保留\n", "----\n表格", "  首尾空格\u3000\u3000  ", "a\x00b\r", "\nnext",
+    "<p>段落</p>&amp;", "\u3000", "", "Ａ１，混合 English，", "The same line\nThe same line\nThe same line",
+    "买一送一优惠多多" * 10, " ".join(["buy cheap watches online now"] * 20), ARTICLES[0], "これは日本語の文です",
+]
+
+
+def test_a_batch_cleans_each_document_as_if_it_were_alone():
+    for opts in (CleanOptions(), CleanOptions("nfkc"), CleanOptions("none", strip_markup=False)):
+        assert clean_texts(BATCH_EDGES, opts) == [clean_text(t, opts) for t in BATCH_EDGES]
+    cleaned = clean_texts(BATCH_EDGES)
+    assert cleaned[:6] == ["前文<!-- 未闭合的注释", "后文 --> 仍然保留", "表格", "首尾空格", "ab", "next"]
+    assert cleaned[6:9] == ["段落\n&", "", ""] and cleaned[9] == "A1，混合 English，"
+    for preset in ("general", "legal"):
+        t = resolve_thresholds(preset)
+        assert quality_verdicts(cleaned, t) == [quality_verdicts([c], t)[0] for c in cleaned]
+    assert [g.lang for g in detect_languages(cleaned)] == [detect_language(c).lang for c in cleaned]
+    assert quality_reasons(cleaned[11:13], resolve_thresholds("general")) == ["repeated_ngrams", "repeated_ngrams"]
 
 
 # ---------------------------------------------------------------- PII

@@ -1,6 +1,9 @@
 """Text normalisation: Unicode form, invisible characters, leftover markup, whitespace, traditional -> simplified.
 
-`clean_text` is pure and idempotent: cleaning cleaned text changes nothing, so re-running a stage is safe.
+`clean_texts` is pure and idempotent: cleaning cleaned text changes nothing, so re-running a stage is safe. It
+works on a whole batch at once: the character-level steps (line breaks, invisible characters, whitespace runs,
+protecting full-width punctuation) are table lookups over the batch's code points (codepoints.py); markup
+regexes run only on documents that hold a markup character, NFKC only on documents that are not in NFKC.
 
 Unicode forms:
 - "nfkc": plain NFKC (full-width letters/digits -> ASCII, but also full-width punctuation -> ASCII).
@@ -20,7 +23,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from .scripts import has_cjk
+import numpy as np
+
+from .codepoints import SEP, CharClass, decode, doc_of, encode, per_doc_sum, shift_next, shift_prev
+from .scripts import CJK_CLASS, has_cjk
 
 UnicodeForm = Literal["nfkc_cjk", "nfkc", "nfc", "none"]
 
@@ -31,7 +37,6 @@ _INVISIBLE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
     "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000e0001\U000e0020-\U000e007f]"
 )
-_LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
 
 # Leftover markup: comments, script/style blocks, and tags of real HTML elements (a fixed list, so "<Contract
 # Law>" or "a <b" comparisons in running text are not eaten).
@@ -55,13 +60,14 @@ _ENTITY = re.compile(r"&(?:#\d{1,7}|#x[0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31}
 _FW_PUNCT = [c for c in range(0xFF01, 0xFF66) if not chr(c).isalnum()] + [0x3000]
 _PUA_BASE = 0xF0000
 _PROTECT = {c: _PUA_BASE + i for i, c in enumerate(_FW_PUNCT)}
-_UNPROTECT = {v: k for k, v in _PROTECT.items()}
-_PUA_USED = re.compile(f"[{chr(_PUA_BASE)}-{chr(_PUA_BASE + len(_FW_PUNCT) - 1)}]")
-
-_H_SPACE = re.compile(r"[^\S\n\u3000]+")  # horizontal whitespace except the ideographic space
-_IDEO_SPACES = re.compile(r"\u3000{2,}")
-_SPACE_AT_LINE_EDGES = re.compile(r"[ \t]*\n[ \t]*")
-_MANY_BLANK_LINES = re.compile(r"\n{3,}")
+_IS_INVISIBLE = CharClass(_INVISIBLE.pattern)
+_IS_LINE_BREAK = CharClass("[\u2028\u2029\x85]")
+_IS_H_SPACE = CharClass(r"[^\S\n\u3000]")  # horizontal whitespace except the ideographic space
+_IS_CJK = CharClass(f"[{CJK_CLASS}]")
+_IS_PROTECTED = CharClass("[" + "".join(re.escape(chr(c)) for c in _FW_PUNCT) + "]")
+_PROTECT_TABLE = np.arange(0x10000, dtype=np.uint32)
+_PROTECT_TABLE[list(_PROTECT)] = list(_PROTECT.values())
+_MARKUP_HINTS = ("<", "&", "---", "===", "{width=", "![")
 
 
 @dataclass(frozen=True)
@@ -69,17 +75,6 @@ class CleanOptions:
     unicode_form: UnicodeForm = "nfkc_cjk"
     strip_markup: bool = True
     traditional_to_simplified: bool = False
-
-
-def normalize_unicode(text: str, form: UnicodeForm = "nfkc_cjk") -> str:
-    if form == "none":
-        return text
-    if form == "nfc":
-        return unicodedata.normalize("NFC", text)
-    if form == "nfkc" or not has_cjk(text):
-        return unicodedata.normalize("NFKC", text)
-    protected = _PUA_USED.sub("", text).translate(_PROTECT)
-    return unicodedata.normalize("NFKC", protected).translate(_UNPROTECT)
 
 
 def strip_markup(text: str) -> str:
@@ -108,24 +103,75 @@ def to_simplified(text: str) -> str:
     return _t2s().convert(text) if has_cjk(text) else text
 
 
-def normalize_whitespace(text: str) -> str:
-    text = _LINE_BREAKS.sub("\n", text)
-    text = _H_SPACE.sub(" ", text)
-    text = _IDEO_SPACES.sub("\u3000", text)
-    text = _SPACE_AT_LINE_EDGES.sub("\n", text)
-    text = _MANY_BLANK_LINES.sub("\n\n", text)
-    return text.strip(" \n\t\u3000")
+def _line_breaks(c: np.ndarray) -> np.ndarray:
+    """"\r\n", a lone "\r", U+2028, U+2029 and U+0085 become "\n"."""
+    cr = c == 13
+    drop = cr & (shift_next(c, SEP) == 10)
+    c = c.copy()
+    c[cr | _IS_LINE_BREAK(c)] = 10
+    return c[~drop]
+
+
+def _whitespace(c: np.ndarray) -> np.ndarray:
+    """Runs of horizontal space -> one space, runs of ideographic spaces -> one, no space at either side of a
+    line break, at most one blank line. The same steps, in the same order, as the regexes they replace."""
+    c = _line_breaks(c)
+    h = _IS_H_SPACE(c)
+    first = h & ~shift_prev(h, False)
+    c[first] = 32
+    c = c[~h | first]
+    ideo = c == 0x3000
+    c = c[~(ideo & shift_prev(ideo, False))]
+    nl = c == 10
+    c = c[~((c == 32) & (shift_prev(nl, False) | shift_next(nl, False)))]
+    nl = c == 10
+    prev = shift_prev(nl, False)
+    return c[~(nl & prev & shift_prev(prev, False))]
+
+
+def _unicode_form(docs: list[str], form: UnicodeForm) -> np.ndarray:
+    """The documents in the Unicode form, encoded. For "nfkc_cjk", documents with CJK script have their
+    full-width punctuation moved to private-use code points around NFKC, so it survives."""
+    if form == "none":
+        return encode(docs)
+    if form in ("nfc", "nfkc"):
+        name = form.upper()
+        return encode([t if unicodedata.is_normalized(name, t) else unicodedata.normalize(name, t) for t in docs])
+    c = encode(docs)
+    cjk_doc = per_doc_sum(_IS_CJK(c), c) > 0
+    if cjk_doc.any():
+        in_cjk = cjk_doc[doc_of(c)]
+        used = in_cjk & (c >= _PUA_BASE) & (c < _PUA_BASE + len(_FW_PUNCT))
+        if used.any():
+            c, in_cjk = c[~used], in_cjk[~used]
+        c = c.copy()
+        protect = in_cjk & _IS_PROTECTED(c)
+        c[protect] = _PROTECT_TABLE[c[protect]]
+    docs = decode(c)
+    c = encode([t if unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t) for t in docs])
+    if cjk_doc.any():
+        back = cjk_doc[doc_of(c)] & (c >= _PUA_BASE) & (c < _PUA_BASE + len(_FW_PUNCT))
+        c = c.copy()
+        c[back] = np.asarray(_FW_PUNCT, dtype=np.uint32)[c[back] - _PUA_BASE]
+    return c
+
+
+def clean_texts(texts: list[str], opts: CleanOptions = CleanOptions()) -> list[str]:
+    """Line breaks and invisible characters out, markup out, Unicode form, optional t2s, then whitespace (last,
+    as the earlier steps can leave runs of spaces or blank lines behind)."""
+    if not texts:
+        return []
+    # NUL separates documents in the batch array; inside a text it is invisible, as \x01 is, so it becomes \x01
+    c = encode([t.replace("\x00", "\x01") if "\x00" in t else t for t in texts])
+    c = _line_breaks(c)
+    docs = decode(c[~_IS_INVISIBLE(c)])
+    if opts.strip_markup:
+        docs = [_INVISIBLE.sub("", strip_markup(t)) if any(h in t for h in _MARKUP_HINTS) else t for t in docs]
+    c = _unicode_form(docs, opts.unicode_form)
+    if opts.traditional_to_simplified:
+        c = encode([to_simplified(t) for t in decode(c)])
+    return [t.strip(" \n\t\u3000") for t in decode(_whitespace(c))]
 
 
 def clean_text(text: str, opts: CleanOptions = CleanOptions()) -> str:
-    """Invisible characters out, markup out, Unicode form, optional t2s, then whitespace (last, as the
-    earlier steps can leave runs of spaces or blank lines behind)."""
-    text = _LINE_BREAKS.sub("\n", text)
-    text = _INVISIBLE.sub("", text)
-    if opts.strip_markup:
-        text = strip_markup(text)
-        text = _INVISIBLE.sub("", text)  # entities can decode to invisible characters
-    text = normalize_unicode(text, opts.unicode_form)
-    if opts.traditional_to_simplified:
-        text = to_simplified(text)
-    return normalize_whitespace(text)
+    return clean_texts([text], opts)[0]

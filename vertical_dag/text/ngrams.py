@@ -1,4 +1,4 @@
-"""Hashed n-grams for decontamination and repetition statistics, vectorised with numpy.
+"""Hashed n-grams for decontamination (and, through repetition.py, repetition statistics), vectorised with numpy.
 
 Tokens are unsigned 64-bit ids: Unicode code points for character n-grams (CJK text, where words are not
 space-separated), or word hashes for word n-grams. An n-gram's hash is a polynomial rolling hash modulo 2**64,
@@ -150,28 +150,3 @@ class NgramIndex:
         if not n:
             return 0, None
         return n, self.doc_ids[int(self._owner[pos[hit][0]])]
-
-
-def duplicate_fraction(tokens: np.ndarray, n: int) -> float:
-    """Gopher-style: share of token positions covered by an n-gram that occurs more than once."""
-    h = rolling_hashes(tokens, n)
-    if len(h) < 2:
-        return 0.0
-    _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
-    dup_start = counts[inverse] > 1
-    if not dup_start.any():
-        return 0.0
-    covered = np.zeros(len(tokens) + 1, dtype=np.int32)
-    starts = np.flatnonzero(dup_start)
-    np.add.at(covered, starts, 1)
-    np.add.at(covered, starts + n, -1)
-    return float((np.cumsum(covered[:-1]) > 0).mean())
-
-
-def top_ngram_fraction(tokens: np.ndarray, n: int) -> float:
-    """Gopher-style: share of n-gram windows taken by the single most frequent n-gram."""
-    h = rolling_hashes(tokens, n)
-    if len(h) < 2:
-        return 0.0
-    _, counts = np.unique(h, return_counts=True)
-    return float(counts.max() * n / len(tokens)) if counts.max() > 1 else 0.0

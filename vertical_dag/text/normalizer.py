@@ -1,4 +1,4 @@
-"""One document's way through normalisation: clean -> redact PII -> quality filters -> language.
+"""Documents' way through normalisation, a batch at a time: clean -> redact PII -> quality filters -> language.
 
 Each step can end a document with a reason (the ledger's `reason`):
   empty_after_cleaning, all_pii, too_short, too_long, digit_ratio, symbol_ratio, repeated_lines,
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .clean import CleanOptions, clean_text
-from .langid import UNDETERMINED, detect_language
+from .clean import CleanOptions, clean_texts
+from .langid import UNDETERMINED, detect_languages
 from .pii import Redactor, strip_placeholders
 from .quality import Thresholds, quality_verdicts
 
@@ -49,8 +49,7 @@ class Normalizer:
         cfg = self.config
         results = [DocResult(text=None) for _ in texts]
         alive: list[int] = []
-        for i, raw in enumerate(texts):
-            cleaned = clean_text(raw or "", cfg.clean)
+        for i, (raw, cleaned) in enumerate(zip(texts, clean_texts([t or "" for t in texts], cfg.clean), strict=True)):
             if not cleaned:
                 results[i].reason, results[i].detail = "empty_after_cleaning", f"{len(raw or '')} characters before cleaning"
                 continue
@@ -77,8 +76,8 @@ class Normalizer:
                 survivors.append((i, text))
 
         allowed = set(cfg.allowed_languages)
-        for i, text in survivors:
-            guess = detect_language(text, min_score=cfg.min_lang_score)
+        guesses = detect_languages([text for _, text in survivors], min_score=cfg.min_lang_score)
+        for (i, _), guess in zip(survivors, guesses, strict=True):
             r = results[i]
             r.lang = guess.lang
             if not allowed or guess.lang in allowed:

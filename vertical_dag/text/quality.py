@@ -1,7 +1,8 @@
 """Quality filters with named reasons, Gopher-style, CJK-aware, with per-domain presets.
 
-Every rule returns a reason string (the ledger's `reason`) or None. Ratios and lengths are computed for a whole
-batch at once with pyarrow.compute (RE2 in C++); repetition needs per-document n-gram counting (numpy).
+Every rule returns a reason string (the ledger's `reason`) or None. Ratios, lengths and repetition are computed
+for a whole batch at once: ratios by table lookups over the batch's code points, n-gram repetition with one hash
+table per batch (repetition.py).
 
 Lengths count non-space characters, not whitespace-separated words, so a Chinese document (no spaces) and an
 English one are measured alike. Repeated n-grams use character n-grams for CJK text and word n-grams otherwise.
@@ -13,6 +14,7 @@ measured, and the presets relax the ratio and repetition limits, so numbered cla
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -20,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .ngrams import char_tokens, duplicate_fraction, is_cjk, top_ngram_fraction, word_tokens
+from .codepoints import CharClass, encode, per_doc_sum
+from .repetition import char_tokens_batch, repetition_fractions, word_tokens_batch
 from .scripts import CJK_CLASS
 
 # Clause and list numbering (RE2 syntax): 第二十三条 / 第三款 / 第（四）项 / 第五章, (一) （1）, 1.2.3, "3." or "4、" at
@@ -85,20 +88,36 @@ def resolve_thresholds(preset: str, overrides: dict[str, Any] | None = None) -> 
     return replace(t, **{k: v for k, v in (overrides or {}).items() if v is not None and k in known})
 
 
-def batch_ratios(texts: pa.Array, t: Thresholds) -> dict[str, np.ndarray]:
-    """Per-document length and ratio statistics for a whole batch, in C++ (pyarrow.compute)."""
-    texts = pc.cast(texts, pa.large_string())
-    measured = pc.replace_substring_regex(texts, pattern=NUMBERING_RE2, replacement=" ") if t.ignore_numbering else texts
-    nonspace = pc.utf8_length(pc.replace_substring_regex(texts, pattern=r"\s+", replacement="")).to_numpy(zero_copy_only=False)
-    measured_nonspace = pc.utf8_length(pc.replace_substring_regex(measured, pattern=r"\s+", replacement=""))
-    measured_nonspace = np.maximum(measured_nonspace.to_numpy(zero_copy_only=False), 1)
-    digits = pc.count_substring_regex(measured, pattern=r"\d").to_numpy(zero_copy_only=False)
-    symbols = pc.count_substring_regex(measured, pattern=r"[^\p{L}\p{N}\p{M}\s]").to_numpy(zero_copy_only=False)
-    return {
-        "chars": nonspace.astype(np.int64),
-        "digit_ratio": digits / measured_nonspace,
-        "symbol_ratio": symbols / measured_nonspace,
-    }
+_RE2_SPACE = CharClass("[\t\n\f\r ]")  # what `\\s` meant when these ratios were RE2 regexes
+_DIGIT = CharClass("[0-9]")
+_LNM = CharClass(lambda ch: unicodedata.category(ch)[0] in "LNM")
+_LN = CharClass(lambda ch: unicodedata.category(ch)[0] in "LN")
+_CJK = CharClass(f"[{CJK_CLASS}]")
+
+
+@dataclass
+class BatchStats:
+    """Per-document statistics of a batch (numpy arrays, one entry per document)."""
+
+    chars: np.ndarray  # non-space characters of the text
+    digit_ratio: np.ndarray  # of the measured text (numbering removed when the preset says so)
+    symbol_ratio: np.ndarray
+    cjk: np.ndarray  # CJK share of the measured text's letters and digits reaches cjk_threshold
+
+
+def batch_stats(texts: list[str], measured: list[str], t: Thresholds) -> BatchStats:
+    """Lengths, ratios and script of a whole batch by table lookups over its code points (codepoints.py)."""
+    raw = encode([x.replace("\x00", "\x01") for x in texts])
+    cps = raw if measured is texts else encode([x.replace("\x00", "\x01") for x in measured])
+    space = _RE2_SPACE(cps)
+    nonspace = np.maximum(per_doc_sum(~space, cps), 1)
+    content = per_doc_sum(_LN(cps), cps)
+    return BatchStats(
+        chars=per_doc_sum(~_RE2_SPACE(raw), raw),
+        digit_ratio=per_doc_sum(_DIGIT(cps), cps) / nonspace,
+        symbol_ratio=per_doc_sum(~(_LNM(cps) | space), cps) / nonspace,
+        cjk=(per_doc_sum(_CJK(cps), cps) >= t.cjk_threshold * content) & (content > 0),
+    )
 
 
 def line_repetition(text: str) -> tuple[float, float]:
@@ -121,63 +140,73 @@ def line_repetition(text: str) -> tuple[float, float]:
 Verdict = tuple[str | None, str]  # (reason or None, "measured value vs limit" for the ledger)
 
 
-def ngram_repetition(text: str, t: Thresholds, cjk: bool | None = None) -> Verdict:
-    """Repeated / top n-gram rules: character n-grams for CJK text, word n-grams otherwise."""
-    if cjk if cjk is not None else is_cjk(text, t.cjk_threshold):
-        tokens, unit = char_tokens(text), "chars"
-        dup_n, max_dup, top_n, max_top = t.dup_ngram_n_chars, t.max_dup_ngram_frac_chars, t.top_ngram_n_chars, t.max_top_ngram_frac_chars
+def _repetition_verdicts(texts: list[str], cjk: bool, t: Thresholds) -> list[Verdict]:
+    """Repeated / top n-gram rules for texts of one kind: character n-grams for CJK text, word n-grams otherwise."""
+    if cjk:
+        tokens, counts = char_tokens_batch(texts)
+        unit, dup_n, max_dup = "chars", t.dup_ngram_n_chars, t.max_dup_ngram_frac_chars
+        top_n, max_top = t.top_ngram_n_chars, t.max_top_ngram_frac_chars
     else:
-        tokens, unit = word_tokens(text), "words"
-        dup_n, max_dup, top_n, max_top = t.dup_ngram_n_words, t.max_dup_ngram_frac_words, t.top_ngram_n_words, t.max_top_ngram_frac_words
-    if len(tokens) < t.repetition_min_tokens:
-        return None, ""
-    dup = duplicate_fraction(tokens, dup_n)
-    if dup > max_dup:
-        return "repeated_ngrams", f"{dup:.3f} of {unit} in repeated {dup_n}-grams > max_dup_ngram_frac_{unit}={max_dup}"
-    top = top_ngram_fraction(tokens, top_n)
-    if top > max_top:
-        return "top_ngram", f"top {top_n}-gram covers {top:.3f} of {unit} > max_top_ngram_frac_{unit}={max_top}"
-    return None, ""
+        tokens, counts = word_tokens_batch(texts)
+        unit, dup_n, max_dup = "words", t.dup_ngram_n_words, t.max_dup_ngram_frac_words
+        top_n, max_top = t.top_ngram_n_words, t.max_top_ngram_frac_words
+    dup, _ = repetition_fractions(tokens, counts, dup_n)
+    _, top = repetition_fractions(tokens, counts, top_n)
+    out: list[Verdict] = []
+    for i, n in enumerate(counts):
+        if n < t.repetition_min_tokens:
+            out.append((None, ""))
+        elif dup[i] > max_dup:
+            out.append(("repeated_ngrams", f"{dup[i]:.3f} of {unit} in repeated {dup_n}-grams > max_dup_ngram_frac_{unit}={max_dup}"))
+        elif top[i] > max_top:
+            out.append(("top_ngram", f"top {top_n}-gram covers {top[i]:.3f} of {unit} > max_top_ngram_frac_{unit}={max_top}"))
+        else:
+            out.append((None, ""))
+    return out
+
+
+def _ratio_verdict(i: int, s: BatchStats, t: Thresholds) -> Verdict | None:
+    chars, digits, symbols = s.chars[i], s.digit_ratio[i], s.symbol_ratio[i]
+    if chars < t.min_chars:
+        return "too_short", f"{chars} non-space characters < min_chars={t.min_chars}"
+    if chars > t.max_chars:
+        return "too_long", f"{chars} non-space characters > max_chars={t.max_chars}"
+    if digits > t.max_digit_ratio:
+        return "digit_ratio", f"{digits:.3f} > max_digit_ratio={t.max_digit_ratio}"
+    if symbols > t.max_symbol_ratio:
+        return "symbol_ratio", f"{symbols:.3f} > max_symbol_ratio={t.max_symbol_ratio}"
+    return None
 
 
 def quality_verdicts(texts: list[str], t: Thresholds) -> list[Verdict]:
     """The first failed rule for each text (in REASONS order) with what was measured, or (None, "")."""
     if not texts:
         return []
-    arr = pa.array(texts, type=pa.large_string())
-    stats = batch_ratios(arr, t)
     if t.ignore_numbering:
+        arr = pa.array(texts, type=pa.large_string())
         measured = pc.replace_substring_regex(arr, pattern=NUMBERING_RE2, replacement=" ").to_pylist()
     else:
         measured = texts
-    # CJK share of letters and digits, for the whole batch in C++ (decides character vs word n-grams)
-    m_arr = pa.array(measured, type=pa.large_string())
-    content = pc.utf8_length(pc.replace_substring_regex(m_arr, pattern=r"[^\p{L}\p{N}]+", replacement=""))
-    cjk_chars = pc.count_substring_regex(m_arr, pattern=f"[{CJK_CLASS}]")
-    cjk = (cjk_chars.to_numpy(zero_copy_only=False) >= t.cjk_threshold * content.to_numpy(zero_copy_only=False)) & (
-        content.to_numpy(zero_copy_only=False) > 0)
-    out: list[Verdict] = []
+    stats = batch_stats(texts, measured, t)
+    out: list[Verdict | None] = [None] * len(texts)
+    pending: dict[bool, list[int]] = {True: [], False: []}
     for i, text in enumerate(measured):
-        chars, digits, symbols = stats["chars"][i], stats["digit_ratio"][i], stats["symbol_ratio"][i]
-        if chars < t.min_chars:
-            out.append(("too_short", f"{chars} non-space characters < min_chars={t.min_chars}"))
-        elif chars > t.max_chars:
-            out.append(("too_long", f"{chars} non-space characters > max_chars={t.max_chars}"))
-        elif digits > t.max_digit_ratio:
-            out.append(("digit_ratio", f"{digits:.3f} > max_digit_ratio={t.max_digit_ratio}"))
-        elif symbols > t.max_symbol_ratio:
-            out.append(("symbol_ratio", f"{symbols:.3f} > max_symbol_ratio={t.max_symbol_ratio}"))
+        out[i] = _ratio_verdict(i, stats, t)
+        if out[i] is not None:
+            continue
+        dup_lines, dup_line_chars = line_repetition(text)
+        if dup_lines > t.max_dup_line_frac or dup_line_chars > t.max_dup_line_char_frac:
+            out[i] = ("repeated_lines", f"{dup_lines:.3f} of lines / {dup_line_chars:.3f} of characters repeat "
+                                        f"> {t.max_dup_line_frac} / {t.max_dup_line_char_frac}")
         else:
-            dup_lines, dup_line_chars = line_repetition(text)
-            if dup_lines > t.max_dup_line_frac or dup_line_chars > t.max_dup_line_char_frac:
-                out.append(("repeated_lines", f"{dup_lines:.3f} of lines / {dup_line_chars:.3f} of characters repeat "
-                                              f"> {t.max_dup_line_frac} / {t.max_dup_line_char_frac}"))
-            else:
-                out.append(ngram_repetition(text, t, bool(cjk[i])))
-    return out
+            pending[bool(stats.cjk[i])].append(i)
+    for cjk, idx in pending.items():
+        if idx:
+            for i, verdict in zip(idx, _repetition_verdicts([measured[i] for i in idx], cjk, t), strict=True):
+                out[i] = verdict
+    return out  # type: ignore[return-value]
 
 
 def quality_reasons(texts: list[str], t: Thresholds) -> list[str | None]:
     """The first failed rule for each text, or None when it passes them all."""
     return [reason for reason, _ in quality_verdicts(texts, t)]
-

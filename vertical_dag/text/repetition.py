@@ -1,0 +1,94 @@
+"""Gopher-style repetition statistics for a whole batch of documents at once.
+
+Tokens are characters (letters and digits, for CJK text) or words (runs of letters and digits, lowercased, for
+space-separated text). Every document's tokens are laid end to end in one array; every n-gram window that
+lies inside one document is hashed (ngrams.rolling_hashes), keyed by its document, and counted with one hash
+table (pandas.factorize) for the batch, which replaces one sort per document.
+
+- dup fraction: share of a document's tokens covered by an n-gram that occurs more than once in it;
+- top fraction: share of its tokens taken by its single most frequent n-gram (0 when none repeats).
+Both are 0 for a document with fewer than two windows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .codepoints import SEP, CharClass, CharMap, encode
+from .ngrams import _B, _B_INV, _powers, rolling_hashes
+
+_ALNUM = CharClass(r"[^\W_]")  # re's [^\W_]: what a word or a content character is made of
+_LOWER = CharMap(str.lower)
+_DOC_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: spreads document numbers over the hash space
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser. Word hashes are polynomials in the same base as the n-gram hash built on them;
+    without a non-linear step, different word splits of one character run would collide."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _encoded(texts: list[str]) -> np.ndarray:
+    return encode([t.replace("\x00", " ") if "\x00" in t else t for t in texts])
+
+
+def char_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(code points of every document's letters and digits end to end, token count per document)."""
+    c = _encoded(texts)
+    keep = _ALNUM(c)
+    doc_ends = np.flatnonzero(c == SEP)
+    counts = np.diff(np.concatenate(([0], np.cumsum(keep)[doc_ends])))
+    return c[keep].astype(np.uint64), counts
+
+
+def word_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(a 64-bit hash of every lowercased word end to end, word count per document)."""
+    c = _encoded(texts)
+    alnum = _ALNUM(c)
+    prev = np.concatenate(([False], alnum[:-1]))
+    nxt = np.concatenate((alnum[1:], [False]))
+    starts = np.flatnonzero(alnum & ~prev)
+    ends = np.flatnonzero(alnum & ~nxt) + 1
+    t = _LOWER(c).astype(np.uint64) + np.uint64(1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(c) + 1, dtype=np.uint64)
+        np.cumsum(t * _powers(_B_INV, len(c)), dtype=np.uint64, out=prefix[1:])
+        word_hash = _mix((prefix[ends] - prefix[starts]) * _powers(_B, len(c))[ends - 1])
+    doc_ends = np.flatnonzero(c == SEP)
+    counts = np.diff(np.concatenate(([0], np.searchsorted(starts, doc_ends))))
+    return word_hash, counts
+
+
+def repetition_fractions(tokens: np.ndarray, counts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dup fraction, top fraction) of n-grams for each document; `counts` is each document's token count."""
+    docs = len(counts)
+    dup, top = np.zeros(docs), np.zeros(docs)
+    if not len(tokens) or n <= 0:
+        return dup, top
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    windows = np.maximum(counts - n + 1, 0)
+    has = windows >= 2
+    if not has.any():
+        return dup, top
+    doc_of_window = np.repeat(np.arange(docs), windows)
+    start = np.arange(len(doc_of_window)) - np.repeat(np.cumsum(windows) - windows, windows) + offsets[doc_of_window]
+    h = rolling_hashes(tokens, n)[start]
+    with np.errstate(over="ignore"):
+        key = h ^ (doc_of_window.astype(np.uint64) * _DOC_MIX)
+    codes, _ = pd.factorize(key)
+    freq = np.bincount(codes)[codes]
+    repeated = start[freq > 1]
+    delta = np.bincount(repeated, minlength=len(tokens) + 1) - np.bincount(repeated + n, minlength=len(tokens) + 1)
+    covered = np.zeros(len(tokens) + 1, dtype=np.int64)
+    np.cumsum(np.cumsum(delta)[:-1] > 0, out=covered[1:])
+    dup = np.where(has, (covered[offsets[1:]] - covered[offsets[:-1]]) / np.maximum(counts, 1), 0.0)
+    first = np.cumsum(windows) - windows
+    most = np.zeros(docs, dtype=np.int64)
+    nonempty = windows > 0
+    most[nonempty] = np.maximum.reduceat(freq, first[nonempty])
+    top = np.where(has & (most > 1), most * n / np.maximum(counts, 1), 0.0)
+    return dup, top
