@@ -20,27 +20,47 @@ SEP = 0  # NUL: ends every document in a batch array
 _N = 0x110000
 
 
+_KNOWN = np.uint32(1 << 31)
+_table = np.zeros(_N, dtype=np.uint32)  # per code point: one bit per registered class, and _KNOWN
+_table[SEP] = _KNOWN  # the separator belongs to no class
+_tests: list[Callable[[str], bool]] = []
+
+
+def flags(cps: np.ndarray) -> np.ndarray:
+    """The class bits of every code point (test one with CharClass.of); one table lookup for every class."""
+    f = _table[cps]
+    if not (f & _KNOWN).all():
+        for cp in np.unique(cps[(f & _KNOWN) == 0]).tolist():
+            ch = chr(cp)
+            _table[cp] = _KNOWN | sum(1 << bit for bit, test in enumerate(_tests) if test(ch))
+        f = _table[cps]
+    return f
+
+
 class CharClass:
-    """Membership of code points in a class: a one-character regex (CharClass(r"\\s")) or a predicate on a
-    character."""
+    """A class of characters: a one-character regex (CharClass(r"\\s")) or a predicate on a character."""
 
     def __init__(self, pattern: str | Callable[[str], bool]):
         if isinstance(pattern, str):
             rx = re.compile(pattern)
-            self.test: Callable[[str], bool] = lambda ch: rx.fullmatch(ch) is not None
+            test: Callable[[str], bool] = lambda ch: rx.fullmatch(ch) is not None  # noqa: E731
         else:
-            self.test = pattern
-        self._member = np.zeros(_N, dtype=bool)
-        self._known = np.zeros(_N, dtype=bool)
-        self._known[SEP] = True  # the separator belongs to no class
+            test = pattern
+        if len(_tests) == 31:
+            raise RuntimeError("codepoints: at most 31 character classes")
+        self.bit = np.uint32(1 << len(_tests))
+        _tests.append(test)
+        known = np.flatnonzero(_table & _KNOWN)
+        for cp in known[known != SEP].tolist():  # code points met before this class existed
+            if test(chr(cp)):
+                _table[cp] |= self.bit
+
+    def of(self, f: np.ndarray) -> np.ndarray:
+        """Membership, from the flags of an array (flags(cps))."""
+        return (f & self.bit) != 0
 
     def __call__(self, cps: np.ndarray) -> np.ndarray:
-        new = cps[~self._known[cps]]
-        if len(new):
-            for cp in np.unique(new).tolist():
-                self._member[cp] = self.test(chr(cp))
-            self._known[new] = True
-        return self._member[cps]
+        return self.of(flags(cps))
 
 
 class CharMap:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .codepoints import CharClass, encode, per_doc_sum
+from .codepoints import CharClass, encode, flags, per_doc_sum
 
 UNDETERMINED = "und"
 
@@ -78,8 +78,9 @@ def detect_languages(texts: list[str], *, min_letters: int = 3, min_score: float
     samples = [_PLACEHOLDER.sub(" ", t[: max_chars * 2])[:max_chars] if "<" in t[: max_chars * 2] else t[:max_chars]
                for t in texts]
     cps = encode([t.replace("\x00", " ") if "\x00" in t else t for t in samples])
-    letter = _LETTER(cps)
-    counts = [per_doc_sum(letter & cls(cps), cps) for cls in (_IS_HAN, _IS_KANA, _IS_HANGUL)]
+    f = flags(cps)
+    letter = _LETTER.of(f)
+    counts = [per_doc_sum(letter & cls.of(f), cps) for cls in (_IS_HAN, _IS_KANA, _IS_HANGUL)]
     letters = per_doc_sum(letter, cps)
     out = []
     for i, sample in enumerate(samples):

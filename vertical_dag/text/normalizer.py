@@ -48,23 +48,25 @@ class Normalizer:
     def process(self, texts: list[str | None]) -> list[DocResult]:
         cfg = self.config
         results = [DocResult(text=None) for _ in texts]
+        cleaned = clean_texts([t or "" for t in texts], cfg.clean)
+        nonempty = [i for i, c in enumerate(cleaned) if c]
+        redacted = self.redactor.redact_batch([cleaned[i] for i in nonempty]) if self.redactor is not None else None
         alive: list[int] = []
-        for i, (raw, cleaned) in enumerate(zip(texts, clean_texts([t or "" for t in texts], cfg.clean), strict=True)):
-            if not cleaned:
-                results[i].reason, results[i].detail = "empty_after_cleaning", f"{len(raw or '')} characters before cleaning"
-                continue
+        for k, i in enumerate(nonempty):
             r = results[i]
-            r.text = cleaned
-            if self.redactor is not None:
-                red = self.redactor.redact(cleaned)
-                if red.counts:
-                    r.text, r.redactions = red.text, red.counts
-                    content = len("".join(cleaned.split()))
-                    if red.chars / max(content, 1) > cfg.max_pii_char_frac:
-                        r.text, r.reason = None, "all_pii"
-                        r.detail = f"{red.chars}/{content} characters are PII: {json.dumps(red.counts, sort_keys=True)}"
-                        continue
+            r.text = cleaned[i]
+            red = redacted[k] if redacted is not None else None
+            if red is not None and red.counts:
+                r.text, r.redactions = red.text, red.counts
+                content = len("".join(cleaned[i].split()))
+                if red.chars / max(content, 1) > cfg.max_pii_char_frac:
+                    r.text, r.reason = None, "all_pii"
+                    r.detail = f"{red.chars}/{content} characters are PII: {json.dumps(red.counts, sort_keys=True)}"
+                    continue
             alive.append(i)
+        for i, raw in enumerate(texts):
+            if not cleaned[i]:
+                results[i].reason, results[i].detail = "empty_after_cleaning", f"{len(raw or '')} characters before cleaning"
 
         measured = [strip_placeholders(results[i].text) if results[i].redactions else results[i].text for i in alive]
         verdicts = quality_verdicts(measured, cfg.thresholds)

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .codepoints import CharClass, encode, per_doc_sum
+from .codepoints import CharClass, encode, flags, per_doc_sum
 from .repetition import char_tokens_batch, repetition_fractions, word_tokens_batch
 from .scripts import CJK_CLASS
 
@@ -109,14 +109,15 @@ def batch_stats(texts: list[str], measured: list[str], t: Thresholds) -> BatchSt
     """Lengths, ratios and script of a whole batch by table lookups over its code points (codepoints.py)."""
     raw = encode([x.replace("\x00", "\x01") for x in texts])
     cps = raw if measured is texts else encode([x.replace("\x00", "\x01") for x in measured])
-    space = _RE2_SPACE(cps)
+    f = flags(cps)
+    space = _RE2_SPACE.of(f)
     nonspace = np.maximum(per_doc_sum(~space, cps), 1)
-    content = per_doc_sum(_LN(cps), cps)
+    content = per_doc_sum(_LN.of(f), cps)
     return BatchStats(
         chars=per_doc_sum(~_RE2_SPACE(raw), raw),
-        digit_ratio=per_doc_sum(_DIGIT(cps), cps) / nonspace,
-        symbol_ratio=per_doc_sum(~(_LNM(cps) | space), cps) / nonspace,
-        cjk=(per_doc_sum(_CJK(cps), cps) >= t.cjk_threshold * content) & (content > 0),
+        digit_ratio=per_doc_sum(_DIGIT.of(f), cps) / nonspace,
+        symbol_ratio=per_doc_sum(~(_LNM.of(f) | space), cps) / nonspace,
+        cjk=(per_doc_sum(_CJK.of(f), cps) >= t.cjk_threshold * content) & (content > 0),
     )
 
 

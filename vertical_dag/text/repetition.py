@@ -2,8 +2,8 @@
 
 Tokens are characters (letters and digits, for CJK text) or words (runs of letters and digits, lowercased, for
 space-separated text). Every document's tokens are laid end to end in one array; every n-gram window that
-lies inside one document is hashed (ngrams.rolling_hashes), keyed by its document, and counted with one hash
-table (pandas.factorize) for the batch, which replaces one sort per document.
+lies inside one document is hashed (ngrams.rolling_hashes), keyed by its document, and counted with one sort for the
+batch, which replaces one sort per document.
 
 - dup fraction: share of a document's tokens covered by an n-gram that occurs more than once in it;
 - top fraction: share of its tokens taken by its single most frequent n-gram (0 when none repeats).
@@ -13,7 +13,6 @@ Both are 0 for a document with fewer than two windows.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from .codepoints import SEP, CharClass, CharMap, encode
 from .ngrams import _B, _B_INV, _powers, rolling_hashes
@@ -63,6 +62,20 @@ def word_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return word_hash, counts
 
 
+def _occurrences(keys: np.ndarray) -> np.ndarray:
+    """How often each key occurs in the array, at each position (one sort: numpy's is vectorised, several times
+    faster than a hash table here)."""
+    order = np.argsort(keys)
+    ordered = keys[order]
+    new_run = np.empty(len(keys), dtype=bool)
+    new_run[:1] = True
+    new_run[1:] = ordered[1:] != ordered[:-1]
+    run = np.cumsum(new_run) - 1
+    freq = np.empty(len(keys), dtype=np.int64)
+    freq[order] = np.bincount(run)[run]
+    return freq
+
+
 def repetition_fractions(tokens: np.ndarray, counts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(dup fraction, top fraction) of n-grams for each document; `counts` is each document's token count."""
     docs = len(counts)
@@ -79,8 +92,7 @@ def repetition_fractions(tokens: np.ndarray, counts: np.ndarray, n: int) -> tupl
     h = rolling_hashes(tokens, n)[start]
     with np.errstate(over="ignore"):
         key = h ^ (doc_of_window.astype(np.uint64) * _DOC_MIX)
-    codes, _ = pd.factorize(key)
-    freq = np.bincount(codes)[codes]
+    freq = _occurrences(key)
     repeated = start[freq > 1]
     delta = np.bincount(repeated, minlength=len(tokens) + 1) - np.bincount(repeated + n, minlength=len(tokens) + 1)
     covered = np.zeros(len(tokens) + 1, dtype=np.int64)
