@@ -298,3 +298,28 @@ def test_disabled_normalize_passes_documents_through(tmp_path):
     assert (m["documents_out"], m["dropped"], m["redacted"]) == (2, 0, 0)
     out = pq.read_table(proj.root / "data/normalized/parts/a.parquet").column("text").to_pylist()
     assert out == texts
+
+
+def test_a_large_part_done_in_pieces_on_two_workers_gives_the_same_bytes(tmp_path, monkeypatch):
+    import hashlib
+
+    from vertical_dag.stages import normalize
+
+    texts = [f"第{i}条　" + ARTICLES[i % 4] + ("联系13812345678。" if i % 7 == 0 else "") for i in range(300)]
+    texts[5], texts[150] = "", "短"  # drops in two different pieces
+    digests = {}
+    for workers in (1, 2):
+        proj = make_project(tmp_path / f"w{workers}", {"project": {"domain": "legal"},
+                                                        "execution": {"workers": workers}})
+        path = proj.root / "data/deduplicated/parts/big.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(doc_rows(texts, "big"), schema=DEDUP_SCHEMA), path, row_group_size=40)
+        monkeypatch.setattr(normalize, "PIECE_BYTES", 1)  # every row group its own piece
+        assert len(normalize.pieces(normalize.Unit("big", path, "big"))) == 8
+        m = run_stage("normalize", proj, gate=False)
+        assert (m["documents_in"], m["workers"], m["drops_by_reason"]) == (300, workers, {"empty_after_cleaning": 1, "too_short": 1})
+        out = proj.root / "data/normalized"
+        digests[workers] = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                            for p in sorted(out.rglob("*.parquet"))}
+        assert not list(out.rglob("*.tmp"))  # the pieces are gone
+    assert digests[1] == digests[2] and len(digests[1]) == 2

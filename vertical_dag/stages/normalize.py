@@ -6,8 +6,9 @@ data/normalized/ledger/<same name>.parquet with a `dropped` row (reason) per rem
 `redacted` row (counts per type) per kept document that had PII.
 
 Incremental through the part-stage core (stages/parts.py): only new or changed parts are processed (on every
-core, or on Ray: params `execution`), a vanished part's output is removed, and a change of the normalize
-params (or the project domain, which picks the preset) rebuilds everything.
+core, or on Ray: params `execution`; a part larger than PIECE_BYTES is cut into pieces of row groups that run
+on several workers and are merged in order, into the same bytes), a vanished part's output is removed, and a
+change of the normalize params (or the project domain, which picks the preset) rebuilds everything.
 """
 
 from __future__ import annotations
@@ -74,16 +75,20 @@ def _out_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer | None, batch_size: int) -> PartResult:
-    """One input part -> its output part and ledger part (each replaced atomically)."""
+def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer | None, batch_size: int,
+                   row_groups: tuple[int, ...] | None = None) -> PartResult:
+    """One input part (or some of its row groups) -> its output part and ledger part (each replaced atomically).
+    Batches are cut inside each row group, so a part done in pieces gives the same batches, row groups and bytes."""
     pf = pq.ParquetFile(src)
     schema = _out_schema(pf.schema_arrow)
     entries: list[LedgerEntry] = []
     res = PartResult(extra={"redacted": 0, "redactions_by_type": Counter(), "text_bytes": 0})
     with atomic_path(dst) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for batch in pf.iter_batches(batch_size=batch_size):
-                writer.write_table(_normalize_batch(pa.Table.from_batches([batch]), normalizer, schema, entries, res))
+            for g in row_groups if row_groups is not None else range(pf.num_row_groups):
+                group = pf.read_row_group(g)
+                for start in range(0, group.num_rows, batch_size):
+                    writer.write_table(_normalize_batch(group.slice(start, batch_size), normalizer, schema, entries, res))
     write_parquet(ledger_table(entries), ledger)
     res.extra["redactions_by_type"] = dict(res.extra["redactions_by_type"])
     return res
@@ -114,6 +119,46 @@ def _normalize_batch(tbl: pa.Table, normalizer: Normalizer | None, schema: pa.Sc
     return pa.table({f.name: cols[f.name] for f in schema}).cast(schema)
 
 
+PIECE_BYTES = 64 << 20  # a part larger than this (uncompressed) is cut into pieces that run on several workers
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Some row groups of a large part, done apart and merged in order."""
+
+    unit: Unit
+    index: int
+    row_groups: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.unit.key} (piece {self.index + 1})"
+
+
+def pieces(unit: Unit) -> list[Unit | Piece]:
+    """The unit itself, or its row groups in runs of about PIECE_BYTES."""
+    try:
+        meta = pq.ParquetFile(unit.path).metadata
+    except Exception:  # an unreadable part fails in its worker, with the error recorded there
+        return [unit]
+    runs: list[tuple[int, ...]] = []
+    run: list[int] = []
+    size = 0
+    for g in range(meta.num_row_groups):
+        run.append(g)
+        size += meta.row_group(g).total_byte_size
+        if size >= PIECE_BYTES:
+            runs.append(tuple(run))
+            run, size = [], 0
+    if run:
+        runs.append(tuple(run))
+    return [unit] if len(runs) <= 1 else [Piece(unit, k, groups) for k, groups in enumerate(runs)]
+
+
+def _piece_path(path: Path, index: int) -> Path:
+    return path.with_name(f".{path.name}.piece{index:04d}.tmp")  # a .tmp: a killed run's pieces are cleaned up
+
+
 @dataclass
 class _Work:
     """The per-part work, picklable for the process pool and Ray (the normalizer is built once per process)."""
@@ -127,11 +172,41 @@ class _Work:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_normalizer": None}
 
-    def __call__(self, unit: Unit) -> PartResult:
+    def __call__(self, task: Unit | Piece) -> PartResult:
         if self._normalizer is None and self.config is not None:
             self._normalizer = Normalizer(self.config)
-        return normalize_part(unit.path, self.parts_dir / f"{unit.part}.parquet",
-                              self.ledger_dir / f"{unit.part}.parquet", self._normalizer, self.batch_size)
+        unit = task.unit if isinstance(task, Piece) else task
+        dst, ledger = self.parts_dir / f"{unit.part}.parquet", self.ledger_dir / f"{unit.part}.parquet"
+        if isinstance(task, Piece):
+            dst, ledger = _piece_path(dst, task.index), _piece_path(ledger, task.index)
+        return normalize_part(unit.path, dst, ledger, self._normalizer, self.batch_size,
+                              task.row_groups if isinstance(task, Piece) else None)
+
+    def merge(self, unit: Unit, done: list[Piece], results: list[PartResult]) -> PartResult:
+        """The pieces' parts and ledgers, concatenated in order into the unit's (row group by row group)."""
+        dst, ledger = self.parts_dir / f"{unit.part}.parquet", self.ledger_dir / f"{unit.part}.parquet"
+        parts = [_piece_path(dst, p.index) for p in done]
+        ledgers = [_piece_path(ledger, p.index) for p in done]
+        with atomic_path(dst) as tmp:
+            with pq.ParquetWriter(tmp, pq.ParquetFile(parts[0]).schema_arrow, compression="zstd") as writer:
+                for path in parts:
+                    pf = pq.ParquetFile(path)
+                    for g in range(pf.num_row_groups):
+                        writer.write_table(pf.read_row_group(g))
+        write_parquet(pa.concat_tables([pq.read_table(p) for p in ledgers]).combine_chunks(), ledger)
+        for path in parts + ledgers:
+            path.unlink(missing_ok=True)
+        total = PartResult(extra={"redacted": 0, "redactions_by_type": Counter(), "text_bytes": 0})
+        for r in results:
+            total.documents_in += r.documents_in
+            total.documents_out += r.documents_out
+            total.dropped.merge(r.dropped)
+            total.quarantined.merge(r.quarantined)
+            for k in ("redacted", "text_bytes"):
+                total.extra[k] += r.extra[k]
+            total.extra["redactions_by_type"].update(r.extra["redactions_by_type"])
+        total.extra["redactions_by_type"] = dict(total.extra["redactions_by_type"])
+        return total
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -158,10 +233,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log.info("%s: %d in, %d kept, %d dropped, %d redacted", unit.key, res.documents_in, res.documents_out,
                      res.dropped.total(), res.extra["redacted"])
 
-    executor = make_executor(ctx.params.execution, len(plan.todo), sum(u.path.stat().st_size for u in plan.todo))
+    tasks = {u.key: pieces(u) for u in plan.todo}
+    executor = make_executor(ctx.params.execution, sum(map(len, tasks.values())),
+                             sum(u.path.stat().st_size for u in plan.todo))
     work = _Work(config, ctx.params.normalize.batch_size, store.parts_dir, store.ledger_dir)
+    # one worker gains nothing from pieces, and merging them costs a rewrite
+    cut = (lambda u: tasks[u.key]) if executor.workers > 1 else None
     try:
-        failed = run_units(store, plan.todo, work, executor, progress=progress)
+        failed = run_units(store, plan.todo, work, executor, progress=progress, pieces=cut, merge=work.merge)
     finally:
         executor.close()
     bar.close()

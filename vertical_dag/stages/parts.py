@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def _fingerprint(path: Path, old: dict[str, Any] | None) -> dict[str, Any]:
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": None}
 
 
-def _safe(work: Callable[[Unit], PartResult], unit: Unit) -> PartResult | UnitFailed:
+def _safe(work: Callable[[Any], PartResult], unit: Any) -> PartResult | UnitFailed:
     try:
         return work(unit)
     except Exception as exc:  # one unit's failure must not cost the others
@@ -92,11 +93,21 @@ def _safe(work: Callable[[Unit], PartResult], unit: Unit) -> PartResult | UnitFa
 class _Bound:
     """work wrapped so failures come back as values (picklable for process pools)."""
 
-    def __init__(self, work: Callable[[Unit], PartResult]) -> None:
+    def __init__(self, work: Callable[[Any], PartResult]) -> None:
         self.work = work
 
-    def __call__(self, unit: Unit) -> PartResult | UnitFailed:
+    def __call__(self, unit: Any) -> PartResult | UnitFailed:
         return _safe(self.work, unit)
+
+
+class _Merge:
+    """merge bound to one unit's pieces and results (a loop's variables, bound for good)."""
+
+    def __init__(self, merge: Callable[[Unit, list[Any], list[PartResult]], PartResult], done: list[Any]) -> None:
+        self.merge, self.done = merge, done
+
+    def __call__(self, unit: Unit) -> PartResult:
+        return self.merge(unit, [piece for (_, piece), _ in self.done], [r for _, r in self.done])
 
 
 @dataclass
@@ -204,21 +215,30 @@ class PartStore:
         return contract_counts(n_in, n_out, dropped, quarantined)
 
 
-def run_units(store: PartStore, todo: list[Unit], work: Callable[[Unit], PartResult],
+def run_units(store: PartStore, todo: list[Unit], work: Callable[[Any], PartResult],
               executor: Executor | None = None, *, progress: Callable[[Unit, PartResult], None] | None = None,
-              sequential: bool = False) -> list[UnitFailed]:
+              sequential: bool = False, pieces: Callable[[Unit], list[Any]] | None = None,
+              merge: Callable[[Unit, list[Any], list[PartResult]], PartResult] | None = None) -> list[UnitFailed]:
     """Do every unit (results in order, whatever executes them), record each finished one; failures are
     returned, and the caller raises PartsFailed once the stage's bookkeeping is written.
 
     sequential: each unit builds on the ones before (dedup's index): state is saved after every unit and
-    the first failure stops the run, since later decisions would miss the failed unit."""
+    the first failure stops the run, since later decisions would miss the failed unit.
+    pieces / merge: a large unit is cut into pieces (each with a `key`) that run on different workers, and
+    merge(unit, pieces, results) joins their outputs into the unit's part, in piece order."""
     executor = executor or InProcess()
+    tasks = [(unit, piece) for unit in todo for piece in (pieces(unit) if pieces else [unit])]
+    results = executor.map(_Bound(work), [piece for _, piece in tasks])
     failed: list[UnitFailed] = []
-    for unit, result in zip(todo, executor.map(_Bound(work), todo), strict=True):
+    for unit, group in groupby(zip(tasks, results, strict=True), key=lambda tr: tr[0][0]):
+        done = list(group)
+        result = next((r for _, r in done if isinstance(r, UnitFailed)), None)
+        if result is None:
+            result = done[0][1] if merge is None or len(done) == 1 else _safe(_Merge(merge, done), unit)
         if isinstance(result, UnitFailed):
             store.log.error("%s: %s failed: %s (not recorded; the next run redoes it)", store.out.name,
                             unit.key, result.message)
-            failed.append(result)
+            failed.append(UnitFailed(unit.key, result.message))
             if sequential:
                 break
             continue
