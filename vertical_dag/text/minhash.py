@@ -71,3 +71,44 @@ def exact_jaccard(set_a: np.ndarray, set_b: np.ndarray) -> float:
         return 1.0
     inter = len(np.intersect1d(set_a, set_b, assume_unique=True))
     return inter / (len(set_a) + len(set_b) - inter)
+
+
+def segment_positions(offsets: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the elements of documents `docs` (in order), and which entry of `docs` each belongs to."""
+    lens = offsets[docs + 1] - offsets[docs]
+    owner = np.repeat(np.arange(len(docs)), lens)
+    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(offsets[docs], lens)
+    return pos, owner
+
+
+PAIR_BITS = 22  # pairs per round of pair_jaccard at most 2^22; shingles compared on their top 42 bits
+
+
+def pair_jaccard(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray,
+                 chunk: int = 1 << PAIR_BITS) -> np.ndarray:
+    """Jaccard of the shingle sets of documents a[p] and b[p] for every pair p, where document i's shingles
+    are hashes[offsets[i]:offsets[i+1]] (a multiset: repeats count once). Vectorised: each shingle becomes
+    one uint64 key (pair number in the top PAIR_BITS bits, the shingle's top 42 bits below), so one plain
+    sort per side de-duplicates and one sort of both sides finds the shared keys (a 42-bit collision inside
+    one pair, ~1e-7 for two 1,000-shingle documents, is the only difference from comparing 64-bit hashes).
+    Runs `chunk` shingles at a time (bounded memory)."""
+    total = (offsets[a + 1] - offsets[a]) + (offsets[b + 1] - offsets[b])
+    inter, union = np.zeros(len(a), np.int64), np.zeros(len(a), np.int64)
+    ends = np.cumsum(total)
+    shift = np.uint64(64 - PAIR_BITS)
+    p0 = 0
+    while p0 < len(a):
+        p1 = max(p0 + 1, int(np.searchsorted(ends, (ends[p0 - 1] if p0 else 0) + chunk, side="right")))
+        p1 = min(p1, p0 + (1 << PAIR_BITS))
+        sides = []
+        for docs in (a[p0:p1], b[p0:p1]):
+            pos, owner = segment_positions(offsets, docs)
+            keys = np.sort((owner.astype(np.uint64) << shift) | (hashes[pos] >> np.uint64(PAIR_BITS)))
+            sides.append(keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys)
+        both = np.sort(np.concatenate(sides))
+        shared = both[1:][both[1:] == both[:-1]]  # each side is unique: an equal neighbour is in both
+        n = p1 - p0
+        inter[p0:p1] = np.bincount((shared >> shift).astype(np.int64), minlength=n)
+        union[p0:p1] = np.bincount((both >> shift).astype(np.int64), minlength=n) - inter[p0:p1]
+        p0 = p1
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
