@@ -34,7 +34,7 @@ import numpy as np
 from .dedup_candidates import candidates, rank_order, verify_in_rank_order
 from .dedup_prepare import EXACT, KEEP, NEAR, DedupConfig, Prepared, prepare_batch
 from .dedup_store import FetchTexts, IndexStore
-from .lsh import band_keys
+from .lsh import band_keys, unique
 from .minhash import estimated_jaccard
 
 __all__ = ["EXACT", "KEEP", "NEAR", "BatchResult", "DedupConfig", "DedupIndex", "FetchTexts", "Prepared",
@@ -113,12 +113,19 @@ class DedupIndex(IndexStore):
             d.est[d.match >= 0] = 1.0
         return is_first
 
-    def _pair_signatures(self, sig: np.ndarray, i: np.ndarray, g0: int) -> np.ndarray:
-        """Signatures of documents i, earlier ones (< g0) from the store, the rest from this batch's `sig`."""
-        out = sig[np.clip(i - g0, 0, len(sig) - 1)]
-        old = i < g0
-        if old.any():
-            out[old] = self.signatures_of(i[old])
+    def _estimates(self, sig: np.ndarray, j: np.ndarray, i: np.ndarray, g0: int) -> np.ndarray:
+        """MinHash estimates of the pairs (batch position j, document number i). Earlier documents' signatures
+        are read from the store once each (a template is a candidate of many), then every pair is two row
+        gathers by integer index (measured 10x faster than boolean masks or np.take), 4k pairs at a time: 2 MB
+        temporaries stay in cache and in the allocator (256k at a time spent most of its time faulting in pages)."""
+        old = np.flatnonzero(i < g0)
+        u, inv = unique(i[old], return_inverse=True)
+        rows = sig if not len(u) else np.concatenate((sig, self.signatures_of(u)))
+        ri = i - g0
+        ri[old] = len(sig) + inv
+        out, step = np.empty(len(j)), 1 << 12
+        for a in range(0, len(j), step):
+            out[a : a + step] = estimated_jaccard(rows[j[a : a + step]], rows[ri[a : a + step]])
         return out
 
     def _near(self, prep: Prepared, keys: np.ndarray, eligible: np.ndarray, d: _Decisions, g0: int,
@@ -128,7 +135,7 @@ class DedupIndex(IndexStore):
         cand_j, cand_i = candidates(self.bands_index, keys, eligible, g0, cfg.max_candidates)
         if not len(cand_j):
             return
-        e = estimated_jaccard(prep.sig[cand_j], self._pair_signatures(prep.sig, cand_i, g0))
+        e = self._estimates(prep.sig, cand_j, cand_i, g0)
         order = rank_order(cand_j, cand_i, e)
         cand_j, cand_i, e = cand_j[order], cand_i[order], e[order]
         if cfg.verify:
@@ -175,10 +182,7 @@ class DedupIndex(IndexStore):
         if cfg.family_threshold > 0 and kept.any():
             fkeys = band_keys(sig, cfg.family_bands, cfg.family_rows)
             cand_j, cand_i = candidates(self.family_index, fkeys, kept, g0, cfg.max_candidates)
-            sim = np.empty(len(cand_j))
-            for a in range(0, len(cand_j), 1 << 18):  # bounded memory: 256k pairs of signatures at a time
-                j, i = cand_j[a : a + (1 << 18)], cand_i[a : a + (1 << 18)]
-                sim[a : a + len(j)] = estimated_jaccard(sig[j], self._pair_signatures(sig, i, g0))
+            sim = self._estimates(sig, cand_j, cand_i, g0)
             ok = sim >= cfg.family_threshold
             cand_j, cand_i, sim = cand_j[ok], cand_i[ok], sim[ok]
             order = rank_order(cand_j, cand_i, sim)  # per document: most similar first, then earliest

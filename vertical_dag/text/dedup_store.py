@@ -174,7 +174,7 @@ class IndexStore:
     def signatures_of(self, g: np.ndarray) -> np.ndarray:
         out = np.empty((len(g), self.config.num_perm), np.uint32)
         for k, sel, rows in self._by_part(g):
-            out[sel] = self._sig(k)[rows]
+            out[sel] = np.asarray(self._sig(k))[rows]  # a plain view: np.memmap's indexing is slower
         return out
 
     def shingles_of(self, g: np.ndarray, fetch: FetchTexts) -> tuple[np.ndarray, np.ndarray]:

@@ -62,7 +62,7 @@ class MinHasher:
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Row-wise fraction of equal signature values (the MinHash estimate of Jaccard)."""
-    return (sig_a == sig_b).mean(axis=-1)
+    return np.count_nonzero(sig_a == sig_b, axis=-1) / sig_a.shape[-1]
 
 
 def exact_jaccard(set_a: np.ndarray, set_b: np.ndarray) -> float:

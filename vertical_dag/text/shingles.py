@@ -93,13 +93,14 @@ def _tokens(cps: np.ndarray, doc_of: np.ndarray, cjk: np.ndarray, word: np.ndarr
         tok[kind == 0] = word_hash  # word starts appear in the same order as `starts`
         space = np.zeros(len(tok_pos), bool)
     else:
-        starts = np.flatnonzero(word & ~prev)
-        # sort keys: character p at 2p, the space before the word starting at p at 2p - 1
-        keys = np.concatenate((2 * np.flatnonzero(cjk | word), 2 * starts - 1))
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        space = (keys & 1).astype(bool)
-        tok_pos = (keys + 1) >> 1
+        # slots in text order: 2p + 1 for the character at p, 2p for the space before a word starting at p
+        # (marking slots and reading them back in order is linear, where sorting the two lists was not)
+        slots = np.zeros(2 * len(cps) + 1, bool)
+        slots[2 * np.flatnonzero(cjk | word) + 1] = True
+        slots[2 * np.flatnonzero(word & ~prev)] = True
+        keys = np.flatnonzero(slots)
+        space = (keys & 1) == 0
+        tok_pos = keys >> 1
         kind = np.where(space, 0, cjk[tok_pos]).astype(np.int8)
         cp = np.where(space, 32, cps[tok_pos]).astype(np.uint64)
         tok = mix64(cp ^ np.where(kind == 1, _KIND_SALT[1], _KIND_SALT[0]))  # CJK hashes as without `chars`
