@@ -52,6 +52,7 @@ class BatchResult:
     verified: np.ndarray  # exact Jaccard vs the match (nan when not computed)
     canonical_hash: np.ndarray  # uint64
     family: np.ndarray  # document number of the template family's founder
+    checks: int = 0  # exact-Jaccard checks made (at most max_verify per document)
     root_id: list[str] = field(default_factory=list)
     match_id: list[str] = field(default_factory=list)
     family_id: list[str] = field(default_factory=list)
@@ -63,6 +64,7 @@ class _Decisions:
     match: np.ndarray
     est: np.ndarray
     verified: np.ndarray
+    checks: int = 0
 
     @classmethod
     def empty(cls, n: int) -> _Decisions:
@@ -94,8 +96,8 @@ class DedupIndex(IndexStore):
         kept = (d.action == KEEP) & (np.diff(prep.offsets) > 0)
         family, fkeys = self._families(prep.sig, kept, root, g0)
         self._remember(prep, doc_ids, d, is_first, keys, kept, root, family, fkeys, g0)
-        return BatchResult(d.action, root, d.match, d.est, d.verified, prep.chash, family, self._ids(root, doc_ids, g0),
-                           self._ids(d.match, doc_ids, g0), self._ids(family, doc_ids, g0))
+        return BatchResult(d.action, root, d.match, d.est, d.verified, prep.chash, family, d.checks,
+                           self._ids(root, doc_ids, g0), self._ids(d.match, doc_ids, g0), self._ids(family, doc_ids, g0))
 
     def _exact(self, prep: Prepared, d: _Decisions, g0: int) -> np.ndarray:
         """Exact duplicates: the earliest earlier document with the same canonical hash. Returns which
@@ -141,6 +143,7 @@ class DedupIndex(IndexStore):
         if cfg.verify:
             score = verify_in_rank_order(cand_j, cand_i, e, cfg.threshold, cfg.max_verify,
                                          (prep.hashes, prep.offsets), lambda g: self.shingles_of(g, fetch), g0)
+            d.checks = int((score >= 0).sum())
         else:
             score = e
         ok = np.flatnonzero(score >= cfg.threshold)
