@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .minhash import segment_positions
 from .shingles import shingle_hashes
 
 RECENT_HASHES = 8_000_000  # shingle hashes of recent batches kept for verification (64 MB)
+FETCHED_HASHES = 8_000_000  # shingle hashes of re-read earlier documents kept, least recently used out (64 MB)
 
 # fetch(part number, rows in that part) -> raw texts, for verifying against documents of earlier batches
 FetchTexts = Callable[[int, np.ndarray], list[str]]
@@ -41,6 +43,10 @@ class IndexStore:
         self._sig_cache: dict[int, np.ndarray] = {}
         self._open: dict | None = None  # the part being written
         self._recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (g0, hashes, offsets) of recent batches
+        # earlier documents re-read for verification: in a heavily duplicated corpus the same ones (a popular
+        # text's first copies) are candidates again and again. Only speed depends on what is cached.
+        self._fetched: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._fetched_size = 0
 
     # ------------------------------------------------------------ persistence
 
@@ -177,9 +183,16 @@ class IndexStore:
             out[sel] = np.asarray(self._sig(k))[rows]  # a plain view: np.memmap's indexing is slower
         return out
 
+    def _remember_fetched(self, g: np.ndarray, hashes: np.ndarray, offsets: np.ndarray) -> None:
+        for x, a, z in zip(g.tolist(), offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+            self._fetched[x] = hashes[a:z].copy()  # a copy: a view would keep the whole fetched batch alive
+            self._fetched_size += z - a
+        while self._fetched_size > FETCHED_HASHES and len(self._fetched) > 1:
+            self._fetched_size -= len(self._fetched.popitem(last=False)[1])
+
     def shingles_of(self, g: np.ndarray, fetch: FetchTexts) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, offsets) of the shingles of earlier documents g (in that order): from the recent batches
-        when still in memory, else re-shingled from their texts (fetch)."""
+        or the re-read ones when still in memory, else re-shingled from their texts (fetch)."""
         pieces = []  # (positions in g, hashes, offsets, those documents' numbers within hashes/offsets)
         todo = np.ones(len(g), bool)
         for r0, rh, ro in self._recent:
@@ -187,10 +200,20 @@ class IndexStore:
             if len(sel):
                 pieces.append((sel, rh, ro, g[sel] - r0))
                 todo[sel] = False
+        cached = [x for x in np.flatnonzero(todo).tolist() if int(g[x]) in self._fetched]
+        if cached:
+            arrays = [self._fetched[int(g[x])] for x in cached]
+            for x in cached:
+                self._fetched.move_to_end(int(g[x]))
+            off = np.zeros(len(arrays) + 1, np.int64)
+            np.cumsum([len(a) for a in arrays], out=off[1:])
+            pieces.append((np.array(cached), np.concatenate(arrays), off, np.arange(len(arrays))))
+            todo[cached] = False
         left = np.flatnonzero(todo)
         for k, sel, rows in self._by_part(g[left]):
             h, off = shingle_hashes(canonical_texts(fetch(k, rows)), **self.config.shingle_args())
             pieces.append((left[sel], h, off, np.arange(len(rows))))
+            self._remember_fetched(g[left[sel]], h, off)
         lens = np.zeros(len(g), np.int64)
         for sel, _, off, local in pieces:
             lens[sel] = off[local + 1] - off[local]
