@@ -279,9 +279,13 @@ def compare_systems(corpus: dict, cfg, p, args, jac) -> dict:
             ("datasketch", "datasketch", cfg, None), ("rensa", "rensa", cfg, None)]
     if args.baseline_code:
         runs.insert(1, (f"vertical_dag @ {args.baseline_code}", "ours", cfg, Path(args.baseline_code)))
-    rows = {}
-    for name, system, c, code in runs:
-        res = run_worker(system, corpus, c, p.batch_size, args.repeats, code)
+    rows, results = {}, {}
+    for _ in range(args.repeats):  # systems alternate, so a burst of load on the shared machine hits all alike
+        for name, system, c, code in runs:
+            res = run_worker(system, corpus, c, p.batch_size, 1, code)
+            if name not in results or res["seconds"] < results[name]["seconds"]:
+                results[name] = res  # the fastest run counts: the least disturbed
+    for name, res in results.items():
         q = score(res, corpus["planted"], jac, cfg.threshold)
         row = {"docs_per_s": round(res["docs_per_s"], 1), "seconds": round(res["seconds"], 2),
                "peak_rss_mb": round(res["peak_rss_mb"], 1),
@@ -311,7 +315,8 @@ def shingle_schemes(corpus: dict, cfg, batch_size: int) -> dict:
     """F1 per kind of edit for each shingle scheme, and the character-5-gram reference (rensa)."""
     schemes = {"words 3 (ngram_chars 0)": dataclasses.replace(cfg, ngram_chars=0),
                "chars 4": dataclasses.replace(cfg, ngram_chars=4),
-               "chars 5": dataclasses.replace(cfg, ngram_chars=5)}
+               "chars 5": dataclasses.replace(cfg, ngram_chars=5),
+               "chars 6": dataclasses.replace(cfg, ngram_chars=6)}
     table = {}
     for name, c in schemes.items():
         res = run_worker("ours", corpus, c, batch_size, 1)
@@ -365,7 +370,7 @@ def main() -> None:
     ap.add_argument("--no-heavy", action="store_true", help="skip the heavily duplicated corpus")
     ap.add_argument("--heavy-base", type=int, default=4500, help="documents copied 1x, 4x, 16x")
     ap.add_argument("--baseline-code", help="a checkout whose vertical_dag also runs (e.g. the main branch)")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per system; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per system, alternating; the fastest counts")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
