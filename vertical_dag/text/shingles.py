@@ -4,7 +4,9 @@ Why script-aware: Chinese and Japanese are written without spaces, so whitespace
 clauses and two clauses differing by one character share no shingle. Here each CJK character is a token
 and each run of letters/digits in other scripts is a token. A document's token stream is cut into
 segments of one kind (a CJK run, or a run of words); CJK segments give character n-grams
-(`ngram_cjk`), word segments give word n-grams (`ngram_words`), so mixed documents get both. A segment
+(`ngram_cjk`), word segments give word n-grams (`ngram_words`), or with `ngram_chars` > 0 character n-grams
+of their words joined by one space (robust to OCR-like character edits, which spoil every word n-gram
+containing the word), so mixed documents get both kinds. A segment
 shorter than its n gives one shingle of the whole segment, so short texts still have shingles.
 Punctuation and spaces separate words but do not break a CJK run ("中文，中文" is one run).
 
