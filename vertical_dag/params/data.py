@@ -135,7 +135,7 @@ class DedupParams(Section):
     ngram_cjk: int = Field(5, ge=1, le=32)  # character n-grams over CJK text
     # space-separated scripts: character n-grams (robust to OCR-like character edits) or word n-grams
     spaced_shingles: Literal["chars", "words"] = "chars"
-    ngram_chars: int = Field(4, ge=1, le=32)  # character n-grams over space-separated scripts (chars)
+    ngram_chars: int = Field(5, ge=1, le=32)  # character n-grams over space-separated scripts (chars)
     ngram_words: int = Field(3, ge=1, le=16)  # word n-grams over space-separated scripts (words)
     num_perm: int = Field(128, ge=8, le=1024)
     threshold: float = Field(0.7, gt=0, lt=1)  # target Jaccard similarity
