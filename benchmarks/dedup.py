@@ -1,15 +1,17 @@
-"""Dedup benchmark: this stage's library vs datasketch (MinHash + MinHashLSH) on the same corpus, one core each.
+"""Dedup benchmark: this stage's library vs datasketch and rensa (MinHash + LSH) on the same corpus, one core each.
 
-Corpus: the Chinese-law example's articles (data/raw/china_law/*.jsonl, `vertical-dag example fetch`), English
-docstrings of the Python standard library (real English prose, no download), and planted near duplicates of
-a sample of both: character insertions, deletions and substitutions at known rates. Originals come first,
-planted copies last, so a planted copy is caught when it lands in its original's cluster.
+Corpus (dedup_corpus.py): the Chinese-law example's articles (data/raw/china_law/*.jsonl, `vertical-dag example
+fetch`), English docstrings of the Python standard library (real English prose, no download), and planted near
+duplicates of a sample of both, a quarter per kind: character-level (OCR-like insert/delete/substitute) and
+word-level (word insert/delete/substitute; a Chinese "word" is a 2-character span) edits at known rates.
+Originals come first, planted copies last, so a planted copy is caught when it lands in its original's cluster.
 
-Both systems get the same canonical form and the same shingle sets (datasketch gets our shingle hashes as
-bytes, which spares it the usual Python string shingling), the same num_perm and threshold. datasketch
-follows its documented dedup loop: query, and insert the document when nothing is found. Each system runs
-in its own process pinned to one core; peak memory is that process's max RSS above its RSS after loading
-the corpus.
+All systems get the same canonical form and the same shingle sets (datasketch and rensa get our shingle hashes
+as bytes, which spares them the usual Python string shingling), the same num_perm and threshold. datasketch
+follows its documented dedup loop (query; insert the document when nothing is found), rensa its own (query, keep
+the candidates whose MinHash estimate reaches the threshold, insert when none is left; its LSH needs bands
+dividing num_perm: RENSA_BANDS, recall first). Each system runs in its own process pinned to one core; peak
+memory is that process's max RSS above its RSS after loading the corpus.
 
 Quality, two views:
 - planted: positives are the planted (original, copy) pairs; a copy dropped into another cluster is a false
@@ -17,16 +19,24 @@ Quality, two views:
 - target: positives are pairs whose exact Jaccard of shingle sets reaches the threshold (the stage's
   definition of a near duplicate); precision over every drop in the corpus, recall over planted pairs.
 
+Shingle schemes: F1 on planted copies per kind of edit (en-char, en-word, zh-char, zh-word) for each scheme of
+ours and for a reference, rensa over character 5-grams of the canonical text (plain Python slices), at the
+same threshold; a copy in another cluster is a false positive (no truth of its own, so all are judged alike).
+
+Heavily duplicated corpus: 1x, 4x, 16x copies of a base with 1-3% character edits; time and documents/s per
+core for ours and rensa: linear means 16x the documents cost ~16x the time.
+
 Then the stage itself (`vertical-dag run dedup`, parts on disk) at ~200k documents for peak memory and
 throughput, and a second run adding 1% more documents (incremental cost vs a full run).
 
-Run: .venv/bin/python benchmarks/dedup.py [--plant 3000] [--scale 200000] [--skip-scale]
+Run: .venv/bin/python benchmarks/dedup.py [--plant 4000] [--scale 200000] [--skip-scale] [--no-schemes]
+     [--no-heavy] [--baseline-code DIR (another checkout's vertical_dag, e.g. main's, side by side)]
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 import json
 import os
 import pickle
@@ -39,74 +49,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+from dedup_corpus import GROUPS, RATES, build_corpus, heavy_corpus
+from dedup_scoring import Jaccard, group_scores, score, shingle_args
 
 ROOT = Path(__file__).resolve().parents[1]
-RATES = (0.01, 0.02, 0.03, 0.05, 0.08)
+RENSA_BANDS = 32  # rensa needs bands dividing num_perm: 32 x 4 rows admits a pair at 0.7 with p > 0.999
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# ---------------------------------------------------------------- corpus
-
-
-def english_docs(min_chars: int = 300) -> list[str]:
-    lib = Path(sys.base_prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-    seen, docs = set(), []
-    for path in sorted(lib.glob("*.py")) + sorted(lib.glob("*/*.py")):
-        if "test" in path.as_posix():
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
-                d = ast.get_docstring(node)
-                if d and len(d) >= min_chars:
-                    d = " ".join(d.split())
-                    if d not in seen:
-                        seen.add(d)
-                        docs.append(d)
-    return docs
-
-
-def mutate(text: str, rate: float, rng: random.Random, alphabet: str) -> str:
-    chars = list(text)
-    for _ in range(max(1, round(rate * len(text)))):
-        op, pos = rng.randrange(3), rng.randrange(len(chars))
-        if op == 0:
-            chars.insert(pos, rng.choice(alphabet))
-        elif op == 1 and len(chars) > 1:
-            del chars[pos]
-        else:
-            chars[pos] = rng.choice(alphabet)
-    return "".join(chars)
-
-
-def build_corpus(n_plant: int, seed: int = 0) -> dict:
-    raw = sorted((ROOT / "data/raw/china_law").glob("*.jsonl"))
-    if not raw:
-        sys.exit("no example data: run `vertical-dag example fetch --no-model` first")
-    zh = [json.loads(line)["text"] for p in raw for line in p.open(encoding="utf-8")]
-    en = english_docs()
-    texts, lang = zh + en, ["zh"] * len(zh) + ["en"] * len(en)
-    rng = random.Random(seed)
-    han = "".join(sorted({c for t in zh for c in t if "\u4e00" <= c <= "\u9fff"}))
-    n_en = min(len(en), n_plant // 3)
-    origins = rng.sample([i for i, t in enumerate(zh) if len(t) >= 60], n_plant - n_en)
-    origins += rng.sample(range(len(zh), len(texts)), n_en)
-    planted = []
-    for k, o in enumerate(origins):
-        rate = RATES[k % len(RATES)]
-        planted.append((o, len(texts), rate))
-        texts.append(mutate(texts[o], rate, rng, han if lang[o] == "zh" else "abcdefghijklmnopqrstuvwxyz "))
-        lang.append(lang[o])
-    return {"texts": texts, "lang": lang, "planted": planted}
-
-
-# ---------------------------------------------------------------- the two systems (each in its own process)
+# ---------------------------------------------------------------- the systems (each in its own process)
 
 
 def pin_one_core() -> None:
@@ -131,25 +85,29 @@ def run_ours(texts: list[str], cfg, batch_size: int) -> tuple[np.ndarray, list]:
     return m, [[int(x)] if x >= 0 else [] for x in m]
 
 
+def our_shingles(texts: list[str], cfg, batch_size: int):
+    """(batch start, per-document shingle lists as bytes) with our canonical form and shingles."""
+    from vertical_dag.text.canonical import canonical_texts
+    from vertical_dag.text.shingles import shingle_hashes
+
+    for s in range(0, len(texts), batch_size):
+        h, off = shingle_hashes(canonical_texts(texts[s : s + batch_size]), **shingle_args(cfg))
+        yield s, [list(h[off[j] : off[j + 1]].view("S8")) for j in range(len(off) - 1)]
+
+
 def run_datasketch(texts: list[str], cfg, batch_size: int) -> tuple[np.ndarray, list]:
     from datasketch import MinHash, MinHashLSH
 
-    from vertical_dag.text.canonical import canonical_text
-    from vertical_dag.text.shingles import shingle_hashes
-
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
     match, found = np.full(len(texts), -1, np.int64), []
-    for s in range(0, len(texts), batch_size):
-        canon = [canonical_text(t) for t in texts[s : s + batch_size]]
-        h, off = shingle_hashes(canon, cfg.ngram_cjk, cfg.ngram_words)
-        for j in range(len(canon)):
+    for s, docs in our_shingles(texts, cfg, batch_size):
+        for j, shingles in enumerate(docs):
             i = s + j
-            shingles = h[off[j] : off[j + 1]]
-            if len(shingles) == 0:
+            if not shingles:
                 found.append([])
                 continue
             m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
-            m.update_batch(list(shingles.view("S8")))
+            m.update_batch(shingles)
             res = lsh.query(m)
             if res:
                 match[i] = min(res)
@@ -160,22 +118,67 @@ def run_datasketch(texts: list[str], cfg, batch_size: int) -> tuple[np.ndarray, 
     return match, found
 
 
+def rensa_loop(batches, n: int, cfg) -> tuple[np.ndarray, list]:
+    """rensa's dedup loop over (start, shingle lists) batches: query, keep candidates whose estimate reaches the
+    threshold, insert the document when none is left."""
+    from rensa import RMinHash, RMinHashLSH
+
+    lsh, kept = RMinHashLSH(cfg.threshold, cfg.num_perm, RENSA_BANDS), {}
+    match, found = np.full(n, -1, np.int64), []
+    for s, docs in batches:
+        for j, shingles in enumerate(docs):
+            if not shingles:
+                found.append([])
+                continue
+            m = RMinHash(cfg.num_perm, cfg.seed)
+            m.update(shingles)
+            res = sorted(k for k in lsh.query(m) if m.jaccard(kept[k]) >= cfg.threshold)
+            if res:
+                match[s + j] = res[0]
+            else:
+                lsh.insert(s + j, m)
+                kept[s + j] = m
+            found.append(res[:10])
+    return match, found
+
+
+def run_rensa(texts: list[str], cfg, batch_size: int) -> tuple[np.ndarray, list]:
+    return rensa_loop(our_shingles(texts, cfg, batch_size), len(texts), cfg)
+
+
+def run_rensa_char5(texts: list[str], cfg, batch_size: int) -> tuple[np.ndarray, list]:
+    """The reference for the shingle schemes: rensa over character 5-grams of the canonical text."""
+    from vertical_dag.text.canonical import canonical_texts
+
+    def batches():
+        for s in range(0, len(texts), batch_size):
+            canon = canonical_texts(texts[s : s + batch_size])
+            yield s, [[c[k : k + 5] for k in range(max(1, len(c) - 4))] if c else [] for c in canon]
+
+    return rensa_loop(batches(), len(texts), cfg)
+
+
+SYSTEMS = {"ours": run_ours, "datasketch": run_datasketch, "rensa": run_rensa, "rensa-char5": run_rensa_char5}
+
+
 def worker(system: str, corpus_file: str, out_file: str, cfg_json: str, batch_size: int, repeats: int) -> None:
     from vertical_dag.text.dedup_index import DedupConfig
 
     pin_one_core()
-    cfg = DedupConfig(**json.loads(cfg_json))
+    names = {f.name for f in dataclasses.fields(DedupConfig)}  # --baseline-code: an older DedupConfig
+    cfg = DedupConfig(**{k: v for k, v in json.loads(cfg_json).items() if k in names})
     with open(corpus_file, "rb") as f:
         texts = pickle.load(f)["texts"]
-    import datasketch  # noqa: F401  (imports outside the timed region, for both systems)
+    import datasketch  # noqa: F401  (imports outside the timed region, for every system)
     import pandas  # noqa: F401  (pyarrow imports it lazily on the first parquet write)
+    import rensa  # noqa: F401
 
     import vertical_dag.text.dedup_index  # noqa: F401
     from vertical_dag.text.shingles import _word_table
 
     _word_table()  # one-off table build, not part of either system's throughput
     base = rss_mb()
-    fn = run_datasketch if system == "datasketch" else run_ours
+    fn = SYSTEMS[system]
     seconds = float("inf")
     for _ in range(repeats):  # best of n: the machine may be shared, the fastest run is the least disturbed
         started = time.perf_counter()
@@ -186,59 +189,15 @@ def worker(system: str, corpus_file: str, out_file: str, cfg_json: str, batch_si
     Path(out_file).write_text(json.dumps(result))
 
 
-# ---------------------------------------------------------------- scoring
-
-
-class Jaccard:
-    def __init__(self, texts: list[str], cfg):
-        self.texts, self.cfg, self.cache = texts, cfg, {}
-
-    def set(self, i: int) -> np.ndarray:
-        from vertical_dag.text.canonical import canonical_text
-        from vertical_dag.text.shingles import shingle_set
-
-        if i not in self.cache:
-            self.cache[i] = shingle_set(canonical_text(self.texts[i]), self.cfg.ngram_cjk, self.cfg.ngram_words)
-        return self.cache[i]
-
-    def __call__(self, i: int, j: int) -> float:
-        from vertical_dag.text.minhash import exact_jaccard
-
-        return exact_jaccard(self.set(i), self.set(j))
-
-
-def score(result: dict, planted: list, jac: Jaccard, threshold: float) -> dict:
-    match, found = np.array(result["match"]), result["found"]
-
-    def root(i: int) -> int:
-        while match[i] >= 0:
-            i = int(match[i])
-        return i
-
-    def good_drop(d: int) -> bool:
-        return any(jac(d, m) >= threshold for m in found[d])
-
-    detected = {v: match[v] >= 0 and root(v) == root(o) for o, v, _ in planted}
-    tp = sum(detected.values())
-    fp = sum(1 for o, v, _ in planted if match[v] >= 0 and not detected[v] and not good_drop(v))
-    p = tp / (tp + fp) if tp + fp else 1.0
-    r = tp / len(planted)
-    by_rate = {}
-    for rate in RATES:
-        vs = [v for o, v, rr in planted if rr == rate]
-        by_rate[f"{rate:.0%}"] = round(sum(detected[v] for v in vs) / len(vs), 3) if vs else None
-    # target view: truth = exact Jaccard >= threshold
-    pos = [v for o, v, _ in planted if jac(o, v) >= threshold]
-    drops = np.flatnonzero(match >= 0)
-    tp_t = sum(1 for d in drops if good_drop(int(d)))
-    p_t = tp_t / len(drops) if len(drops) else 1.0
-    r_t = sum(detected[v] for v in pos) / len(pos) if pos else 1.0
-    f1 = lambda a, b: 2 * a * b / (a + b) if a + b else 0.0  # noqa: E731
-    return {"planted": {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1(p, r), 4),
-                        "recall_by_edit_rate": by_rate},
-            "target": {"precision": round(p_t, 4), "recall": round(r_t, 4), "f1": round(f1(p_t, r_t), 4),
-                       "planted_pairs_above_threshold": len(pos)},
-            "dropped": int(len(drops))}
+def run_worker(system: str, corpus: dict, cfg, batch_size: int, repeats: int, code: Path | None = None) -> dict:
+    """One system in its own process on one core; code: another checkout whose vertical_dag it imports."""
+    env = {**os.environ, "PYTHONPATH": str(code or ROOT)}
+    with tempfile.TemporaryDirectory() as tmp:
+        cf, out = Path(tmp) / "corpus.pkl", Path(tmp) / "out.json"
+        cf.write_bytes(pickle.dumps(corpus))
+        subprocess.run([sys.executable, __file__, "--worker", system, str(cf), str(out), json.dumps(cfg.fingerprint()),
+                        str(batch_size), str(repeats)], check=True, env=env)
+        return json.loads(out.read_text())
 
 
 # ---------------------------------------------------------------- the stage at scale
@@ -297,7 +256,8 @@ def scale_run(corpus: dict, n_docs: int, part_docs: int = 20_000) -> dict:
             subprocess.run(["taskset", "-c", "0", "vertical-dag", "run", "dedup", "--no-gate"], cwd=root,
                            check=True, capture_output=True, env=env)
             wall = time.perf_counter() - t0
-            m = json.loads((root / "data/metrics/dedup.json").read_text())
+            m = {**json.loads((root / "data/metrics/dedup.json").read_text()),  # timings and memory are kept
+                 **json.loads((root / "data/perf/dedup.json").read_text())}  # apart from quality metrics
             runs.append({"run": label, "new_documents": m["new_documents"], "documents_in": m["documents_in"],
                          "dropped": m["dropped"], "stage_seconds": m["seconds"], "wall_seconds": round(wall, 2),
                          "documents_per_second": m["documents_per_second"], "peak_rss_mb": m["peak_rss_mb"],
@@ -310,13 +270,108 @@ def scale_run(corpus: dict, n_docs: int, part_docs: int = 20_000) -> dict:
 # ---------------------------------------------------------------- main
 
 
+def compare_systems(corpus: dict, cfg, p, args, jac) -> dict:
+    from vertical_dag.stages.dedup import config_from_params
+
+    unverified = config_from_params(p.model_copy(update={"verify": False}))
+    no_families = dataclasses.replace(cfg, family_threshold=0.0)  # the work rensa and datasketch do
+    runs = [("vertical_dag", "ours", cfg, None), ("vertical_dag (families off)", "ours", no_families, None),
+            ("vertical_dag (verify off)", "ours", unverified, None),
+            ("datasketch", "datasketch", cfg, None), ("rensa", "rensa", cfg, None)]
+    if args.baseline_code:
+        runs.insert(1, (f"vertical_dag @ {args.baseline_code}", "ours", cfg, Path(args.baseline_code)))
+    rows, results = {}, {}
+    for _ in range(args.repeats):  # systems alternate, so a burst of load on the shared machine hits all alike
+        for name, system, c, code in runs:
+            res = run_worker(system, corpus, c, p.batch_size, 1, code)
+            if name not in results or res["seconds"] < results[name]["seconds"]:
+                results[name] = res  # the fastest run counts: the least disturbed
+    for name, res in results.items():
+        q = score(res, corpus["planted"], jac, cfg.threshold)
+        row = {"docs_per_s": round(res["docs_per_s"], 1), "seconds": round(res["seconds"], 2),
+               "peak_rss_mb": round(res["peak_rss_mb"], 1),
+               "peak_rss_above_corpus_mb": round(res["peak_rss_above_corpus_mb"], 1), **q}
+        rows[name] = row
+        print(f"\n{name}: {row['docs_per_s']:.0f} docs/s per core ({row['seconds']:.1f} s), peak RSS "
+              f"{row['peak_rss_mb']:.0f} MB (+{row['peak_rss_above_corpus_mb']:.0f} MB over the loaded corpus), "
+              f"dropped {q['dropped']}")
+        print(f"  planted pairs: precision {q['planted']['precision']:.3f} recall {q['planted']['recall']:.3f} "
+              f"F1 {q['planted']['f1']:.3f}; recall by edit rate {q['planted']['recall_by_edit_rate']}")
+        print(f"  target (Jaccard >= {cfg.threshold}): precision {q['target']['precision']:.3f} "
+              f"recall {q['target']['recall']:.3f} F1 {q['target']['f1']:.3f} "
+              f"({q['target']['planted_pairs_above_threshold']} planted pairs above threshold)")
+    ratios = {}
+    for ours in ("vertical_dag", "vertical_dag (families off)"):
+        ratios[ours] = {k: round(rows[ours]["docs_per_s"] / rows[k]["docs_per_s"], 2)
+                        for k in ("datasketch", "rensa", *runs_baseline(rows))}
+        print(f"\nthroughput of {ours} per core: " + ", ".join(f"{v}x {k}" for k, v in ratios[ours].items()))
+    return {"systems": rows, "ratios": ratios}
+
+
+def runs_baseline(rows: dict) -> list[str]:
+    return [k for k in rows if "@" in k]
+
+
+def shingle_schemes(corpus: dict, cfg, batch_size: int) -> dict:
+    """F1 per kind of edit for each shingle scheme, and the character-5-gram reference (rensa)."""
+    schemes = {"words 3 (ngram_chars 0)": dataclasses.replace(cfg, ngram_chars=0),
+               "chars 4": dataclasses.replace(cfg, ngram_chars=4),
+               "chars 5": dataclasses.replace(cfg, ngram_chars=5),
+               "chars 6": dataclasses.replace(cfg, ngram_chars=6)}
+    table = {}
+    for name, c in schemes.items():
+        res = run_worker("ours", corpus, c, batch_size, 1)
+        table[name] = {**group_scores(np.array(res["match"]), corpus["planted"]), "docs_per_s": round(res["docs_per_s"])}
+    res = run_worker("rensa-char5", corpus, cfg, batch_size, 1)
+    table["reference: rensa, chars 5, no verification"] = {**group_scores(np.array(res["match"]), corpus["planted"]),
+                                                           "docs_per_s": round(res["docs_per_s"])}
+    print(f"\nshingle schemes (space-separated scripts; CJK: ngram_cjk={cfg.ngram_cjk}), F1 on planted copies at "
+          f"threshold {cfg.threshold}:")
+    print("| scheme | " + " | ".join(GROUPS) + " | precision | originals dropped | docs/s |")
+    print("|---" * (len(GROUPS) + 4) + "|")
+    for name, r in table.items():
+        print(f"| {name} | " + " | ".join(f"{r[g]['f1']:.3f}" for g in GROUPS)
+              + f" | {r['precision']:.3f} | {r['originals_dropped']} | {r['docs_per_s']} |")
+    return table
+
+
+def heavy(corpus: dict, cfg, batch_size: int, n_base: int, code: Path | None) -> dict:
+    """Time vs size on a corpus of copies with small edits: ours (and --baseline-code's) and rensa."""
+    texts, lang = corpus["texts"], corpus["lang"]
+    zh = [t for t, lg in zip(texts, lang, strict=True) if lg == "zh"][: n_base * 2 // 3]
+    en = [t for t, lg in zip(texts, lang, strict=True) if lg == "en"][: n_base - len(zh)]
+    base = zh + en
+    systems = [("vertical_dag", "ours", None), ("rensa", "rensa", None)]
+    if code:
+        systems.insert(1, (f"vertical_dag @ {code}", "ours", code))
+    out = {}
+    for copies in (1, 4, 16):
+        docs = heavy_corpus(base, copies)
+        for name, system, c in systems:
+            res = run_worker(system, {"texts": docs}, cfg, batch_size, 1, c)
+            out.setdefault(name, {})[f"{copies}x"] = {"documents": len(docs), "seconds": round(res["seconds"], 2),
+                                                      "docs_per_s": round(res["docs_per_s"]),
+                                                      "dropped": int((np.array(res["match"]) >= 0).sum())}
+            print(f"heavy {copies:>2}x ({len(docs)} documents) {name}: {res['seconds']:.2f} s, "
+                  f"{res['docs_per_s']:.0f} docs/s per core, dropped {out[name][f'{copies}x']['dropped']}")
+    for name, r in out.items():
+        r["time_16x_over_1x"] = round(r["16x"]["seconds"] / r["1x"]["seconds"], 1)
+        print(f"  {name}: 16x the documents took {r['time_16x_over_1x']}x the time")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--plant", type=int, default=3000, help="planted near duplicates")
+    ap.add_argument("--plant", type=int, default=4000, help="planted near duplicates (a quarter per kind of edit)")
     ap.add_argument("--scale", type=int, default=200_000, help="documents for the stage-at-scale run")
     ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--only-scale", action="store_true", help="skip the comparison with datasketch")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per system; the fastest counts")
+    ap.add_argument("--only-scale", action="store_true", help="skip the comparison of systems")
+    ap.add_argument("--no-systems", action="store_true", help="skip the comparison of systems")
+    ap.add_argument("--no-schemes", action="store_true", help="skip the shingle-scheme F1 table")
+    ap.add_argument("--no-heavy", action="store_true", help="skip the heavily duplicated corpus")
+    ap.add_argument("--heavy-base", type=int, default=4500, help="documents copied 1x, 4x, 16x")
+    ap.add_argument("--baseline-code", help="a checkout whose vertical_dag also runs (e.g. the main branch)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per system, alternating; the fastest counts")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -333,40 +388,16 @@ def main() -> None:
     corpus = build_corpus(args.plant)
     texts = corpus["texts"]
     print(f"corpus: {len(texts)} documents ({corpus['lang'].count('zh')} zh, {corpus['lang'].count('en')} en), "
-          f"{len(corpus['planted'])} planted at edit rates {', '.join(f'{r:.0%}' for r in RATES)}; "
-          f"num_perm={cfg.num_perm} threshold={cfg.threshold} ngram_cjk={cfg.ngram_cjk} ngram_words={cfg.ngram_words}")
-    jac = Jaccard(texts, cfg)
-    report = {"corpus_documents": len(texts), "planted": len(corpus["planted"]), "systems": {}}
-    if args.only_scale:
-        report["scale"] = scale_run(corpus, args.scale)
-        print(json.dumps(report["scale"], indent=1))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        cf = Path(tmp) / "corpus.pkl"
-        cf.write_bytes(pickle.dumps(corpus))
-        unverified = config_from_params(p.model_copy(update={"verify": False}))
-        for name, c in (("vertical_dag", cfg), ("vertical_dag (verify off)", unverified), ("datasketch", cfg)):
-            system = "datasketch" if name == "datasketch" else "ours"
-            out = Path(tmp) / "out.json"
-            subprocess.run([sys.executable, __file__, "--worker", system, str(cf), str(out),
-                            json.dumps(c.fingerprint()), str(p.batch_size), str(args.repeats)], check=True)
-            res = json.loads(out.read_text())
-            q = score(res, corpus["planted"], jac, cfg.threshold)
-            row = {"docs_per_s": round(res["docs_per_s"], 1), "seconds": round(res["seconds"], 2),
-                   "peak_rss_mb": round(res["peak_rss_mb"], 1),
-                   "peak_rss_above_corpus_mb": round(res["peak_rss_above_corpus_mb"], 1),
-                   "bands_rows": [c.bands, c.rows] if system == "ours" else "datasketch's own", **q}
-            report["systems"][name] = row
-            print(f"\n{name}: {row['docs_per_s']:.0f} docs/s ({row['seconds']:.1f} s), peak RSS {row['peak_rss_mb']:.0f} MB "
-                  f"(+{row['peak_rss_above_corpus_mb']:.0f} MB over the loaded corpus), dropped {q['dropped']}")
-            print(f"  planted pairs: precision {q['planted']['precision']:.3f} recall {q['planted']['recall']:.3f} "
-                  f"F1 {q['planted']['f1']:.3f}; recall by edit rate {q['planted']['recall_by_edit_rate']}")
-            print(f"  target (Jaccard >= {cfg.threshold}): precision {q['target']['precision']:.3f} "
-                  f"recall {q['target']['recall']:.3f} F1 {q['target']['f1']:.3f} "
-                  f"({q['target']['planted_pairs_above_threshold']} planted pairs above threshold)")
-    ours, ds = report["systems"]["vertical_dag"], report["systems"]["datasketch"]
-    report["speedup_vs_datasketch"] = round(ours["docs_per_s"] / ds["docs_per_s"], 2)
-    print(f"\nthroughput vs datasketch: {report['speedup_vs_datasketch']}x (one core each)")
+          f"{len(corpus['planted'])} planted ({', '.join(GROUPS)}) at edit rates {', '.join(f'{r:.0%}' for r in RATES)}; "
+          f"num_perm={cfg.num_perm} threshold={cfg.threshold} shingles={shingle_args(cfg)}")
+    report: dict = {"corpus_documents": len(texts), "planted": len(corpus["planted"])}
+    if not args.only_scale:
+        if not args.no_systems:
+            report.update(compare_systems(corpus, cfg, p, args, Jaccard(texts, cfg)))
+        if not args.no_schemes:
+            report["shingle_schemes"] = shingle_schemes(corpus, cfg, p.batch_size)
+        if not args.no_heavy:
+            report["heavy"] = heavy(corpus, cfg, p.batch_size, args.heavy_base, args.baseline_code and Path(args.baseline_code))
     if not args.skip_scale:
         report["scale"] = scale_run(corpus, args.scale)
         for r in report["scale"]["runs"]:

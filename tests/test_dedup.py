@@ -91,6 +91,39 @@ def test_shingles_are_script_aware():
     assert list(np.diff(offsets)[:2]) == [0, 0] and np.diff(offsets)[2] > 30
 
 
+def test_character_shingles_for_space_separated_scripts():
+    """A typo spoils ngram_words word n-grams (~18 characters of text) but only ~5 character 5-grams, so
+    character shingles keep OCR-like copies above the threshold; CJK text shingles alike either way."""
+    a, b = canonical_text(ENGLISH), canonical_text(ENGLISH.replace("premises", "prem1ses", 1).replace("structure", "strncture"))
+    chars = exact_jaccard(shingle_set(a, 5, 3, 5), shingle_set(b, 5, 3, 5))
+    words = exact_jaccard(shingle_set(a, 5, 3, 0), shingle_set(b, 5, 3, 0))
+    assert chars > 0.9 > 0.85 > words
+    # punctuation and runs of spaces read as one space; case was folded by the canonical form
+    assert (shingle_set("hello, world", 5, 3, 5) == shingle_set("hello  world", 5, 3, 5)).all()
+    assert not np.isin(shingle_set("hello world", 5, 3, 5), shingle_set("helloworld", 5, 3, 5)).all()
+    law = canonical_text(LAW)
+    assert (shingle_hashes([law], 5, 3, 5)[0] == shingle_hashes([law], 5, 3, 0)[0]).all()
+    # mixed: a CJK run of 11 chars (7 five-grams) + "alpha beta" (10 characters: 6) + a 2-char run (one short)
+    assert shingle_hashes(["中华人民共和国宪法规定 alpha beta 本法"], 5, 3, 5)[1][-1] == 7 + 6 + 1
+    assert list(shingle_hashes(["", "!!!", "ab"], 5, 3, 5)[1]) == [0, 0, 0, 1]
+
+
+def test_heavily_duplicated_input_costs_a_bounded_number_of_checks():
+    """300 edited copies of one text (and unrelated texts between them): every copy joins the first one's
+    cluster, and exact-Jaccard checks stay at most max_verify per document, about one per copy, since the
+    best-ranked candidate is already a match (before, every candidate above the margin was checked)."""
+    rng = random.Random(0)
+    base = zh(7, 300)
+    texts = []
+    for k in range(300):
+        texts += [substitute(base, rng.sample(range(300), 4), "乙") if k else base, zh(1000 + k)]
+    for cfg, per_doc in ((DedupConfig(), 1.2), (DedupConfig(max_verify=1), 1.0)):
+        action, root, results = run_index(texts, cfg, batch=64)
+        assert (action[2::2] == NEAR).all() and (root[::2] == 0).all() and (action[1::2] == KEEP).all()
+        checks = sum(r.checks for r in results)
+        assert 299 <= checks <= per_doc * 299, checks
+
+
 def test_batch_signatures_match_single_documents_and_estimate_jaccard():
     texts = [canonical_text(t) for t in (LAW, ENGLISH, zh(3, 2000), "", en(4))]
     h, off = shingle_hashes(texts, 5, 3)

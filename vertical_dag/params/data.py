@@ -133,7 +133,10 @@ class DedupParams(Section):
     exact: bool = True
     near: bool = True
     ngram_cjk: int = Field(5, ge=1, le=32)  # character n-grams over CJK text
-    ngram_words: int = Field(3, ge=1, le=16)  # word n-grams over space-separated scripts
+    # space-separated scripts: character n-grams (robust to OCR-like character edits) or word n-grams
+    spaced_shingles: Literal["chars", "words"] = "chars"
+    ngram_chars: int = Field(5, ge=1, le=32)  # character n-grams over space-separated scripts (chars)
+    ngram_words: int = Field(3, ge=1, le=16)  # word n-grams over space-separated scripts (words)
     num_perm: int = Field(128, ge=8, le=1024)
     threshold: float = Field(0.7, gt=0, lt=1)  # target Jaccard similarity
     bands: int | None = Field(None, ge=1)  # null: derived from threshold and num_perm (bands * rows <= num_perm)

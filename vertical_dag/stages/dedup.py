@@ -49,8 +49,9 @@ def config_from_params(p: DedupParams) -> DedupConfig:
         bands, rows = recall_bands(p.threshold, p.num_perm) if p.verify else optimal_bands(p.threshold, p.num_perm)
     family = p.family_threshold if p.enabled and p.near else 0.0
     f_bands, f_rows = recall_bands(family, p.num_perm) if family else (0, 0)
+    chars = p.ngram_chars if p.spaced_shingles == "chars" else 0
     return DedupConfig(exact=p.enabled and p.exact, near=p.enabled and p.near, ngram_cjk=p.ngram_cjk,
-                       ngram_words=p.ngram_words, num_perm=p.num_perm, bands=bands, rows=rows,
+                       ngram_words=p.ngram_words, ngram_chars=chars, num_perm=p.num_perm, bands=bands, rows=rows,
                        threshold=p.threshold, verify=p.verify, max_candidates=p.max_candidates, seed=p.seed,
                        family_threshold=family, family_bands=f_bands, family_rows=f_rows)
 

@@ -18,6 +18,19 @@ from .shingles import mix64
 # ---------------------------------------------------------------- banding
 
 
+def unique(x: np.ndarray, return_inverse: bool = False):
+    """np.unique by sorting: numpy 2's hash-based np.unique measured 10-80x slower on ~1M int64 keys."""
+    order = np.argsort(x, kind="stable") if return_inverse else None
+    s = x[order] if return_inverse else np.sort(x)
+    first = np.ones(len(s), bool)
+    first[1:] = s[1:] != s[:-1]
+    if not return_inverse:
+        return s[first]
+    inv = np.empty(len(x), np.int64)
+    inv[order] = np.cumsum(first) - 1
+    return s[first], inv
+
+
 _XS = np.linspace(0.0, 1.0, 1001)
 
 
@@ -116,25 +129,28 @@ class KeyIndex:
 
     def lookup(self, keys: np.ndarray, max_hits: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """All (query position, document number) with equal keys, at most the `max_hits` lowest document
-        numbers per query key (the same hits whatever the segment layout)."""
+        numbers per query key (the same hits whatever the segment layout), by query position then document."""
         keys = np.ascontiguousarray(keys, dtype=np.uint64).ravel()
+        # sorted queries walk each segment forwards (measured 13x faster than random probes of a large one)
+        by_key = np.argsort(keys, kind="stable")
+        sorted_keys = keys[by_key]
         qs, ds = [], []
         for seg_keys, seg_docs in self.segments:
-            lo = np.searchsorted(seg_keys, keys, side="left")
-            hi = np.minimum(np.searchsorted(seg_keys, keys, side="right"), lo + max_hits)
+            lo = np.searchsorted(seg_keys, sorted_keys, side="left")
+            hi = np.minimum(np.searchsorted(seg_keys, sorted_keys, side="right"), lo + max_hits)
             cnt = hi - lo
             if not cnt.any():
                 continue
-            q = np.repeat(np.arange(len(keys)), cnt)
+            q = np.repeat(by_key, cnt)
             starts = np.repeat(lo - np.cumsum(cnt) + cnt, cnt)
             ds.append(np.asarray(seg_docs[starts + np.arange(cnt.sum())]))
             qs.append(q)
         if not qs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         q, d = np.concatenate(qs), np.concatenate(ds)
+        order = np.argsort(q * np.int64(d.max() + 1) + d)  # by query position, then document number
+        q, d = q[order], d[order]
         if len(qs) > 1:  # keep the max_hits lowest per query across segments
-            order = np.argsort(q * np.int64(d.max() + 1) + d)
-            q, d = q[order], d[order]
             first = np.searchsorted(q, q, side="left")
             keep = np.arange(len(q)) - first < max_hits
             q, d = q[keep], d[keep]

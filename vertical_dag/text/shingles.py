@@ -4,7 +4,9 @@ Why script-aware: Chinese and Japanese are written without spaces, so whitespace
 clauses and two clauses differing by one character share no shingle. Here each CJK character is a token
 and each run of letters/digits in other scripts is a token. A document's token stream is cut into
 segments of one kind (a CJK run, or a run of words); CJK segments give character n-grams
-(`ngram_cjk`), word segments give word n-grams (`ngram_words`), so mixed documents get both. A segment
+(`ngram_cjk`), word segments give word n-grams (`ngram_words`), or with `ngram_chars` > 0 character n-grams
+of their words joined by one space (robust to OCR-like character edits, which spoil every word n-gram
+containing the word), so mixed documents get both kinds. A segment
 shorter than its n gives one shingle of the whole segment, so short texts still have shingles.
 Punctuation and spaces separate words but do not break a CJK run ("中文，中文" is one run).
 
@@ -80,8 +82,44 @@ def _ngrams(tok: np.ndarray, brk: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
     return h[idx], idx
 
 
-def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Shingle hashes of every document of a batch.
+def _tokens(cps: np.ndarray, doc_of: np.ndarray, cjk: np.ndarray, word: np.ndarray, prev: np.ndarray,
+            word_hash: np.ndarray, chars: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The token stream in text order: (hash, kind 1 = CJK character / 0 = other, document, segment start).
+    Tokens are every CJK character and every word (or, with `chars`, every word character, with one space
+    token between consecutive words of a segment: punctuation and runs of spaces read as one space)."""
+    if not chars:
+        tok_pos = np.flatnonzero(cjk | (word & ~prev))
+        kind = cjk[tok_pos].astype(np.int8)
+        tok = np.empty(len(tok_pos), dtype=np.uint64)
+        tok[kind == 1] = mix64(cps[tok_pos[kind == 1]].astype(np.uint64) ^ _KIND_SALT[1])
+        tok[kind == 0] = word_hash  # word starts appear in the same order as `starts`
+        space = np.zeros(len(tok_pos), bool)
+    else:
+        # slots in text order: 2p + 1 for the character at p, 2p for the space before a word starting at p
+        # (marking slots and reading them back in order is linear, where sorting the two lists was not)
+        slots = np.zeros(2 * len(cps) + 1, bool)
+        slots[2 * np.flatnonzero(cjk | word) + 1] = True
+        slots[2 * np.flatnonzero(word & ~prev)] = True
+        keys = np.flatnonzero(slots)
+        space = (keys & 1) == 0
+        tok_pos = keys >> 1
+        kind = np.where(space, 0, cjk[tok_pos]).astype(np.int8)
+        cp = np.where(space, 32, cps[tok_pos]).astype(np.uint64)
+        tok = mix64(cp ^ np.where(kind == 1, _KIND_SALT[1], _KIND_SALT[0]))  # CJK hashes as without `chars`
+    tok_doc = doc_of[tok_pos]
+    brk = np.ones(len(tok), dtype=bool)
+    brk[1:] = (tok_doc[1:] != tok_doc[:-1]) | (kind[1:] != kind[:-1])
+    if space.any():  # a space opening a segment (after a CJK run or at a document's start) separates nothing
+        lead = space & brk
+        brk[1:] |= lead[:-1]
+        tok, kind, tok_doc, brk = tok[~lead], kind[~lead], tok_doc[~lead], brk[~lead]
+    return tok, kind, tok_doc, brk
+
+
+def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int = 3, ngram_chars: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle hashes of every document of a batch. `ngram_chars` > 0: space-separated scripts get character
+    n-grams of that size (words joined by one space) instead of word n-grams.
 
     Returns (hashes uint64, offsets int64) where document i's shingles are hashes[offsets[i]:offsets[i+1]].
     A document may contain repeated hashes (a multiset); MinHash does not care, exact Jaccard uniques them.
@@ -102,28 +140,20 @@ def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int 
     wc = np.flatnonzero(word)
     is_start = ~prev[wc]
     run_first = np.flatnonzero(is_start)  # in word-character coordinates
-    if len(wc):
+    if len(wc) and not ngram_chars:
         pos_in_run = np.arange(len(wc)) - run_first[np.cumsum(is_start) - 1]
         vals = cps[wc].astype(np.uint64) * _powers(_BASE, int(pos_in_run.max()) + 1)[pos_in_run]
         word_hash = mix64(np.add.reduceat(vals, run_first))
     else:
         word_hash = np.zeros(0, np.uint64)
 
-    # the token stream in text order: every CJK character and every word start
-    tok_pos = np.flatnonzero(cjk | (word & ~prev))
-    if len(tok_pos) == 0:
+    tok, kind, tok_doc, brk = _tokens(cps, doc_of, cjk, word, prev, word_hash, ngram_chars > 0)
+    if len(tok) == 0:
         return np.zeros(0, np.uint64), np.zeros(n_docs + 1, np.int64)
-    kind = cjk[tok_pos].astype(np.int8)  # 1 = CJK character, 0 = word
-    tok = np.empty(len(tok_pos), dtype=np.uint64)
-    tok[kind == 1] = mix64(cps[tok_pos[kind == 1]].astype(np.uint64) ^ _KIND_SALT[1])
-    tok[kind == 0] = word_hash  # word starts appear in the same order as `starts`
-    tok_doc = doc_of[tok_pos]
-    brk = np.ones(len(tok), dtype=bool)
-    brk[1:] = (tok_doc[1:] != tok_doc[:-1]) | (kind[1:] != kind[:-1])
 
     # segments hold one kind of token, so each kind's n-grams are computed on its tokens alone
     pieces_h, pieces_i = [], []
-    for k, n in ((1, ngram_cjk), (0, ngram_words)):
+    for k, n in ((1, ngram_cjk), (0, ngram_chars or ngram_words)):
         sel = np.flatnonzero(kind == k)
         if len(sel) == 0:
             continue
@@ -139,7 +169,7 @@ def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int 
     return hashes, offsets
 
 
-def shingle_set(canon: str, ngram_cjk: int = 5, ngram_words: int = 3) -> np.ndarray:
+def shingle_set(canon: str, ngram_cjk: int = 5, ngram_words: int = 3, ngram_chars: int = 0) -> np.ndarray:
     """The sorted unique shingle hashes of one document (for exact Jaccard)."""
-    h, _ = shingle_hashes([canon], ngram_cjk, ngram_words)
+    h, _ = shingle_hashes([canon], ngram_cjk, ngram_words, ngram_chars)
     return np.unique(h)
