@@ -47,6 +47,8 @@ def contents(project: Path) -> dict[str, str]:
 
     out = {}
     for f in sorted((project / "data/splits").rglob("*.parquet")):
+        if ".profile" in f.parts:  # the gate's profile (new with the streaming split): not an output to compare
+            continue
         out[f.relative_to(project).as_posix()] = pq.read_table(f).to_pandas().to_json()
     out["splits.json"] = json.dumps({k: v for k, v in json.loads((project / "data/splits/splits.json").read_text())
                                      .items()}, sort_keys=True)
@@ -72,13 +74,14 @@ def one(prep: Path, work: Path, label: str, code: Path) -> tuple[dict[str, tuple
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", type=Path, required=True, help="a checkout of the baseline code (e.g. main)")
+    ap.add_argument("--new", type=Path, default=REPO, help="the checkout to compare (default: this one)")
     ap.add_argument("--scales", type=int, nargs="+", default=[1])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vd-split-"))
     example = REPO / "data/raw/china_law"
-    codes = {"base": args.baseline.resolve(), "new": REPO}
+    codes = {"base": args.baseline.resolve(), "new": args.new.resolve()}
     for scale in args.scales:
         raw = work / f"raw-x{scale}"
         if not raw.exists():

@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..quality.contamination import measure
+from ..quality.split_profile import write_profile
 from ..records import LEDGER_SCHEMA, LedgerEntry, ledger_table, read_json, write_json, write_parquet
 from ..text.decontaminate import (
     CUT,
@@ -45,6 +47,7 @@ from ..text.decontaminate import (
     resolve_settings,
     spec_and_rule,
 )
+from ..text.hash_spill import HashSpill, distinct
 from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
 from . import STAGES
 from .context import StageContext
@@ -122,7 +125,8 @@ def _protected(ctx: StageContext, ids: pa.Array, trains: np.ndarray, same_settin
 
 
 def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.ndarray, families: pa.Array,
-                   same_settings: bool, settings: dict[str, Any]) -> tuple[Contamination | None, list, dict]:
+                   same_settings: bool, settings: dict[str, Any], spill: HashSpill
+                   ) -> tuple[Contamination | None, list, dict]:
     """Run decontamination on the documents it concerns; (result per document, eval items, eval file
     problems). None when switched off."""
     sp, dc = ctx.params.split, ctx.params.split.decontaminate
@@ -134,8 +138,8 @@ def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.nda
     selected = np.ones(len(ids), bool) if dc.internal else ~is_eval  # else evaluation splits: measured by the gate only
     item_ids = pa.array([ident for ident, _ in eval_items], pa.string())
     groups = pc.dictionary_encode(pa.concat_arrays([families, item_ids])).indices.to_numpy()
-    found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, rule,
-                          _protected(ctx, ids, selected & ~is_eval, same_settings), ctx.out.parent)
+    found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
+                          rule, _protected(ctx, ids, selected & ~is_eval, same_settings))
     return found, eval_items, problems
 
 
@@ -164,6 +168,29 @@ def _ledger(ids: pa.Array, split: np.ndarray, keys: pa.Array, found: Contaminati
     table = pa.concat_tables([ledger_table(entries), split_rows]) if entries else split_rows
     at = np.concatenate(order[1:] + order[:1]) if entries else order[0]
     return table.take(pa.array(np.argsort(at, kind="stable")))
+
+
+def _gate_measure(ctx: StageContext, found: Contamination | None, spill: HashSpill, split: np.ndarray,
+                  keep: np.ndarray, ids: pa.Array, cols: dict[str, Any], settings: dict[str, Any]) -> list[float] | None:
+    """The split gate's contamination measure of the documents written, from the n-grams decontamination
+    spilled (every document's, when it checked validation/test too); None when there are none to use."""
+    if found is None or not ctx.params.split.decontaminate.internal:
+        return None
+    spec, _ = spec_and_rule(settings)
+    uncut = keep.copy()
+    uncut[list(found.texts)] = False
+
+    def rows() -> Any:
+        for h, d in spill.buckets():
+            m = uncut[d]
+            yield d[m], h[m]
+        for i, text in found.texts.items():
+            h = distinct(spec.hashes(text))
+            yield np.full(len(h), i, np.int64), h
+
+    family = pc.coalesce(*(c for c in (cols["family_id"], cols["cluster_id"]) if c is not None), ids)
+    codes = pc.dictionary_encode(family).indices.to_numpy()
+    return measure(rows, split != 0, codes, int(settings["max_ngram_families"]))
 
 
 def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contamination | None) -> np.ndarray:
@@ -226,10 +253,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         fractions = (1.0, 0.0, 0.0)
     split = assign_column(seed, keys, fractions)
     families = family_column(ids, cols["cluster_id"], cols["family_id"])
-    found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
-                                                      dc_settings)
-    n_chars = _write(ctx, parts, split, found)
-    dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
+    with HashSpill(ctx.out.parent) as spill:
+        found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
+                                                          dc_settings, spill)
+        n_chars = _write(ctx, parts, split, found)
+        dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
+        measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings)
+    write_profile(ctx.out, SPLITS, split, ~dropped, ids, n_chars, measured, dc_settings)
     counts = {name: int(((split == k) & ~dropped).sum()) for k, name in enumerate(SPLITS)}
     source = cols["source"] if cols["source"] is not None else pa.nulls(n_in, pa.string())
     summary = _summary(source, split, n_chars, ~dropped, fractions)

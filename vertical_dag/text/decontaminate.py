@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -130,7 +129,7 @@ def cut_spans(text: str, spec: NgramSpec, covered: np.ndarray) -> tuple[str, int
     return "\n".join(p for p in pieces if p), removed
 
 
-def _count_common(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
+def common_hashes(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
     """Sorted hashes found with more than `max_groups` distinct groups among the (hash, group) rows."""
     order = np.lexsort((g, h))
     h, g = h[order], g[order]
@@ -147,7 +146,7 @@ def boilerplate(distinct_hashes: Sequence[np.ndarray], groups: Sequence[str], ma
     codes = {g: k for k, g in enumerate(dict.fromkeys(groups))}
     h = np.concatenate(list(distinct_hashes))
     g = np.repeat(np.array([codes[x] for x in groups], np.int64), [len(d) for d in distinct_hashes])
-    return _count_common(h, g, max_groups)
+    return common_hashes(h, g, max_groups)
 
 
 def _rare(h: np.ndarray, common: np.ndarray) -> np.ndarray:
@@ -224,7 +223,7 @@ class _Pass:
         found = []
         for k, (h, d) in enumerate(self.spill.buckets()):
             m = ib == k
-            found.append(_count_common(np.concatenate([h, ih[m]]), np.concatenate([self.groups[d], ig[m]]), max_groups))
+            found.append(common_hashes(np.concatenate([h, ih[m]]), np.concatenate([self.groups[d], ig[m]]), max_groups))
         self.common = np.concatenate(found)
         self.out.boilerplate_ngrams = len(self.common)
 
@@ -295,29 +294,25 @@ class _Pass:
 
 
 def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
-                  groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec,
+                  groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, spill: HashSpill,
                   rule: DecontaminationRule = DecontaminationRule(),
-                  protected: Callable[[], Iterable[tuple[int, str]]] | None = None,
-                  workdir: Path | None = None) -> Contamination:
+                  protected: Callable[[], Iterable[tuple[int, str]]] | None = None) -> Contamination:
     """Decontaminate the selected training documents against the selected evaluation ones and the
     evaluation files' items.
 
     texts: the corpus's texts by batch (TextSource); name(i): document i's id; is_eval / selected: per
     document; groups: an integer group (template family) per document, then one per evaluation item;
+    spill: an empty HashSpill, left holding every selected document's distinct n-grams (original texts);
     protected(): (document index, text as trained on) of the current training documents an earlier run
-    already trained on; workdir: where the n-gram spill lives while this runs."""
-    spill = HashSpill(workdir or Path("."))
-    try:
-        run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
-                    eval_items, spec, rule, spill)
-        run.hash_all()
-        run.find_common()
-        if protected is not None:
-            run.protect(protected())
-        run.eval_shares(run.check_train())
-        return run.out
-    finally:
-        spill.close()
+    already trained on."""
+    run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
+                eval_items, spec, rule, spill)
+    run.hash_all()
+    run.find_common()
+    if protected is not None:
+        run.protect(protected())
+    run.eval_shares(run.check_train())
+    return run.out
 
 
 # Per-domain defaults. Statutes, contracts, clinical notes, filings and manuals repeat standard clauses across

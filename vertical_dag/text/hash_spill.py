@@ -71,6 +71,12 @@ class HashSpill:
             rec = np.fromfile(self.dir / f"{k:02d}.bin", dtype=[("h", np.uint64), ("d", np.int64)])
             yield rec["h"], rec["d"]
 
+    def __enter__(self) -> HashSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for f in self._files:
             f.close()
