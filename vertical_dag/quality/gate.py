@@ -104,10 +104,10 @@ def stage_tables(stage: str, project: Project, params: Params, metrics: dict[str
 def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> dict[str, Any]:
     spec = STAGES[stage]
     out = project.root / spec.out
-    hashed = any(c.column == "canonical_hash" for c in checks_for(stage, params))  # else text hashes are not needed
+    needed = _document_columns(stage, params)
     sidecars = read_profile(out, profile.doc_files(out), _settings(params)) if stage == "split" else None
-    docs = profile.documents(out, pii=params.normalize.pii if stage == "normalize" else False, text_hash=hashed,
-                             sidecars=sidecars)
+    docs = profile.documents(out, pii=params.normalize.pii if stage == "normalize" else False,
+                             text_hash="canonical_hash" in needed, sidecars=sidecars, columns=needed)
     if not spec.reads:  # reads raw files: its input count is what it reports
         rows_in = int(metrics.get("documents_in") or 0)
     else:  # the registry's lineage: the documents the upstream stage kept
@@ -124,6 +124,17 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
         tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
                                                       g.split_fraction_sigmas)
     return tables
+
+
+def _document_columns(stage: str, params: Params) -> set[str]:
+    """The per-document columns the stage's checks and summary tables read (text hashes only if one does)."""
+    cols = {"doc_id", "part", "contamination", "pii_found"}
+    for c in checks_for(stage, params):
+        if c.table == "documents":
+            cols |= {c.column, c.id_column, *(c.rows or {})}
+    if stage == "split":  # the clusters, families and fractions tables, the contamination measure
+        cols |= {"split", "cluster_id", "family_id"}
+    return cols - {None}
 
 
 def _settings(params: Params) -> dict[str, Any]:

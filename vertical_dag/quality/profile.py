@@ -95,23 +95,31 @@ def _profile_part(path: Path, detect: Callable[[str], list[str]] | None, text_ha
     return pa.table({c: cols[c] for c in order})
 
 
-def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: dict[str, pa.Table] | None = None) -> Any:
+def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: dict[str, pa.Table] | None = None,
+              columns: set[str] | None = None) -> Any:
     """One row per document of a stage's output, as a pandas DataFrame (no text).
 
     pii: False for no PII column; else normalize.pii params (None: the built-in types) for `pii_found`,
     the comma-joined PII kinds still in a document (null when none). text_hash: hash texts where there is
-    no canonical_hash. sidecars: per file (by stem) the stage's profile rows (see split_profile.py)."""
+    no canonical_hash. sidecars: per file (by stem) the stage's profile rows (see split_profile.py).
+    columns: only these (and the columns they are filled from), so millions of rows stay small in pandas."""
     detect = pii_detector(pii) if pii is not False else None
     tables = [_profile_part(p, detect, text_hash, sidecars[p.stem] if sidecars else None) for p in doc_files(out)]
     if not tables:
         schema = pa.schema([(c, pa.int64() if c == "n_chars" else pa.string()) for c in PROFILE_FIELDS])
         if detect is not None:
             schema = schema.append(pa.field("pii_found", pa.string()))
-        return schema.empty_table().to_pandas()
-    df = pa.concat_tables(tables, promote_options="default").to_pandas()
-    df["cluster_id"] = df["cluster_id"].fillna(df["doc_id"])  # parts written before clustering stand alone
-    df["family_id"] = df["family_id"].fillna(df["cluster_id"])  # without template families: the cluster
-    return df
+        table = schema.empty_table()
+    else:
+        table = pa.concat_tables(tables, promote_options="default")
+    # parts written before clustering stand alone; without template families: the cluster
+    table = table.set_column(table.schema.get_field_index("cluster_id"), "cluster_id",
+                             pc.coalesce(table.column("cluster_id"), table.column("doc_id")))
+    table = table.set_column(table.schema.get_field_index("family_id"), "family_id",
+                             pc.coalesce(table.column("family_id"), table.column("cluster_id")))
+    if columns is not None:
+        table = table.select([c for c in table.column_names if c in columns])
+    return table.to_pandas()
 
 
 def texts(out: Path, batch_size: int = 8192) -> Iterator[tuple[np.ndarray, list[str | None]]]:

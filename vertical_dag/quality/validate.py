@@ -1,9 +1,11 @@
 """Run checks through Great Expectations 1.x, in the project's file-backed context (gx/).
 
 Each stage's checks on one table are an ExpectationSuite saved under gx/expectations/, validated by a
-ValidationDefinition on a pandas dataframe batch, through a Checkpoint whose UpdateDataDocsAction rebuilds
+ValidationDefinition on a pandas dataframe batch, saved with a Checkpoint whose UpdateDataDocsAction rebuilds
 the Data Docs site (gx/uncommitted/data_docs/local_site/index.html); GE keeps each validation result's JSON
 under gx/uncommitted/validations/. A GE user finds the suites, checkpoints and results where GE puts them.
+A gate runs its checkpoints' validation definitions itself and then builds the Data Docs pages of all of
+them at once: running each Checkpoint would rebuild the site (index, templates) once per table.
 
 Great Expectations is imported here, inside the function, so nothing on the CLI start-up path pays for it.
 """
