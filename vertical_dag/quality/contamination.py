@@ -8,22 +8,23 @@ split.decontaminate's max_ngram_families template families of the split output i
 by many forms, not leakage (vertical_dag.text.decontaminate); the clauses of one form count however many
 variants of it there are.
 
-`measure` works on (document, distinct n-gram hash) rows streamed twice, keeping only the n-grams of the
-evaluation side (validation + test) in memory. The rows come from the split files' texts (`rows_from_texts`),
-or from the split stage, which hashed every text already and records the result as a profile while it writes
-(vertical_dag/quality/split_profile.py), so the gate does not hash the corpus a second time.
+`measure` works on (document, distinct n-gram hash) rows spilled to disk by hash range
+(vertical_dag/text/hash_spill.py) and settles one hash range at a time, so memory does not grow with the
+corpus. The rows come from the split files' texts (`spill_texts`), or from the split stage, which hashed
+every text already and records the result as a profile while it writes (split_profile.py), so the gate
+does not hash the corpus a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from ..text.hash_spill import distinct, member
+from ..text.hash_spill import HashSpill, distinct, member
 
-Rows = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]  # (document indices, hashes), distinct per document
+Rows = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]  # (hashes, document indices), distinct per document
 
 
 def _settings(params: Any) -> dict[str, Any]:
@@ -44,41 +45,33 @@ def max_families(params: Any) -> int:
     return int(_settings(params)["max_ngram_families"])
 
 
-def measure(rows: Rows, is_eval: np.ndarray, families: np.ndarray, max_groups: int) -> list[float]:
+def measure(buckets: Rows, is_eval: np.ndarray, families: np.ndarray, max_groups: int) -> list[float]:
     """Per document: for evaluation ones the share of their distinct rare n-grams found in train, 0.0 for
-    train ones. families: an integer template family per document."""
+    train ones. buckets(): (hash, document) rows in chunks that share no hash (HashSpill buckets), so each
+    chunk is settled alone; families: an integer template family per document."""
     from ..text.decontaminate import common_hashes
 
     n = len(is_eval)
-    own_h, own_d = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
-    for d, h in rows():
-        m = is_eval[d]
-        own_h.append(h[m])
-        own_d.append(d[m])
-    eh, ed = np.concatenate(own_h), np.concatenate(own_d)
-    wanted = distinct(eh)
-    hs, gs, train = [np.empty(0, np.uint64)], [np.empty(0, np.int64)], [np.empty(0, bool)]
-    for d, h in rows():  # every document's occurrences of the evaluation side's n-grams
-        m = member(h, wanted)
-        hs.append(h[m])
-        gs.append(families[d[m]])
-        train.append(~is_eval[d[m]])
-    h, g, t = np.concatenate(hs), np.concatenate(gs), np.concatenate(train)
-    common = common_hashes(h, g, max_groups) if max_groups > 0 else np.empty(0, np.uint64)
-    in_train = distinct(h[t])
-    rare = ~member(eh, common)
-    ed, hit = ed[rare], member(eh[rare], in_train)
-    total = np.bincount(ed, minlength=n)
-    found = np.bincount(ed, weights=hit, minlength=n)
+    total, found = np.zeros(n, np.int64), np.zeros(n, np.float64)
+    for h, d in buckets():
+        wanted = distinct(h[is_eval[d]])
+        m = member(h, wanted)  # every document's occurrences of the evaluation side's n-grams
+        h, d = h[m], d[m]
+        common = common_hashes(h, families[d], max_groups) if max_groups > 0 else np.empty(0, np.uint64)
+        in_train = distinct(h[~is_eval[d]])
+        own = is_eval[d] & ~member(h, common)
+        total += np.bincount(d[own], minlength=n)
+        found += np.bincount(d[own], weights=member(h[own], in_train), minlength=n)
     out = [0.0] * n
     for i in np.flatnonzero(total).tolist():
         out[i] = round(float(found[i] / total[i]), 6)
     return out
 
 
-def rows_from_texts(texts: Iterable[tuple[np.ndarray, list[str | None]]], hasher: Callable[[str], np.ndarray]
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(document indices, distinct hashes) per batch of (document indices, texts)."""
+def spill_texts(spill: HashSpill, texts: Iterable[tuple[np.ndarray, list[str | None]]],
+                hasher: Callable[[str], np.ndarray]) -> HashSpill:
+    """Every text's distinct n-gram hashes into the spill, batch by batch."""
     for idx, batch in texts:
-        arrays = [distinct(hasher(t or "")) for t in batch]
-        yield np.repeat(idx, [len(a) for a in arrays]), np.concatenate([np.empty(0, np.uint64), *arrays])
+        spill.add(idx, [distinct(hasher(t or "")) for t in batch])
+    spill.finish()
+    return spill

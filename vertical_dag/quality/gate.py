@@ -19,8 +19,9 @@ from ..params import Params, load_params
 from ..project import Project
 from ..records import read_json, write_json, write_text
 from ..stages import DATA_STAGES, STAGES
+from ..text.hash_spill import HashSpill
 from . import profile
-from .contamination import max_families, measure, ngram_hasher, rows_from_texts
+from .contamination import max_families, measure, ngram_hasher, spill_texts
 from .split_profile import read_profile
 from .suites import checks_for, expected_fractions, gate_check_names
 
@@ -147,10 +148,11 @@ def _measure_from_texts(out: Path, docs: Any, params: Params) -> list[float]:
     """The contamination measure (contamination.py) over the split files' texts, streamed and hashed here."""
     import pandas as pd
 
-    hasher = ngram_hasher(params)
     is_eval = (docs["split"] != "train").to_numpy()
     families = pd.factorize(docs["family_id"])[0].astype("int64")
-    return measure(lambda: rows_from_texts(profile.texts(out), hasher), is_eval, families, max_families(params))
+    with HashSpill(out.parent) as spill:
+        spill_texts(spill, profile.texts(out), ngram_hasher(params))
+        return measure(spill.buckets, is_eval, families, max_families(params))
 
 
 def _model_conservation(stage: str, project: Project, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from ..text.decontaminate import (
     resolve_settings,
     spec_and_rule,
 )
-from ..text.hash_spill import HashSpill, distinct
+from ..text.hash_spill import HashSpill, bucket_of, distinct
 from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
 from . import STAGES
 from .context import StageContext
@@ -179,18 +179,19 @@ def _gate_measure(ctx: StageContext, found: Contamination | None, spill: HashSpi
     spec, _ = spec_and_rule(settings)
     uncut = keep.copy()
     uncut[list(found.texts)] = False
+    cut = [(i, distinct(spec.hashes(text))) for i, text in found.texts.items()]  # after the cut: hashed again
+    cut_h = np.concatenate([np.empty(0, np.uint64), *(h for _, h in cut)])
+    cut_d = np.concatenate([np.empty(0, np.int64), *(np.full(len(h), i, np.int64) for i, h in cut)])
+    cut_b = bucket_of(cut_h)
 
-    def rows() -> Any:
-        for h, d in spill.buckets():
+    def buckets() -> Any:
+        for k, (h, d) in enumerate(spill.buckets()):
             m = uncut[d]
-            yield d[m], h[m]
-        for i, text in found.texts.items():
-            h = distinct(spec.hashes(text))
-            yield np.full(len(h), i, np.int64), h
+            yield np.concatenate([h[m], cut_h[cut_b == k]]), np.concatenate([d[m], cut_d[cut_b == k]])
 
     family = pc.coalesce(*(c for c in (cols["family_id"], cols["cluster_id"]) if c is not None), ids)
     codes = pc.dictionary_encode(family).indices.to_numpy()
-    return measure(rows, split != 0, codes, int(settings["max_ngram_families"]))
+    return measure(buckets, split != 0, codes, int(settings["max_ngram_families"]))
 
 
 def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contamination | None) -> np.ndarray:
