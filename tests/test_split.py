@@ -276,6 +276,7 @@ def test_streaming_in_small_batches_writes_what_one_batch_does(tmp_path, monkeyp
         write_norm_part(proj.root, "u", doc_rows([article(i) for i in range(100, 140)], "u", source="other"))
         m = run_stage("split", proj, gate=False)
         assert m["redacted"] == 1 and m["dropped"] == 1  # decontamination happened across batches
+        assert not list((proj.root / "data").glob(".ngram-spill-*"))  # the n-gram spill is gone afterwards
         outputs.append(_split_outputs(proj.root))
     assert outputs[0] == outputs[1]
 

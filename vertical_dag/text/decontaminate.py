@@ -138,17 +138,6 @@ def common_hashes(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
     return values[counts > max_groups]
 
 
-def boilerplate(distinct_hashes: Sequence[np.ndarray], groups: Sequence[str], max_groups: int) -> np.ndarray:
-    """Sorted n-gram hashes found in more than `max_groups` groups (families), given each document's
-    distinct n-grams and its group (in memory; the streaming stage counts the same way bucket by bucket)."""
-    if max_groups <= 0 or not distinct_hashes:
-        return np.empty(0, np.uint64)
-    codes = {g: k for k, g in enumerate(dict.fromkeys(groups))}
-    h = np.concatenate(list(distinct_hashes))
-    g = np.repeat(np.array([codes[x] for x in groups], np.int64), [len(d) for d in distinct_hashes])
-    return common_hashes(h, g, max_groups)
-
-
 def _rare(h: np.ndarray, common: np.ndarray) -> np.ndarray:
     return h[~member(h, common)] if len(common) and len(h) else h
 
