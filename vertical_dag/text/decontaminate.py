@@ -180,8 +180,7 @@ class _Pass:
         self.texts, self.name, self.is_eval, self.selected, self.groups = texts, name, is_eval, selected, groups
         self.items, self.spec, self.rule, self.spill = eval_items, spec, rule, spill
         self.out = Contamination(np.zeros(n, np.int8), np.zeros(n, np.float64))
-        self.eval_text: dict[int, str] = {}
-        self.eval_windows: dict[int, np.ndarray] = {}
+        self.eval_text: dict[int, str] = {}  # the evaluation side's texts (n-grams are hashed again when needed)
         self.item_distinct = [distinct(spec.hashes(t)) for _, t in eval_items]
         self.common = np.empty(0, np.uint64)
 
@@ -194,7 +193,7 @@ class _Pass:
                     continue
                 w = self.spec.hashes(t)
                 if self.is_eval[i]:
-                    self.eval_text[i], self.eval_windows[i] = t, w
+                    self.eval_text[i] = t
                 rows.append(i)
                 hashes.append(distinct(w))
             self.spill.add(rows, hashes)
@@ -224,7 +223,8 @@ class _Pass:
         evals = sorted(self.eval_text)
         if not evals:
             return
-        c0 = distinct(np.concatenate([self.eval_windows[i] for i in evals]))
+        windows = {i: self.spec.hashes(self.eval_text[i]) for i in evals}
+        c0 = distinct(np.concatenate(list(windows.values())))
         hashes, owners = [], []
         for i, text in protected:
             r = self.rare(self.spec.hashes(text))
@@ -235,7 +235,7 @@ class _Pass:
             return
         prot = _Side(np.concatenate(hashes), np.concatenate(owners), self.name)
         for i in evals:
-            _check(self.out, i, self.eval_text[i], self.eval_windows[i], prot, self.spec, self.rule)
+            _check(self.out, i, self.eval_text[i], windows[i], prot, self.spec, self.rule)
 
     def spill_rows(self, wanted: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, documents) of the spill rows whose hash is in `wanted` and whose document is marked in `docs`."""
@@ -251,8 +251,7 @@ class _Pass:
         their shares; the rare n-grams of those cut, after the cut."""
         out, dropped = self.out, _CODE[DROPPED]
         evals = sorted(self.eval_text)
-        self.eval_rare = {i: self.rare(self.spec.hashes(out.texts[i]) if i in out.texts else self.eval_windows[i])
-                          for i in evals}
+        self.eval_rare = {i: self.rare(self.spec.hashes(out.texts.get(i, self.eval_text[i]))) for i in evals}
         kept = [i for i in evals if out.outcome[i] != dropped]
         side = _Side.of([self.eval_rare[i] for i in kept] + [_rare(d, self.common) for d in self.item_distinct],
                         [self.name(i) for i in kept] + [ident for ident, _ in self.items])
