@@ -15,11 +15,13 @@ the quality gate bounds.
 Outputs: data/splits/{train,validation,test}.parquet (a `split` column added), README.md (a Hugging Face
 dataset card: `datasets.load_dataset("data/splits")` loads the three splits), splits.json, .state.json (the
 settings of the last run; not `state.json`, which `datasets` takes for a save_to_disk folder) and
-ledger/split.parquet (a `split` row per kept document, dropped/redacted/flagged rows for contamination).
+ledger/split.parquet (a `split` row per kept document, dropped/redacted/flagged rows for contamination),
+and .profile/ (what the split gate reads instead of the texts: vertical_dag/quality/split_profile.py).
 
 Memory is bounded by the small per-document columns (ids, group keys, split, lengths) and the evaluation
 side's texts: assignment uses only the ids and group columns; texts stream from the parts batch by batch,
-once to be hashed for decontamination and once to be written (vertical_dag/stages/split_io.py).
+once to be hashed for decontamination and once to be written (vertical_dag/stages/split_io.py); the
+distinct n-grams go to a temporary spill by hash range (data/.ngram-spill-*, removed at the end).
 """
 
 from __future__ import annotations
