@@ -257,6 +257,62 @@ def test_decontamination_cuts_shared_spans_and_drops_near_copies(tmp_path):
     assert again == {d: r["text"] for d, r in train.items()}
 
 
+def _split_outputs(root: Path) -> dict:
+    files = sorted((root / "data/splits").glob("*.parquet")) + [root / "data/splits/ledger/split.parquet"]
+    out = {f.name: pq.read_table(f).to_pylist() for f in files}
+    out["splits.json"] = json.loads((root / "data/splits/splits.json").read_text())
+    return out
+
+
+def test_streaming_in_small_batches_writes_what_one_batch_does(tmp_path, monkeypatch):
+    """Texts stream batch by batch and part by part: batches of 7 documents give the same files as one batch."""
+    from vertical_dag.stages import split_io
+
+    outputs = []
+    for name, batch in (("one", 1 << 16), ("small", 7)):
+        monkeypatch.setattr(split_io, "BATCH", batch)
+        proj = make_project(tmp_path / name, params(decontaminate=DECON))
+        _contaminated_setup(proj.root)
+        write_norm_part(proj.root, "u", doc_rows([article(i) for i in range(100, 140)], "u", source="other"))
+        m = run_stage("split", proj, gate=False)
+        assert m["redacted"] == 1 and m["dropped"] == 1  # decontamination happened across batches
+        assert not list((proj.root / "data").glob(".ngram-spill-*"))  # the n-gram spill is gone afterwards
+        outputs.append(_split_outputs(proj.root))
+    assert outputs[0] == outputs[1]
+
+
+def test_the_gate_measures_the_same_from_the_stage_profile_as_from_the_texts(tmp_path):
+    from vertical_dag.params import load_params
+    from vertical_dag.quality.gate import validate_stage
+
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
+    _contaminated_setup(proj.root)
+    m = run_stage("split", proj, gate=False)
+    p = load_params(proj.params_file)
+    assert (proj.root / "data/splits/.profile/profile.json").exists()
+    with_profile = validate_stage("split", proj, p, m)
+    contamination = next(e for e in with_profile.expectations if e.name == "no_contamination")
+    assert with_profile.success, with_profile.failure_message()
+    assert contamination.observed["of"] == m["splits"]["validation"]["documents"] + m["splits"]["test"]["documents"]
+
+    # a split file rewritten after the stage: the profile no longer describes it, the gate measures the texts
+    test_file = proj.root / "data/splits/test.parquet"
+    rows = pq.read_table(test_file)
+    train_text = next(r["text"] for r in pq.read_table(proj.root / "data/splits/train.parquet").to_pylist()
+                      if r["doc_id"] == "quoting")
+    leaked = pa.Table.from_pylist([{**rows.to_pylist()[0], "doc_id": "leak", "text": train_text}], schema=rows.schema)
+    write_parquet(pa.concat_tables([rows, leaked]), test_file)
+    stale = validate_stage("split", proj, p, m)
+    assert [e.name for e in stale.failed()] == ["no_contamination", "conservation"]
+    [example] = next(e for e in stale.failed() if e.name == "no_contamination").observed["examples"]
+    assert example["doc_id"] == "leak" and example["contamination"] == 1.0
+
+    write_parquet(rows, test_file)  # back as the stage wrote it, but not by it: measured from the texts again
+    again = validate_stage("split", proj, p, m)
+    assert [(e.name, e.success, e.observed) for e in again.expectations] == \
+        [(e.name, e.success, e.observed) for e in with_profile.expectations]
+
+
 def test_boilerplate_shared_by_many_documents_is_not_contamination(tmp_path):
     clause = zh(1099, 40)  # a standard clause in 12 documents, some of them held out
     proj = make_project(tmp_path / "p", params(decontaminate={**DECON, "max_ngram_families": 5}))

@@ -1,12 +1,18 @@
-"""Train/eval contamination, measured by the gate itself rather than read from the split stage's columns:
-for each validation/test document, the share of its distinct rare n-grams that also occur in train.
+"""Train/eval contamination, measured by the gate's own definition rather than read from the split stage's
+`contamination` column: for each validation/test document, the share of its distinct rare n-grams that also
+occur in train.
 
 N-grams are the split stage's own definition (vertical_dag.text.ngrams: word n-grams, or character n-grams
-for CJK, with the split stage's settings). Rare means not
-boilerplate: an n-gram found in more than split.decontaminate's max_ngram_families template families of the
-split output is a standard clause shared by many forms, not leakage (vertical_dag.text.decontaminate); the
-clauses of one form count however many variants of it there are. Train's hashes are one sorted array
-looked up with searchsorted: 8 bytes per train n-gram.
+for CJK, with the split stage's settings). Rare means not boilerplate: an n-gram found in more than
+split.decontaminate's max_ngram_families template families of the split output is a standard clause shared
+by many forms, not leakage (vertical_dag.text.decontaminate); the clauses of one form count however many
+variants of it there are.
+
+`measure` works on (document, distinct n-gram hash) rows spilled to disk by hash range
+(vertical_dag/text/hash_spill.py) and settles one hash range at a time, so memory does not grow with the
+corpus. The rows come from the split files' texts (`spill_texts`), or from the split stage, which hashed
+every text already and records the result as a profile while it writes (split_profile.py), so the gate
+does not hash the corpus a second time.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+
+from ..text.hash_spill import HashSpill, distinct, member
+
+Rows = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]  # (hashes, document indices), distinct per document
 
 
 def _settings(params: Any) -> dict[str, Any]:
@@ -31,47 +41,37 @@ def ngram_hasher(params: Any) -> Callable[[str], np.ndarray]:
     return NgramSpec(word_n=int(settings["word_ngram"]), char_n=int(settings["char_ngram"])).hashes
 
 
-def _distinct(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (a sort beats np.unique's hash path on uint64 here)."""
-    a = np.sort(a)
-    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+def max_families(params: Any) -> int:
+    return int(_settings(params)["max_ngram_families"])
 
 
-def train_index(texts: Iterable[str], hasher: Callable[[str], np.ndarray]) -> np.ndarray:
-    arrays = [hasher(t) for t in texts if t]
-    arrays = [a for a in arrays if len(a)]
-    return _distinct(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.uint64)
+def measure(buckets: Rows, is_eval: np.ndarray, families: np.ndarray, max_groups: int) -> list[float]:
+    """Per document: for evaluation ones the share of their distinct rare n-grams found in train, 0.0 for
+    train ones. buckets(): (hash, document) rows in chunks that share no hash (HashSpill buckets), so each
+    chunk is settled alone; families: an integer template family per document."""
+    from ..text.decontaminate import common_hashes
+
+    n = len(is_eval)
+    total, found = np.zeros(n, np.int64), np.zeros(n, np.float64)
+    for h, d in buckets():
+        wanted = distinct(h[is_eval[d]])
+        m = member(h, wanted)  # every document's occurrences of the evaluation side's n-grams
+        h, d = h[m], d[m]
+        common = common_hashes(h, families[d], max_groups) if max_groups > 0 else np.empty(0, np.uint64)
+        in_train = distinct(h[~is_eval[d]])
+        own = is_eval[d] & ~member(h, common)
+        total += np.bincount(d[own], minlength=n)
+        found += np.bincount(d[own], weights=member(h[own], in_train), minlength=n)
+    out = [0.0] * n
+    for i in np.flatnonzero(total).tolist():
+        out[i] = round(float(found[i] / total[i]), 6)
+    return out
 
 
-def overlap(text: str, index: np.ndarray, hasher: Callable[[str], np.ndarray]) -> float:
-    """Share of the text's distinct n-grams found in the train index (0.0 for a text with no n-gram)."""
-    h = _distinct(hasher(text or ""))
-    if not len(h) or not len(index):
-        return 0.0
-    pos = np.searchsorted(index, h).clip(max=len(index) - 1)
-    return float((index[pos] == h).mean())
-
-
-def eval_contamination(texts: list[str], splits: list[str], params: Any,
-                       families: list[str] | None = None) -> list[float]:
-    """Per document: for validation/test ones their overlap with train (rare n-grams), 0.0 for train ones.
-    `families`: each document's template family (None: each its own)."""
-    hasher = ngram_hasher(params)
-    settings = _settings(params)
-    common = np.empty(0, dtype=np.uint64)
-    if int(settings["max_ngram_families"]) > 0:
-        from ..text.decontaminate import boilerplate
-
-        distinct = [_distinct(hasher(t or "")) for t in texts]
-        groups = list(families) if families is not None else [str(i) for i in range(len(texts))]
-        common = boilerplate(distinct, groups, int(settings["max_ngram_families"]))
-
-    def rare(text: str) -> np.ndarray:
-        h = hasher(text or "")
-        if len(common) and len(h):
-            pos = np.searchsorted(common, h).clip(max=len(common) - 1)
-            h = h[common[pos] != h]
-        return h
-
-    index = train_index((t for t, s in zip(texts, splits, strict=True) if s == "train"), rare)
-    return [0.0 if s == "train" else round(overlap(t, index, rare), 6) for t, s in zip(texts, splits, strict=True)]
+def spill_texts(spill: HashSpill, texts: Iterable[tuple[np.ndarray, list[str | None]]],
+                hasher: Callable[[str], np.ndarray]) -> HashSpill:
+    """Every text's distinct n-gram hashes into the spill, batch by batch."""
+    for idx, batch in texts:
+        spill.add(idx, [distinct(hasher(t or "")) for t in batch])
+    spill.finish()
+    return spill

@@ -19,8 +19,10 @@ from ..params import Params, load_params
 from ..project import Project
 from ..records import read_json, write_json, write_text
 from ..stages import DATA_STAGES, STAGES
+from ..text.hash_spill import HashSpill
 from . import profile
-from .contamination import eval_contamination
+from .contamination import max_families, measure, ngram_hasher, spill_texts
+from .split_profile import read_profile
 from .suites import checks_for, expected_fractions, gate_check_names
 
 __all__ = ["GateResult", "ExpectationResult", "run_gate", "skip_gate", "check_stage", "validate_stage", "load_gate_result",
@@ -103,8 +105,10 @@ def stage_tables(stage: str, project: Project, params: Params, metrics: dict[str
 def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> dict[str, Any]:
     spec = STAGES[stage]
     out = project.root / spec.out
+    needed = _document_columns(stage, params)
+    sidecars = read_profile(out, profile.doc_files(out), _settings(params)) if stage == "split" else None
     docs = profile.documents(out, pii=params.normalize.pii if stage == "normalize" else False,
-                             text_column=stage == "split")
+                             text_hash="canonical_hash" in needed, sidecars=sidecars, columns=needed)
     if not spec.reads:  # reads raw files: its input count is what it reports
         rows_in = int(metrics.get("documents_in") or 0)
     else:  # the registry's lineage: the documents the upstream stage kept
@@ -113,16 +117,42 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
     tables = {"documents": docs, "summary": summary, "conservation": summary}
     if stage == "split":
         docs["split"] = docs["split"].fillna(docs["part"])  # no split column: the file name is the split
-        # measured here, not read from the stage's own `contamination` column: the gate checks the stage
-        docs["contamination"] = eval_contamination(docs["text"].fillna("").tolist(), docs["split"].tolist(), params,
-                                                   docs["family_id"].tolist())
+        if sidecars is None:  # no profile of these files from the split stage: measure from their texts
+            docs["contamination"] = _measure_from_texts(out, docs, params)
         g = params.gates
         tables["clusters"] = profile.clusters(docs)
         tables["families"] = profile.families(docs, params.split.group_by)
         tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
                                                       g.split_fraction_sigmas)
-    tables["documents"] = docs.drop(columns=[c for c in ("text",) if c in docs])
     return tables
+
+
+def _document_columns(stage: str, params: Params) -> set[str]:
+    """The per-document columns the stage's checks and summary tables read (text hashes only if one does)."""
+    cols = {"doc_id", "part", "contamination", "pii_found"}
+    for c in checks_for(stage, params):
+        if c.table == "documents":
+            cols |= {c.column, c.id_column, *(c.rows or {})}
+    if stage == "split":  # the clusters, families and fractions tables, the contamination measure
+        cols |= {"split", "cluster_id", "family_id"}
+    return cols - {None}
+
+
+def _settings(params: Params) -> dict[str, Any]:
+    from ..stages.split import decontamination_settings
+
+    return decontamination_settings(params)
+
+
+def _measure_from_texts(out: Path, docs: Any, params: Params) -> list[float]:
+    """The contamination measure (contamination.py) over the split files' texts, streamed and hashed here."""
+    import pandas as pd
+
+    is_eval = (docs["split"] != "train").to_numpy()
+    families = pd.factorize(docs["family_id"])[0].astype("int64")
+    with HashSpill(out.parent) as spill:
+        spill_texts(spill, profile.texts(out), ngram_hasher(params))
+        return measure(spill.buckets, is_eval, families, max_families(params))
 
 
 def _model_conservation(stage: str, project: Project, metrics: dict[str, Any]) -> dict[str, Any]:

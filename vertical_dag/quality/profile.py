@@ -8,10 +8,11 @@ split fractions, model metrics) become one small table each, so every check is a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -60,47 +61,80 @@ PROFILE_FIELDS = ["doc_id", "part", "n_chars", "source", "batch", "lang", "split
                   "family_id"]
 
 
-def _profile_part(path: Path, detect: Callable[[str], list[str]] | None, text_column: bool) -> pa.Table:
-    """The profile rows of one Parquet file; its text is dropped as soon as it is measured."""
+def _profile_part(path: Path, detect: Callable[[str], list[str]] | None, text_hash: bool,
+                  sidecar: pa.Table | None = None) -> pa.Table:
+    """The profile rows of one Parquet file; its text is dropped as soon as it is measured. With the
+    stage's sidecar (n_chars and further measures, row by row with the file) the text is not read at all.
+    text_hash: hash the text (a Python loop) where the file has no canonical_hash."""
     names = pq.ParquetFile(path).schema_arrow.names
-    want = ["doc_id", "source", "batch", "text", "lang", "canonical_hash", "cluster_id", "family_id", "split"]
-    t = pq.read_table(path, columns=[c for c in want if c in names])
+    want = ["doc_id", "source", "batch", "lang", "canonical_hash", "cluster_id", "family_id", "split"]
+    read_text = "text" in names and (sidecar is None or detect is not None or (text_hash and "canonical_hash" not in names))
+    t = pq.read_table(path, columns=[c for c in want if c in names] + (["text"] if read_text else []))
     n = t.num_rows
-    text = t.column("text") if "text" in names else pa.nulls(n, pa.string())
+    text = t.column("text") if read_text else pa.nulls(n, pa.string())
     cols: dict[str, Any] = {c: (pc.cast(t.column(c), pa.string()) if c in names else pa.nulls(n, pa.string()))
                             for c in ("doc_id", "source", "batch", "lang", "split", "canonical_hash", "cluster_id", "family_id")}
     cols["part"] = pa.array([path.stem] * n, pa.string())
-    cols["n_chars"] = pc.cast(pc.fill_null(pc.utf8_length(text), 0), pa.int64()) if n else pa.array([], pa.int64())
-    cols["text_hash"] = _hash_text(text)
+    if sidecar is not None:
+        if sidecar.num_rows != n or not sidecar.column("doc_id").equals(cols["doc_id"]):
+            raise ValueError(f"profile of {path.name} does not match its rows")
+        cols["n_chars"] = sidecar.column("n_chars")
+    else:
+        cols["n_chars"] = pc.cast(pc.fill_null(pc.utf8_length(text), 0), pa.int64()) if n else pa.array([], pa.int64())
+    cols["text_hash"] = _hash_text(text) if read_text and text_hash else pa.nulls(n, pa.string())
     if "canonical_hash" not in names:  # without the dedup stage's hash, the exact text's
         cols["canonical_hash"] = cols["text_hash"]
     if "cluster_id" not in names:  # without near-duplicate clusters every document is its own cluster
         cols["cluster_id"] = cols["doc_id"]
+    extra = [c for c in (sidecar.column_names if sidecar is not None else []) if c not in ("doc_id", "n_chars")]
+    for c in extra:
+        cols[c] = sidecar.column(c)
     if detect is not None:
         cols["pii_found"] = pa.array([",".join(detect(x)) or None if x else None for x in text.to_pylist()], pa.string())
-    if text_column:
-        cols["text"] = pc.cast(text, pa.large_string())
-    order = PROFILE_FIELDS + [c for c in ("pii_found", "text") if c in cols]
+    order = PROFILE_FIELDS + extra + [c for c in ("pii_found",) if c in cols]
     return pa.table({c: cols[c] for c in order})
 
 
-def documents(out: Path, *, pii: Any = False, text_column: bool = False) -> Any:
-    """One row per document of a stage's output, as a pandas DataFrame (text left out unless asked for).
+def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: dict[str, pa.Table] | None = None,
+              columns: set[str] | None = None) -> Any:
+    """One row per document of a stage's output, as a pandas DataFrame (no text).
 
     pii: False for no PII column; else normalize.pii params (None: the built-in types) for `pii_found`,
-    the comma-joined PII kinds still in a document (null when none)."""
+    the comma-joined PII kinds still in a document (null when none). text_hash: hash texts where there is
+    no canonical_hash. sidecars: per file (by stem) the stage's profile rows (see split_profile.py).
+    columns: only these (and the columns they are filled from), so millions of rows stay small in pandas."""
     detect = pii_detector(pii) if pii is not False else None
-    tables = [_profile_part(p, detect, text_column) for p in doc_files(out)]
+    tables = [_profile_part(p, detect, text_hash, sidecars[p.stem] if sidecars else None) for p in doc_files(out)]
     if not tables:
         schema = pa.schema([(c, pa.int64() if c == "n_chars" else pa.string()) for c in PROFILE_FIELDS])
-        for extra, flag in (("pii_found", detect is not None), ("text", text_column)):
-            if flag:
-                schema = schema.append(pa.field(extra, pa.large_string() if extra == "text" else pa.string()))
-        return schema.empty_table().to_pandas()
-    df = pa.concat_tables(tables, promote_options="default").to_pandas()
-    df["cluster_id"] = df["cluster_id"].fillna(df["doc_id"])  # parts written before clustering stand alone
-    df["family_id"] = df["family_id"].fillna(df["cluster_id"])  # without template families: the cluster
-    return df
+        if detect is not None:
+            schema = schema.append(pa.field("pii_found", pa.string()))
+        table = schema.empty_table()
+    else:
+        table = pa.concat_tables(tables, promote_options="default")
+    # parts written before clustering stand alone; without template families: the cluster
+    table = table.set_column(table.schema.get_field_index("cluster_id"), "cluster_id",
+                             pc.coalesce(table.column("cluster_id"), table.column("doc_id")))
+    table = table.set_column(table.schema.get_field_index("family_id"), "family_id",
+                             pc.coalesce(table.column("family_id"), table.column("cluster_id")))
+    if columns is not None:
+        table = table.select([c for c in table.column_names if c in columns])
+    return table.to_pandas()
+
+
+def texts(out: Path, batch_size: int = 8192) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+    """(row indices, texts) of a stage's output by batch, in the row order of `documents`."""
+    offset = 0
+    for path in doc_files(out):
+        f = pq.ParquetFile(path)
+        if "text" not in f.schema_arrow.names:
+            n = f.metadata.num_rows
+            yield np.arange(offset, offset + n), [None] * n
+            offset += n
+            continue
+        for batch in f.iter_batches(batch_size=batch_size, columns=["text"]):
+            yield np.arange(offset, offset + batch.num_rows), batch.column(0).to_pylist()
+            offset += batch.num_rows
 
 
 # ---------------------------------------------------------------- summaries

@@ -1,9 +1,11 @@
 """Run checks through Great Expectations 1.x, in the project's file-backed context (gx/).
 
 Each stage's checks on one table are an ExpectationSuite saved under gx/expectations/, validated by a
-ValidationDefinition on a pandas dataframe batch, through a Checkpoint whose UpdateDataDocsAction rebuilds
+ValidationDefinition on a pandas dataframe batch, saved with a Checkpoint whose UpdateDataDocsAction rebuilds
 the Data Docs site (gx/uncommitted/data_docs/local_site/index.html); GE keeps each validation result's JSON
 under gx/uncommitted/validations/. A GE user finds the suites, checkpoints and results where GE puts them.
+A gate runs its checkpoints' validation definitions itself and then builds the Data Docs pages of all of
+them at once: running each Checkpoint would rebuild the site (index, templates) once per table.
 
 Great Expectations is imported here, inside the function, so nothing on the CLI start-up path pays for it.
 """
@@ -53,15 +55,42 @@ def run_checks(suite_name: str, tables: dict[str, Any], checks: list[Check], roo
         by_table[(c.table, repr(sorted((c.rows or {}).items())))].append(c)
 
     out: dict[str, dict[str, Any]] = {}
+    run_id, built = _run_id(), []
     for i, ((table, _), group) in enumerate(by_table.items()):
         df = _select(tables[table], group[0].rows)
         name = f"{suite_name}.{table}" + (f".{i}" if any(t == table for t, _ in list(by_table)[:i]) else "")
-        result = _checkpoint(context, name, group).run(batch_parameters={"dataframe": df})
-        for validation in result.run_results.values():
-            for r in validation.results:
+        checkpoint = _checkpoint(context, name, group)
+        for validation in checkpoint.validation_definitions:
+            result = validation.run(checkpoint_id=checkpoint.id, batch_parameters={"dataframe": df},
+                                    result_format=RESULT_FORMAT, run_id=run_id)
+            result.meta["checkpoint_id"] = checkpoint.id
+            built += _doc_resources(validation.suite.name, run_id, result.batch_id)
+            for r in result.results:
                 check = next(c for c in group if c.name == r.expectation_config.meta["check"])
                 out[check.name] = _summarise(check, r, df)
+    # what each checkpoint's UpdateDataDocsAction does, once for the whole gate: the site's index and
+    # templates are built once, not once per table
+    context.build_data_docs(resource_identifiers=built)
     return [out[c.name] for c in checks]
+
+
+def _run_id() -> Any:
+    import datetime as dt
+
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    return RunIdentifier(run_time=dt.datetime.now(dt.UTC))
+
+
+def _doc_resources(suite: str, run_id: Any, batch_id: str | None) -> list[Any]:
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    suite_id = ExpectationSuiteIdentifier(name=suite)
+    return [ValidationResultIdentifier(expectation_suite_identifier=suite_id, run_id=run_id, batch_identifier=batch_id),
+            suite_id]
 
 
 def _checkpoint(context: Any, name: str, group: list[Check]) -> Any:

@@ -15,22 +15,31 @@ the quality gate bounds.
 Outputs: data/splits/{train,validation,test}.parquet (a `split` column added), README.md (a Hugging Face
 dataset card: `datasets.load_dataset("data/splits")` loads the three splits), splits.json, .state.json (the
 settings of the last run; not `state.json`, which `datasets` takes for a save_to_disk folder) and
-ledger/split.parquet (a `split` row per kept document, dropped/redacted/flagged rows for contamination).
+ledger/split.parquet (a `split` row per kept document, dropped/redacted/flagged rows for contamination),
+and .profile/ (what the split gate reads instead of the texts: vertical_dag/quality/split_profile.py).
+
+Memory is bounded by the small per-document columns (ids, group keys, split, lengths) and the evaluation
+side's texts: assignment uses only the ids and group columns; texts stream from the parts batch by batch,
+once to be hashed for decontamination and once to be written (vertical_dag/stages/split_io.py); the
+distinct n-grams go to a temporary spill by hash range (data/.ngram-spill-*, removed at the end).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..records import LedgerEntry, ledger_table, read_json, read_parts, write_json, write_parquet
+from ..quality.contamination import measure
+from ..quality.split_profile import write_profile
+from ..records import LEDGER_SCHEMA, LedgerEntry, ledger_table, read_json, write_json, write_parquet
 from ..text.decontaminate import (
     CUT,
     DROPPED,
@@ -40,10 +49,12 @@ from ..text.decontaminate import (
     resolve_settings,
     spec_and_rule,
 )
-from ..text.splitting import SPLITS, assign, family_ids_of, group_keys
+from ..text.hash_spill import HashSpill, bucket_of, distinct
+from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
 from . import STAGES
 from .context import StageContext
 from .split_card import write_card
+from .split_io import Parts, SplitWriters
 
 STAGE = "split"
 STATE_FILE = ".state.json"
@@ -90,10 +101,6 @@ def read_eval_files(root: Path, files: list[str], log: Any) -> tuple[list[tuple[
     return items, dict(problems)
 
 
-def _column(docs: pa.Table, name: str) -> list[Any]:
-    return docs.column(name).to_pylist() if name in docs.column_names else [None] * docs.num_rows
-
-
 def decontamination_settings(params: Any) -> dict[str, Any]:
     """The decontamination settings in force: the preset (split.decontaminate.preset, auto: project.domain)
     with the keys params set. The split gate measures leakage with the same settings."""
@@ -102,51 +109,129 @@ def decontamination_settings(params: Any) -> dict[str, Any]:
     return {"preset": preset, **resolve_settings(preset, dc.model_dump())}
 
 
-def _protected(ctx: StageContext, same_settings: bool) -> dict[str, str]:
-    """doc_id -> text of the last run's train documents, as trained on (settings unchanged only)."""
+def _protected(ctx: StageContext, ids: pa.Array, trains: np.ndarray, same_settings: bool) -> Any:
+    """(index, text as trained on) of the current training documents that the last run's train.parquet
+    held (settings unchanged only), streamed."""
     old = ctx.out / "train.parquet"
-    if not same_settings or not old.exists():
-        return {}
-    t = pq.read_table(old, columns=["doc_id", "text"])
-    return dict(zip(t.column("doc_id").to_pylist(), t.column("text").to_pylist(), strict=True))
+
+    def stream() -> Any:
+        if not same_settings or not old.exists():
+            return
+        for batch in pq.ParquetFile(old).iter_batches(batch_size=8192, columns=["doc_id", "text"]):
+            pos = pc.fill_null(pc.index_in(batch.column("doc_id"), value_set=ids), -1).to_numpy()
+            for p, text in zip(pos.tolist(), batch.column("text").to_pylist(), strict=True):
+                if p >= 0 and trains[p]:
+                    yield p, text
+
+    return stream
 
 
-def _decontaminate(ctx: StageContext, ids: list[str], texts: list[str], split_of: list[str], families: list[str],
-                   protected: dict[str, str], settings: dict[str, Any]) -> tuple[Contamination | None, list, dict]:
-    """Run decontamination on the documents it concerns; (result aligned with all documents, eval items,
-    eval file problems). None when switched off."""
+def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.ndarray, families: pa.Array,
+                   same_settings: bool, settings: dict[str, Any], spill: HashSpill
+                   ) -> tuple[Contamination | None, list, dict]:
+    """Run decontamination on the documents it concerns; (result per document, eval items, eval file
+    problems). None when switched off."""
     sp, dc = ctx.params.split, ctx.params.split.decontaminate
-    if not (dc.enabled and sp.enabled and ids):
+    if not (dc.enabled and sp.enabled and len(ids)):
         return None, [], {}
     eval_items, problems = read_eval_files(ctx.project.root, dc.extra_eval_files, ctx.log)
     spec, rule = spec_and_rule(settings)
-    sel = [i for i in range(len(ids)) if dc.internal or split_of[i] == "train"]
-    found = decontaminate([ids[i] for i in sel], [texts[i] for i in sel], [split_of[i] != "train" for i in sel],
-                          protected, eval_items, spec, rule, [families[i] for i in sel])
-    if len(sel) < len(ids):  # evaluation splits left out: clean, measured by the gate only
-        full = Contamination(["clean"] * len(ids), [0.0] * len(ids), [0] * len(ids), [None] * len(ids), list(texts),
-                             [0] * len(ids), [0.0] * len(ids), found.boilerplate_ngrams, found.eval_docs_sharing_rare)
-        for k, i in enumerate(sel):
-            for name in ("outcome", "coverage", "shared", "ref", "texts", "cut_chars", "share"):
-                getattr(full, name)[i] = getattr(found, name)[k]
-        found = full
+    is_eval = split != 0
+    selected = np.ones(len(ids), bool) if dc.internal else ~is_eval  # else evaluation splits: measured by the gate only
+    item_ids = pa.array([ident for ident, _ in eval_items], pa.string())
+    groups = pc.dictionary_encode(pa.concat_arrays([families, item_ids])).indices.to_numpy()
+    found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
+                          rule, _protected(ctx, ids, selected & ~is_eval, same_settings))
     return found, eval_items, problems
 
 
-def _ledger(ids: list[str], split_of: list[str], keys: list[str], found: Contamination | None) -> list[LedgerEntry]:
-    entries = []
-    for i, doc_id in enumerate(ids):
-        outcome = found.outcome[i] if found else "clean"
-        if outcome in _LEDGER_ACTION:
-            side = "train" if split_of[i] == "train" else f"{split_of[i]} (overlaps a document already in train)"
-            detail = {"side": side, "coverage": found.coverage[i], "rare_shared_ngrams": found.shared[i]}
-            if outcome == CUT:
-                detail["chars_cut"] = found.cut_chars[i]
-            entries.append(LedgerEntry(doc_id, STAGE, _LEDGER_ACTION[outcome], _REASON[outcome], json.dumps(detail),
-                                       found.ref[i]))
-        if outcome != DROPPED:
-            entries.append(LedgerEntry(doc_id, STAGE, "split", split_of[i], keys[i]))
-    return entries
+def _ledger(ids: pa.Array, split: np.ndarray, keys: pa.Array, found: Contamination | None) -> pa.Table:
+    """A `split` row per kept document, after the contamination row of any document cut, dropped or flagged."""
+    keep = ~found.is_(DROPPED) if found else np.ones(len(ids), bool)
+    mask = pa.array(keep)
+    n_kept = int(keep.sum())
+    split_rows = pa.Table.from_arrays(
+        [ids.filter(mask), pa.array([STAGE] * n_kept, pa.string()), pa.array(["split"] * n_kept, pa.string()),
+         pa.array(np.array(SPLITS, dtype=object)[split[keep]], pa.string()), keys.filter(mask),
+         pa.nulls(n_kept, pa.string())], schema=LEDGER_SCHEMA)
+    entries, order = [], [np.flatnonzero(keep) * 2 + 1]
+    for i in sorted(found.hits) if found else []:
+        outcome, hit = found.outcome_of(i), found.hits[i]
+        if outcome not in _LEDGER_ACTION:
+            continue
+        name = SPLITS[split[i]]
+        side = "train" if name == "train" else f"{name} (overlaps a document already in train)"
+        detail = {"side": side, "coverage": hit.coverage, "rare_shared_ngrams": hit.shared}
+        if outcome == CUT:
+            detail["chars_cut"] = hit.cut_chars
+        entries.append(LedgerEntry(ids[i].as_py(), STAGE, _LEDGER_ACTION[outcome], _REASON[outcome], json.dumps(detail),
+                                   hit.ref))
+        order.append(np.array([2 * i]))
+    table = pa.concat_tables([ledger_table(entries), split_rows]) if entries else split_rows
+    at = np.concatenate(order[1:] + order[:1]) if entries else order[0]
+    return table.take(pa.array(np.argsort(at, kind="stable")))
+
+
+def _gate_measure(ctx: StageContext, found: Contamination | None, spill: HashSpill, split: np.ndarray,
+                  keep: np.ndarray, ids: pa.Array, cols: dict[str, Any], settings: dict[str, Any]) -> list[float] | None:
+    """The split gate's contamination measure of the documents written, from the n-grams decontamination
+    spilled (every document's, when it checked validation/test too); None when there are none to use."""
+    if found is None or not ctx.params.split.decontaminate.internal:
+        return None
+    spec, _ = spec_and_rule(settings)
+    uncut = keep.copy()
+    uncut[list(found.texts)] = False
+    cut = [(i, distinct(spec.hashes(text))) for i, text in found.texts.items()]  # after the cut: hashed again
+    cut_h = np.concatenate([np.empty(0, np.uint64), *(h for _, h in cut)])
+    cut_d = np.concatenate([np.empty(0, np.int64), *(np.full(len(h), i, np.int64) for i, h in cut)])
+    cut_b = bucket_of(cut_h)
+
+    def buckets() -> Any:
+        for k, (h, d) in enumerate(spill.buckets()):
+            m = uncut[d]
+            yield np.concatenate([h[m], cut_h[cut_b == k]]), np.concatenate([d[m], cut_d[cut_b == k]])
+
+    family = pc.coalesce(*(c for c in (cols["family_id"], cols["cluster_id"]) if c is not None), ids)
+    codes = pc.dictionary_encode(family).indices.to_numpy()
+    return measure(buckets, split != 0, codes, int(settings["max_ngram_families"]))
+
+
+def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contamination | None) -> np.ndarray:
+    """Stream every document to its split's file with split, contamination and contaminated columns (cut
+    texts replaced, dropped documents left out); the characters of each document as written."""
+    n = parts.n
+    dropped = found.is_(DROPPED) if found else np.zeros(n, bool)
+    contaminated = found.is_(DROPPED) | found.is_(FLAGGED) if found else np.zeros(n, bool)  # cut ones are clean after
+    share = found.share if found else np.zeros(n, np.float64)
+    cut = np.array(sorted(found.texts), np.int64) if found else np.zeros(0, np.int64)
+    schema = parts.schema
+    text_at = schema.get_field_index("text")
+    if len(cut):  # a replaced text column is a plain string column, as it always was
+        schema = schema.set(text_at, pa.field("text", pa.string()))
+    schema = schema.append(pa.field("split", pa.string())).append(pa.field("contamination", pa.float64()))
+    schema = schema.append(pa.field("contaminated", pa.bool_()))
+    names = np.array(SPLITS, dtype=object)
+    n_chars = np.zeros(n, np.int64)
+    with SplitWriters(ctx.out, SPLITS, schema) as writers:
+        for idx, t in parts.batches():
+            text = t.column("text")
+            if len(cut):
+                here = idx[np.isin(idx, cut)]
+                if len(here):
+                    values = text.to_pylist()
+                    for i in here.tolist():
+                        values[i - idx[0]] = found.texts[i]
+                    text = pa.chunked_array([pa.array(values, pa.string())])
+                t = t.set_column(text_at, pa.field("text", pa.string()), text.cast(pa.string()))
+            s = split[idx]
+            t = t.append_column("split", pa.array(names[s], pa.string()))
+            t = t.append_column("contamination", pa.array(share[idx], pa.float64()))
+            t = t.append_column("contaminated", pa.array(contaminated[idx], pa.bool_()))
+            n_chars[idx] = pc.fill_null(pc.utf8_length(text), 0).to_numpy()
+            keep = ~dropped[idx]
+            for k, name in enumerate(SPLITS):
+                writers.write(name, t.filter(pa.array((s == k) & keep)))
+    return n_chars
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -154,8 +239,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sp = ctx.params.split
     seed = sp.seed if sp.seed is not None else ctx.params.project.seed
     fractions = (sp.fractions.train, sp.fractions.validation, sp.fractions.test)
-    docs = read_parts(ctx.project.root / STAGES["normalize"].out / "parts")
-    n_in = docs.num_rows
+    parts = Parts(ctx.project.root / STAGES["normalize"].out / "parts")
+    n_in = parts.n
     dc_settings = decontamination_settings(ctx.params)
     settings = {"seed": seed, "group_by": sp.group_by, "fractions": list(fractions)}
     legacy = ctx.out / "state.json"  # where earlier versions kept it: it stops `datasets` from loading the folder
@@ -163,79 +248,74 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if previous and previous != settings:
         ctx.log.warning("split settings changed (%s -> %s): documents may change split", previous, settings)
 
-    ids = _column(docs, "doc_id")
-    keys = group_keys(ids, _column(docs, "cluster_id"), _column(docs, "meta"), sp.group_by, _column(docs, "family_id"))
+    meta = [] if sp.group_by in ("family_id", "cluster_id") else ["meta"]  # read only when grouping by it
+    cols = parts.columns(["doc_id", "cluster_id", "family_id", "source", *meta])
+    ids = pc.cast(cols["doc_id"], pa.string())
+    keys = group_key_column(ids, cols["cluster_id"], cols.get("meta"), sp.group_by, cols["family_id"])
     if not sp.enabled:  # no held-out data: everything trains, nothing is decontaminated
         fractions = (1.0, 0.0, 0.0)
-    split_of = [assign(seed, k, fractions) for k in keys]
-    texts = _column(docs, "text")
-    families = family_ids_of(ids, _column(docs, "cluster_id"), _column(docs, "family_id"))
-    found, eval_items, eval_problems = _decontaminate(ctx, ids, texts, split_of, families,
-                                                      _protected(ctx, previous == settings), dc_settings)
-    outcome = found.outcome if found else ["clean"] * n_in
-    dropped = [o == DROPPED for o in outcome]
-    out_cols = docs
-    if found and CUT in outcome:
-        out_cols = docs.set_column(docs.column_names.index("text"), "text", pa.array(found.texts, pa.string()))
-    out_cols = out_cols.append_column("split", pa.array(split_of, pa.string()))
-    out_cols = out_cols.append_column("contamination", pa.array(found.share if found else [0.0] * n_in, pa.float64()))
-    contaminated = [o in (DROPPED, FLAGGED) for o in outcome]  # cut documents are clean afterwards
-    out_cols = out_cols.append_column("contaminated", pa.array(contaminated, pa.bool_()))
-    keep = pa.array([not d for d in dropped], pa.bool_())
-    counts = {}
-    for name in SPLITS:
-        part = out_cols.filter(pc.and_(pc.equal(out_cols.column("split"), name), keep)) if n_in else out_cols
-        write_parquet(part, ctx.out / f"{name}.parquet")
-        counts[name] = part.num_rows
-    summary = _summary(out_cols.filter(keep) if n_in else out_cols, fractions)
+    split = assign_column(seed, keys, fractions)
+    families = family_column(ids, cols["cluster_id"], cols["family_id"])
+    with HashSpill(ctx.out.parent) as spill:
+        found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
+                                                          dc_settings, spill)
+        n_chars = _write(ctx, parts, split, found)
+        dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
+        measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings)
+    write_profile(ctx.out, SPLITS, split, ~dropped, ids, n_chars, measured, dc_settings)
+    counts = {name: int(((split == k) & ~dropped).sum()) for k, name in enumerate(SPLITS)}
+    source = cols["source"] if cols["source"] is not None else pa.nulls(n_in, pa.string())
+    summary = _summary(source, split, n_chars, ~dropped, fractions)
     summary.update(settings)
     write_json(summary, ctx.out / "splits.json")
-    write_parquet(ledger_table(_ledger(ids, split_of, keys, found)), ctx.ledger_dir / "split.parquet")
+    write_parquet(_ledger(ids, split, keys, found), ctx.ledger_dir / "split.parquet")
     write_json({"settings": settings}, ctx.out / STATE_FILE)
     legacy.unlink(missing_ok=True)
-    decon = _decon_metrics(ids, split_of, found, dc_settings, eval_items)
+    decon = _decon_metrics(ids, split, found, dc_settings, eval_items)
     write_card(ctx.out, ctx.params.project.name, summary, decon, n_in)
 
     seconds = time.perf_counter() - started
-    n_dropped = sum(dropped)
+    n_dropped = int(dropped.sum())
     ctx.log.info("split %d documents: %s; decontamination: %d cut, %d dropped, %d flagged", n_in,
                  ", ".join(f"{k} {v}" for k, v in counts.items()), decon["cut"], decon["dropped"], decon["flagged"])
+    contaminated = found.is_(DROPPED) | found.is_(FLAGGED) if found else np.zeros(n_in, bool)
+    held_out = split != 0
     return {
         "documents_in": n_in,
         "documents_out": sum(counts.values()),
         "dropped": n_dropped,
         "quarantined": 0,
         "drops_by_reason": {"contaminated": n_dropped} if n_dropped else {},
-        "examples_by_reason": {"contaminated": [ids[i] for i in range(n_in) if dropped[i]][:EXAMPLES]} if n_dropped else {},
+        "examples_by_reason": {"contaminated": [ids[int(i)].as_py() for i in np.flatnonzero(dropped)[:EXAMPLES]]}
+        if n_dropped else {},
         "flagged": decon["flagged"],
         "redacted": decon["cut"],
         "decontamination": decon,
-        "contaminated_train_documents": sum(1 for i in range(n_in) if contaminated[i] and split_of[i] == "train"),
-        "contaminated_eval_documents": sum(1 for i in range(n_in) if contaminated[i] and split_of[i] != "train"),
-        "max_eval_contamination": max((found.share[i] for i in range(n_in) if split_of[i] != "train" and not dropped[i]),
-                                      default=0.0) if found else 0.0,
+        "contaminated_train_documents": int((contaminated & ~held_out).sum()),
+        "contaminated_eval_documents": int((contaminated & held_out).sum()),
+        "max_eval_contamination": float(found.share[held_out & ~dropped].max(initial=0.0)) if found else 0.0,
         "eval_task_items": len(eval_items),
         "eval_file_problems": eval_problems,
         "splits": summary["splits"],
         "by_source": summary["by_source"],
         "group_by": sp.group_by,
-        "groups": len(set(keys)),
-        "families": len(set(families)),
+        "groups": pc.count_distinct(keys).as_py(),
+        "families": pc.count_distinct(families).as_py(),
         "new_parts": 0,
         "seconds": round(seconds, 3),
         "docs_per_s": round(n_in / seconds, 1) if seconds > 0 else 0.0,
     }
 
 
-def _summary(kept: pa.Table, fractions: tuple[float, ...]) -> dict[str, Any]:
+def _summary(source: pa.Array, split: np.ndarray, n_chars: np.ndarray, keep: np.ndarray,
+             fractions: tuple[float, ...]) -> dict[str, Any]:
     """Documents and characters per split, overall and per source."""
-    by_source: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: {s: {"documents": 0, "chars": 0} for s in SPLITS})
-    chars = pc.utf8_length(kept.column("text")).to_pylist() if kept.num_rows else []
-    for src, split, n_chars in zip(_column(kept, "source"), _column(kept, "split"), chars, strict=True):
-        slot = by_source[src][split]
-        slot["documents"] += 1
-        slot["chars"] += n_chars
-    total_docs, total_chars = max(kept.num_rows, 1), max(sum(chars), 1)
+    kept = pa.table({"source": source, "split": split, "chars": n_chars}).filter(pa.array(keep))
+    by_source: dict[Any, dict[str, dict[str, int]]] = {}
+    for row in kept.group_by(["source", "split"]).aggregate([("chars", "sum"), ("chars", "count")]).to_pylist():
+        per = by_source.setdefault(row["source"], {s: {"documents": 0, "chars": 0} for s in SPLITS})
+        per[SPLITS[row["split"]]] = {"documents": row["chars_count"], "chars": row["chars_sum"]}
+    total_docs, total_chars = max(kept.num_rows, 1), max(int(n_chars[keep].sum()), 1)
     summary: dict[str, Any] = {"splits": {}, "by_source": {}}
     for name, target in zip(SPLITS, fractions, strict=True):
         d = sum(v[name]["documents"] for v in by_source.values())
@@ -248,20 +328,21 @@ def _summary(kept: pa.Table, fractions: tuple[float, ...]) -> dict[str, Any]:
     return summary
 
 
-def _decon_metrics(ids: list[str], split_of: list[str], found: Contamination | None, settings: dict[str, Any],
+def _decon_metrics(ids: pa.Array, split: np.ndarray, found: Contamination | None, settings: dict[str, Any],
                    eval_items: list) -> dict[str, Any]:
     """How much decontamination removed and why, with examples."""
     out: dict[str, Any] = {"settings": settings, "cut": 0, "dropped": 0, "flagged": 0, "chars_cut": 0,
                            "boilerplate_ngrams": 0, "eval_docs_sharing_rare_ngrams": 0, "examples": []}
     if found is None:
         return out
-    by = Counter(found.outcome)
-    out.update(cut=by[CUT], dropped=by[DROPPED], flagged=by[FLAGGED], chars_cut=sum(found.cut_chars),
+    out.update(cut=int(found.is_(CUT).sum()), dropped=int(found.is_(DROPPED).sum()),
+               flagged=int(found.is_(FLAGGED).sum()), chars_cut=sum(h.cut_chars for h in found.hits.values()),
                boilerplate_ngrams=found.boilerplate_ngrams, eval_docs_sharing_rare_ngrams=found.eval_docs_sharing_rare,
-               against={"validation_test": sum(s != "train" for s in split_of), "eval_file_items": len(eval_items)})
+               against={"validation_test": int((split != 0).sum()), "eval_file_items": len(eval_items)})
     for outcome in (DROPPED, CUT, FLAGGED):
-        hits = [i for i, o in enumerate(found.outcome) if o == outcome][:EXAMPLES]
-        out["examples"] += [{"doc_id": ids[i], "split": split_of[i], "outcome": outcome, "coverage": found.coverage[i],
-                             "rare_shared_ngrams": found.shared[i], "chars_cut": found.cut_chars[i],
-                             "overlaps": found.ref[i]} for i in hits]
+        for i in np.flatnonzero(found.is_(outcome))[:EXAMPLES].tolist():
+            hit = found.hits[i]
+            out["examples"].append({"doc_id": ids[i].as_py(), "split": SPLITS[split[i]], "outcome": outcome,
+                                    "coverage": hit.coverage, "rare_shared_ngrams": hit.shared,
+                                    "chars_cut": hit.cut_chars, "overlaps": hit.ref})
     return out

@@ -1,4 +1,4 @@
-"""Train / evaluation decontamination that tells leakage from boilerplate.
+"""Train / evaluation decontamination that tells leakage from boilerplate, streaming over the corpus.
 
 N-grams are word 13-grams, or character n-grams for CJK text (vertical_dag/text/ngrams.py). Three ideas:
 
@@ -17,22 +17,35 @@ N-grams are word 13-grams, or character n-grams for CJK text (vertical_dag/text/
 
 A training document that was already in train before (the model may have been trained on it; removing it
 now would not undo that) is protected: a *new* evaluation document overlapping it (its text as last
-trained on) is the one cut or dropped instead. On a first run nothing is protected.
+trained on) is the one cut or dropped instead. On a first run nothing is protected. (Only the protected
+n-grams found in the evaluation documents' own text are kept; an n-gram that a cut creates across the
+cut's join is looked for on the training side, not among the protected texts.)
 
 `share` is, for every document, the fraction of its distinct rare n-grams found on the other side after
 decontamination (train vs the evaluation data kept): what the quality gate bounds.
+
+Memory: texts stream past once to be hashed (their distinct n-gram hashes spill to disk by hash range,
+hash_spill.py); only the evaluation side's texts (validation, test: the small side) stay in memory, and a
+training text is read again only when it shares a rare n-gram with the evaluation side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .hash_spill import HashSpill, bucket_of, distinct, member
 from .ngrams import NgramSpec
 
 CLEAN, CUT, DROPPED, FLAGGED = "clean", "cut", "dropped", "flagged"
+OUTCOMES = (CLEAN, CUT, DROPPED, FLAGGED)  # Contamination.outcome holds indices into this
+_CODE = {o: k for k, o in enumerate(OUTCOMES)}
+
+# (document indices, texts) of a batch, in document order; called with None for every document, or with
+# the sorted indices of the few documents whose text is needed again
+TextSource = Callable[[np.ndarray | None], Iterator[tuple[np.ndarray, list[str]]]]
 
 
 @dataclass(frozen=True)
@@ -43,47 +56,53 @@ class DecontaminationRule:
 
 
 @dataclass
+class Hit:
+    """A document that shares rare n-grams with the other side."""
+
+    coverage: float  # share of tokens covered by rare n-grams shared with the other side
+    shared: int  # distinct rare n-grams shared with the other side
+    ref: str | None  # the document on the other side owning the first shared n-gram
+    cut_chars: int = 0
+
+
+@dataclass
 class Contamination:
-    outcome: list[str]  # clean / cut / dropped / flagged, per document
-    coverage: list[float]  # share of tokens covered by rare n-grams shared with the other side
-    shared: list[int]  # distinct rare n-grams shared with the other side
-    ref: list[str | None]  # the document on the other side owning the first shared n-gram
-    texts: list[str]  # texts after cutting
-    cut_chars: list[int]
-    share: list[float] = field(default_factory=list)
+    outcome: np.ndarray  # per document: index into OUTCOMES
+    share: np.ndarray  # per document (float64)
+    hits: dict[int, Hit] = field(default_factory=dict)  # documents overlapping the other side
+    texts: dict[int, str] = field(default_factory=dict)  # texts after cutting, of the documents cut
     boilerplate_ngrams: int = 0  # distinct n-grams ignored as boilerplate
     eval_docs_sharing_rare: int = 0  # evaluation documents still sharing a rare n-gram with train afterwards
+
+    def is_(self, outcome: str) -> np.ndarray:
+        return self.outcome == _CODE[outcome]
+
+    def outcome_of(self, i: int) -> str:
+        return OUTCOMES[int(self.outcome[i])]
 
 
 class _Side:
     """Sorted distinct n-gram hashes of one side, each with the first document (name) that had it."""
 
-    def __init__(self, arrays: list[np.ndarray], names: list[str]):
-        self.names = names
-        if arrays:
-            h = np.concatenate(arrays)
-            o = np.concatenate([np.full(len(a), k, np.int64) for k, a in enumerate(arrays)])
-            order = np.argsort(h, kind="stable")
-            h, o = h[order], o[order]
-            first = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
-            self.hashes, self.owner = h[first], o[first]
-        else:
-            self.hashes, self.owner = np.empty(0, np.uint64), np.empty(0, np.int64)
+    def __init__(self, hashes: np.ndarray, owner: np.ndarray, name: Callable[[int], str | None]):
+        order = np.lexsort((owner, hashes))
+        h, o = hashes[order], owner[order]
+        first = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
+        self.hashes, self.owner, self.name = h[first], o[first], name
+
+    @classmethod
+    def of(cls, arrays: Sequence[np.ndarray], names: Sequence[str]) -> _Side:
+        if not arrays:
+            return cls(np.empty(0, np.uint64), np.empty(0, np.int64), names.__getitem__)
+        o = np.concatenate([np.full(len(a), k, np.int64) for k, a in enumerate(arrays)])
+        return cls(np.concatenate(arrays).astype(np.uint64, copy=False), o, names.__getitem__)
 
     def hits(self, h: np.ndarray) -> np.ndarray:
-        if not len(self.hashes) or not len(h):
-            return np.zeros(len(h), bool)
-        pos = np.searchsorted(self.hashes, h).clip(max=len(self.hashes) - 1)
-        return self.hashes[pos] == h
+        return member(h, self.hashes)
 
     def owner_of(self, h: np.ndarray) -> str | None:
         pos = np.searchsorted(self.hashes, h[:1]).clip(max=len(self.hashes) - 1)
-        return self.names[int(self.owner[pos[0]])] if len(h) else None
-
-
-def _distinct(a: np.ndarray) -> np.ndarray:
-    a = np.sort(a)
-    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+        return self.name(int(self.owner[pos[0]])) if len(h) else None
 
 
 def _covered(hit: np.ndarray, n: int) -> np.ndarray:
@@ -110,14 +129,8 @@ def cut_spans(text: str, spec: NgramSpec, covered: np.ndarray) -> tuple[str, int
     return "\n".join(p for p in pieces if p), removed
 
 
-def boilerplate(distinct: Sequence[np.ndarray], groups: Sequence[str], max_groups: int) -> np.ndarray:
-    """Sorted n-gram hashes found in more than `max_groups` groups (families), given each document's
-    distinct n-grams and its group."""
-    if max_groups <= 0 or not distinct:
-        return np.empty(0, np.uint64)
-    codes = {g: k for k, g in enumerate(dict.fromkeys(groups))}
-    h = np.concatenate(list(distinct))
-    g = np.repeat(np.array([codes[x] for x in groups], np.int64), [len(d) for d in distinct])
+def common_hashes(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
+    """Sorted hashes found with more than `max_groups` distinct groups among the (hash, group) rows."""
     order = np.lexsort((g, h))
     h, g = h[order], g[order]
     first = np.r_[True, (h[1:] != h[:-1]) | (g[1:] != g[:-1])] if len(h) else np.zeros(0, bool)
@@ -126,10 +139,7 @@ def boilerplate(distinct: Sequence[np.ndarray], groups: Sequence[str], max_group
 
 
 def _rare(h: np.ndarray, common: np.ndarray) -> np.ndarray:
-    if not len(common) or not len(h):
-        return h
-    pos = np.searchsorted(common, h).clip(max=len(common) - 1)
-    return h[common[pos] != h]
+    return h[~member(h, common)] if len(common) and len(h) else h
 
 
 def _check(out: Contamination, i: int, text: str, h: np.ndarray, other: _Side, spec: NgramSpec,
@@ -140,70 +150,157 @@ def _check(out: Contamination, i: int, text: str, h: np.ndarray, other: _Side, s
         return
     n = spec.n_for(text)
     covered = _covered(hit, n)
-    shared = _distinct(h[hit])
-    out.coverage[i] = round(float(covered.mean()), 6)
-    out.shared[i], out.ref[i] = len(shared), other.owner_of(shared)
-    if out.coverage[i] >= rule.min_coverage:
-        out.outcome[i] = FLAGGED if rule.action == FLAGGED else DROPPED
+    shared = distinct(h[hit])
+    found = out.hits[i] = Hit(round(float(covered.mean()), 6), len(shared), other.owner_of(shared))
+    if found.coverage >= rule.min_coverage:
+        out.outcome[i] = _CODE[FLAGGED if rule.action == FLAGGED else DROPPED]
     elif rule.action == CUT:
-        out.texts[i], out.cut_chars[i] = cut_spans(text, spec, covered)
-        out.outcome[i] = CUT
+        cut, found.cut_chars = cut_spans(text, spec, covered)
+        out.outcome[i] = _CODE[CUT]
         for _ in range(2):  # joining the pieces can make a new shared n-gram across a cut: cut that too
-            h2 = spec.hashes(out.texts[i])
-            hit2 = other.hits(h2)
+            hit2 = other.hits(spec.hashes(cut))
             if not hit2.any():
                 break
-            out.texts[i], more = cut_spans(out.texts[i], spec, _covered(hit2, spec.n_for(out.texts[i])))
-            out.cut_chars[i] += more
+            cut, more = cut_spans(cut, spec, _covered(hit2, spec.n_for(cut)))
+            found.cut_chars += more
+        out.texts[i] = cut
 
 
-def decontaminate(ids: Sequence[str], texts: Sequence[str], is_eval: Sequence[bool],
-                  protected: dict[str, str], eval_items: Sequence[tuple[str, str]], spec: NgramSpec,
-                  rule: DecontaminationRule = DecontaminationRule(),
-                  families: Sequence[str] | None = None) -> Contamination:
-    """Decontaminate train against the evaluation side (validation, test, evaluation files).
-    `protected`: doc_id -> text, as trained on, of train documents kept in train by an earlier run;
-    `families`: each document's template family (None: every document its own)."""
-    n = len(ids)
-    out = Contamination([CLEAN] * n, [0.0] * n, [0] * n, [None] * n, list(texts), [0] * n, [0.0] * n)
-    windows = [spec.hashes(t) for t in texts]
-    distinct = [_distinct(w) for w in windows]
-    item_distinct = [_distinct(spec.hashes(t)) for _, t in eval_items]
-    groups = list(families or ids) + [ident for ident, _ in eval_items]
-    common = boilerplate(distinct + item_distinct, groups, rule.max_ngram_families)
-    out.boilerplate_ngrams = len(common)
-    rare = [_rare(d, common) for d in distinct]
-    item_rare = [_rare(d, common) for d in item_distinct]
+def _share(own: np.ndarray, other: np.ndarray) -> float:
+    return round(float(member(own, other).mean()), 6) if len(own) else 0.0
 
-    def rare_now(i: int) -> np.ndarray:  # a document's rare n-grams after any cut
-        return rare[i] if out.outcome[i] != CUT else _rare(_distinct(spec.hashes(out.texts[i])), common)
 
-    evals = [i for i in range(n) if is_eval[i]]
-    trains = [i for i in range(n) if not is_eval[i]]
+class _Pass:
+    """One decontamination run over a corpus streamed from a TextSource (see decontaminate)."""
 
-    old_train = [i for i in trains if ids[i] in protected]
-    if old_train and evals:
-        prot = _Side([_rare(_distinct(spec.hashes(protected[ids[i]])), common) for i in old_train],
-                     [ids[i] for i in old_train])
+    def __init__(self, texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
+                 groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, rule: DecontaminationRule,
+                 spill: HashSpill):
+        n = len(is_eval)
+        self.texts, self.name, self.is_eval, self.selected, self.groups = texts, name, is_eval, selected, groups
+        self.items, self.spec, self.rule, self.spill = eval_items, spec, rule, spill
+        self.out = Contamination(np.zeros(n, np.int8), np.zeros(n, np.float64))
+        self.eval_text: dict[int, str] = {}  # the evaluation side's texts (n-grams are hashed again when needed)
+        self.item_distinct = [distinct(spec.hashes(t)) for _, t in eval_items]
+        self.common = np.empty(0, np.uint64)
+
+    def hash_all(self) -> None:
+        """Every selected document's distinct n-grams to the spill; the evaluation side's texts kept."""
+        for idx, texts in self.texts(None):
+            rows, hashes = [], []
+            for i, t in zip(idx.tolist(), texts, strict=True):
+                if not self.selected[i]:
+                    continue
+                w = self.spec.hashes(t)
+                if self.is_eval[i]:
+                    self.eval_text[i] = t
+                rows.append(i)
+                hashes.append(distinct(w))
+            self.spill.add(rows, hashes)
+        self.spill.finish()
+
+    def find_common(self) -> None:
+        """The boilerplate n-grams: in more than max_ngram_families groups, counted one hash range at a time."""
+        max_groups = self.rule.max_ngram_families
+        if max_groups <= 0 or not (self.spill.rows or self.items):
+            return
+        n = len(self.is_eval)
+        ih = np.concatenate([np.empty(0, np.uint64), *self.item_distinct])
+        ig = np.repeat(self.groups[n:n + len(self.items)], [len(d) for d in self.item_distinct])
+        ib = bucket_of(ih)
+        found = []
+        for k, (h, d) in enumerate(self.spill.buckets()):
+            m = ib == k
+            found.append(common_hashes(np.concatenate([h, ih[m]]), np.concatenate([self.groups[d], ig[m]]), max_groups))
+        self.common = np.concatenate(found)
+        self.out.boilerplate_ngrams = len(self.common)
+
+    def rare(self, h: np.ndarray) -> np.ndarray:
+        return _rare(distinct(h), self.common)
+
+    def protect(self, protected: Iterable[tuple[int, str]]) -> None:
+        """Cut or drop evaluation documents overlapping protected (earlier train) documents."""
+        evals = sorted(self.eval_text)
+        if not evals:
+            return
+        windows = {i: self.spec.hashes(self.eval_text[i]) for i in evals}
+        c0 = distinct(np.concatenate(list(windows.values())))
+        hashes, owners = [], []
+        for i, text in protected:
+            r = self.rare(self.spec.hashes(text))
+            r = r[member(r, c0)]  # only these can meet an evaluation document's n-grams
+            hashes.append(r)
+            owners.append(np.full(len(r), i, np.int64))
+        if not hashes:
+            return
+        prot = _Side(np.concatenate(hashes), np.concatenate(owners), self.name)
         for i in evals:
-            _check(out, i, texts[i], windows[i], prot, spec, rule)
+            _check(self.out, i, self.eval_text[i], windows[i], prot, self.spec, self.rule)
 
-    kept_eval = [i for i in evals if out.outcome[i] != DROPPED]
-    eval_side = _Side([rare_now(i) for i in kept_eval] + item_rare,
-                      [ids[i] for i in kept_eval] + [ident for ident, _ in eval_items])
-    for i in trains:
-        _check(out, i, texts[i], windows[i], eval_side, spec, rule)
+    def spill_rows(self, wanted: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, documents) of the spill rows whose hash is in `wanted` and whose document is marked in `docs`."""
+        hs, ds = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+        for h, d in self.spill.buckets():
+            m = member(h, wanted) & docs[d]
+            hs.append(h[m])
+            ds.append(d[m])
+        return np.concatenate(hs), np.concatenate(ds)
 
-    final_train = [i for i in trains if out.outcome[i] != DROPPED]
-    final = [rare_now(i) for i in range(n)]
-    train_side = _Side([final[i] for i in final_train], [ids[i] for i in final_train])
-    eval_side = _Side([final[i] for i in kept_eval] + item_rare, [])
-    for i in range(n):
-        own = final[i]
-        out.share[i] = round(float((train_side if is_eval[i] else eval_side).hits(own).mean()), 6) if len(own) else 0.0
-        if is_eval[i] and out.outcome[i] != DROPPED and out.share[i] > 0:
-            out.eval_docs_sharing_rare += 1
-    return out
+    def check_train(self) -> dict[int, np.ndarray]:
+        """Check the training documents that share a rare n-gram with the evaluation side (read again);
+        their shares; the rare n-grams of those cut, after the cut."""
+        out, dropped = self.out, _CODE[DROPPED]
+        evals = sorted(self.eval_text)
+        self.eval_rare = {i: self.rare(self.spec.hashes(out.texts.get(i, self.eval_text[i]))) for i in evals}
+        kept = [i for i in evals if out.outcome[i] != dropped]
+        side = _Side.of([self.eval_rare[i] for i in kept] + [_rare(d, self.common) for d in self.item_distinct],
+                        [self.name(i) for i in kept] + [ident for ident, _ in self.items])
+        _, docs = self.spill_rows(side.hashes, self.selected & ~self.is_eval)
+        cut_rare: dict[int, np.ndarray] = {}
+        for idx, texts in self.texts(np.unique(docs)):
+            for i, t in zip(idx.tolist(), texts, strict=True):
+                _check(out, i, t, self.spec.hashes(t), side, self.spec, self.rule)
+                own = self.rare(self.spec.hashes(out.texts.get(i, t)))
+                out.share[i] = _share(own, side.hashes)
+                if i in out.texts:
+                    cut_rare[i] = own
+        return cut_rare
+
+    def eval_shares(self, cut_rare: dict[int, np.ndarray]) -> None:
+        """Each evaluation document's share of rare n-grams found in train as kept."""
+        out = self.out
+        if not self.eval_text:
+            return
+        wanted = distinct(np.concatenate(list(self.eval_rare.values())))
+        uncut = self.selected & ~self.is_eval & ((out.outcome == _CODE[CLEAN]) | (out.outcome == _CODE[FLAGGED]))
+        h, _ = self.spill_rows(wanted, uncut)
+        train = distinct(np.concatenate([h, *(r[member(r, wanted)] for r in cut_rare.values())]))
+        for i, own in self.eval_rare.items():
+            out.share[i] = _share(own, train)
+            if out.outcome[i] != _CODE[DROPPED] and out.share[i] > 0:
+                out.eval_docs_sharing_rare += 1
+
+
+def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
+                  groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, spill: HashSpill,
+                  rule: DecontaminationRule = DecontaminationRule(),
+                  protected: Callable[[], Iterable[tuple[int, str]]] | None = None) -> Contamination:
+    """Decontaminate the selected training documents against the selected evaluation ones and the
+    evaluation files' items.
+
+    texts: the corpus's texts by batch (TextSource); name(i): document i's id; is_eval / selected: per
+    document; groups: an integer group (template family) per document, then one per evaluation item;
+    spill: an empty HashSpill, left holding every selected document's distinct n-grams (original texts);
+    protected(): (document index, text as trained on) of the current training documents an earlier run
+    already trained on."""
+    run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
+                eval_items, spec, rule, spill)
+    run.hash_all()
+    run.find_common()
+    if protected is not None:
+        run.protect(protected())
+    run.eval_shares(run.check_train())
+    return run.out
 
 
 # Per-domain defaults. Statutes, contracts, clinical notes, filings and manuals repeat standard clauses across

@@ -11,6 +11,9 @@ and every document of a group lands in one split. Groups, from `group_by`:
 - a metadata field (e.g. law_name): the key of a whole family is taken from one representative document
   (its founder, whose doc_id is the family id, when present, else the smallest doc_id), so a family never
   straddles two groups and hence never two splits.
+
+The column functions (`*_column`) take and return Arrow arrays, so a corpus of millions of documents is keyed
+without a Python string per document; the list functions are the same on lists.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 SPLITS = ("train", "validation", "test")
 
@@ -37,6 +44,15 @@ def assign(seed: int, key: str, fractions: Sequence[float]) -> str:
     return next((n for n, f in zip(reversed(SPLITS), reversed(fractions), strict=True) if f > 0), SPLITS[0])
 
 
+def assign_column(seed: int, keys: pa.Array | pa.ChunkedArray, fractions: Sequence[float]) -> np.ndarray:
+    """The split of every key as an index into SPLITS (int8), hashing each distinct key once."""
+    if not len(keys):
+        return np.zeros(0, np.int8)
+    encoded = pc.dictionary_encode(keys).combine_chunks() if isinstance(keys, pa.ChunkedArray) else pc.dictionary_encode(keys)
+    codes = np.array([SPLITS.index(assign(seed, k, fractions)) for k in encoded.dictionary.to_pylist()], np.int8)
+    return codes[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
 def _meta_value(meta: str | None, field: str) -> str | None:
     if not meta:
         return None
@@ -47,30 +63,57 @@ def _meta_value(meta: str | None, field: str) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
+def _present(a: pa.Array | pa.ChunkedArray | None, n: int) -> pa.Array:
+    """The column with empty strings as nulls (a missing column: all null)."""
+    if a is None:
+        return pa.nulls(n, pa.string())
+    a = pc.cast(a, pa.string())
+    return pc.if_else(pc.equal(a, ""), pa.scalar(None, pa.string()), a)
+
+
+def family_column(doc_ids: pa.Array | pa.ChunkedArray, cluster_ids: pa.Array | None,
+                  family_ids: pa.Array | None) -> pa.Array:
+    """Each document's family: its family id, else its cluster, else itself."""
+    n = len(doc_ids)
+    return pc.coalesce(_present(family_ids, n), _present(cluster_ids, n), pc.cast(doc_ids, pa.string()))
+
+
+def group_key_column(doc_ids: pa.Array | pa.ChunkedArray, cluster_ids: pa.Array | None, metas: pa.Array | None,
+                     group_by: str, family_ids: pa.Array | None = None) -> pa.Array:
+    """The group key of every document: its family or cluster, or the metadata field of its family's
+    representative. A missing family falls back to the cluster, a missing cluster to the document."""
+    n = len(doc_ids)
+    if group_by == "cluster_id":
+        clusters = pc.coalesce(_present(cluster_ids, n), pc.cast(doc_ids, pa.string()))
+        return pc.binary_join_element_wise("cluster=", clusters, "")
+    families = family_column(doc_ids, cluster_ids, family_ids)
+    if group_by == "family_id":
+        return pc.binary_join_element_wise("family=", families, "")
+    ids, fams = pc.cast(doc_ids, pa.string()).to_pylist(), families.to_pylist()
+    meta_list = metas.to_pylist() if metas is not None else [None] * n
+    rep: dict[str, int] = {}
+    for i, (d, f) in enumerate(zip(ids, fams, strict=True)):
+        j = rep.get(f)
+        if j is None or (ids[j] != f and (d == f or d < ids[j])):
+            rep[f] = i
+    keys = []
+    for f in fams:
+        value = _meta_value(meta_list[rep[f]], group_by)
+        keys.append(f"{group_by}={value}" if value is not None else f"family={f}")
+    return pa.array(keys, pa.string())
+
+
+def _arr(values: Sequence[str | None] | None) -> pa.Array | None:
+    return None if values is None else pa.array(list(values), pa.string())
+
+
 def family_ids_of(doc_ids: Sequence[str], cluster_ids: Sequence[str | None],
                   family_ids: Sequence[str | None] | None) -> list[str]:
-    """Each document's family: its family id, else its cluster, else itself."""
-    families = family_ids or [None] * len(doc_ids)
-    return [f or c or d for f, c, d in zip(families, cluster_ids, doc_ids, strict=True)]
+    """family_column on lists."""
+    return family_column(_arr(doc_ids), _arr(cluster_ids), _arr(family_ids)).to_pylist()
 
 
 def group_keys(doc_ids: Sequence[str], cluster_ids: Sequence[str | None], metas: Sequence[str | None],
                group_by: str, family_ids: Sequence[str | None] | None = None) -> list[str]:
-    """The group key of every document: its family or cluster, or the metadata field of its family's
-    representative. A missing family falls back to the cluster, a missing cluster to the document."""
-    clusters = [c or d for c, d in zip(cluster_ids, doc_ids, strict=True)]
-    families = family_ids_of(doc_ids, cluster_ids, family_ids)
-    if group_by == "cluster_id":
-        return [f"cluster={c}" for c in clusters]
-    if group_by == "family_id":
-        return [f"family={f}" for f in families]
-    rep: dict[str, int] = {}
-    for i, (d, f) in enumerate(zip(doc_ids, families, strict=True)):
-        j = rep.get(f)
-        if j is None or (doc_ids[j] != f and (d == f or d < doc_ids[j])):
-            rep[f] = i
-    keys = []
-    for f in families:
-        value = _meta_value(metas[rep[f]], group_by)
-        keys.append(f"{group_by}={value}" if value is not None else f"family={f}")
-    return keys
+    """group_key_column on lists."""
+    return group_key_column(_arr(doc_ids), _arr(cluster_ids), _arr(metas), group_by, _arr(family_ids)).to_pylist()

@@ -1,0 +1,100 @@
+"""Reading the normalize stage's parts batch by batch for the split stage, and writing the three splits.
+
+The parts' schemas are unified once (a column missing from an older part reads as nulls, as
+pyarrow.concat_tables(promote_options="default") would); a batch is addressed by the global index of its
+first document, so small per-document columns (numpy) line up with the texts streaming past.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..records import atomic_path, empty_docs, list_parts
+
+BATCH = 8192
+
+
+class Parts:
+    """The documents of a parts folder, in part-name order, read a column set or a batch at a time."""
+
+    def __init__(self, folder: Path):
+        self.files = list_parts(folder)
+        schemas = [pq.read_schema(p) for p in self.files]
+        self.schema = pa.unify_schemas(schemas) if schemas else empty_docs().schema
+        self.rows = [pq.ParquetFile(p).metadata.num_rows for p in self.files]
+        self.n = int(sum(self.rows))
+
+    def columns(self, names: list[str]) -> dict[str, pa.Array | None]:
+        """Whole columns (small ones: ids, keys); None for a column no part has."""
+        have = [c for c in names if c in self.schema.names]
+        fields = pa.schema([self.schema.field(c) for c in have])
+        tables = [_conform(pq.read_table(p, columns=[c for c in have if c in pq.read_schema(p).names]), fields)
+                  for p in self.files]
+        t = pa.concat_tables(tables) if tables else fields.empty_table()
+        return {c: (t.column(c).combine_chunks() if c in have else None) for c in names}
+
+    def batches(self, columns: list[str] | None = None, rows: np.ndarray | None = None
+                ) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        """(global indices, table) per batch; `rows` (sorted indices): only those documents."""
+        names = columns or self.schema.names
+        fields = pa.schema([self.schema.field(c) for c in names])
+        offset = 0
+        for path, n in zip(self.files, self.rows, strict=True):
+            lo, hi = (np.searchsorted(rows, [offset, offset + n]) if rows is not None else (0, 1))
+            if hi > lo:
+                f = pq.ParquetFile(path)
+                have = [c for c in names if c in f.schema_arrow.names]
+                start = offset
+                for batch in f.iter_batches(batch_size=BATCH, columns=have):
+                    idx = np.arange(start, start + batch.num_rows)
+                    start += batch.num_rows
+                    table = _conform(pa.Table.from_batches([batch]), fields)
+                    if rows is not None:
+                        keep = np.isin(idx, rows[lo:hi])
+                        if not keep.any():
+                            continue
+                        idx, table = idx[keep], table.filter(pa.array(keep))
+                    yield idx, table
+            offset += n
+
+    def texts(self, rows: np.ndarray | None) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """The TextSource decontamination reads (vertical_dag.text.decontaminate)."""
+        if rows is not None and not len(rows):
+            return
+        for idx, table in self.batches(["text"], rows):
+            yield idx, table.column("text").to_pylist()
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with the schema's columns in its order; a missing one as nulls."""
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+            for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+class SplitWriters:
+    """One Parquet writer per split, each replacing its file only when all of them finished."""
+
+    def __init__(self, out: Path, names: tuple[str, ...], schema: pa.Schema):
+        self._stack = ExitStack()
+        self.schema = schema
+        self.writers = {}
+        for name in names:
+            tmp = self._stack.enter_context(atomic_path(out / f"{name}.parquet"))
+            self.writers[name] = self._stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
+
+    def write(self, name: str, table: pa.Table) -> None:
+        if table.num_rows:
+            self.writers[name].write_table(table.cast(self.schema))
+
+    def __enter__(self) -> SplitWriters:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)

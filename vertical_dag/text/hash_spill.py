@@ -1,0 +1,87 @@
+"""Every document's distinct n-gram hashes, spilled to disk by hash range, so corpus-wide n-gram counts
+need memory for one range at a time, not for the corpus.
+
+A document's hashes are written once (while its text streams past) as (hash, document index) rows into one
+of BUCKETS files chosen by the hash's top bits; a bucket read back holds every occurrence of its hashes, so
+counting per hash, or finding the documents that hold some hashes, is a pass over the buckets with numpy.
+Buckets in order are hash ranges in order: results concatenated bucket by bucket stay sorted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+BUCKET_BITS = 5
+BUCKETS = 1 << BUCKET_BITS
+
+
+def distinct(a: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort beats np.unique's hash path on uint64 here)."""
+    a = np.sort(a)
+    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+
+
+def member(h: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Mask of the values of h found in the sorted array sorted_set."""
+    if not len(sorted_set) or not len(h):
+        return np.zeros(len(h), bool)
+    pos = np.searchsorted(sorted_set, h).clip(max=len(sorted_set) - 1)
+    return sorted_set[pos] == h
+
+
+class HashSpill:
+    """(hash, document index) rows in BUCKETS temporary files under `folder` (removed by close())."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=".ngram-spill-", dir=folder))
+        self._files = [open(self.dir / f"{b:02d}.bin", "wb") for b in range(BUCKETS)]  # noqa: SIM115
+        self.rows = 0
+
+    def add(self, doc_index: Sequence[int] | np.ndarray, hashes: Sequence[np.ndarray]) -> None:
+        """Append each document's distinct hashes."""
+        if not hashes:
+            return
+        h = np.concatenate(list(hashes)).astype(np.uint64, copy=False)
+        d = np.repeat(np.asarray(doc_index, np.int64), [len(x) for x in hashes])
+        b = (h >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+        order = np.argsort(b, kind="stable")
+        h, d, b = h[order], d[order], b[order]
+        bounds = np.searchsorted(b, np.arange(BUCKETS + 1))
+        for k in range(BUCKETS):
+            lo, hi = bounds[k], bounds[k + 1]
+            if hi > lo:
+                rec = np.empty(hi - lo, dtype=[("h", np.uint64), ("d", np.int64)])
+                rec["h"], rec["d"] = h[lo:hi], d[lo:hi]
+                rec.tofile(self._files[k])
+        self.rows += len(h)
+
+    def finish(self) -> None:
+        for f in self._files:
+            f.close()
+
+    def buckets(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(hashes, document indices) of each bucket in hash order, rows in the order they were added."""
+        for k in range(BUCKETS):
+            rec = np.fromfile(self.dir / f"{k:02d}.bin", dtype=[("h", np.uint64), ("d", np.int64)])
+            yield rec["h"], rec["d"]
+
+    def __enter__(self) -> HashSpill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bucket_of(h: np.ndarray) -> np.ndarray:
+    return (h >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
