@@ -23,16 +23,16 @@ SPLIT_NAMES = ("train", "validation", "test")
 # Ledger actions that remove a document from a stage's output (the rest annotate kept documents).
 REMOVING_ACTIONS = ("dropped", "quarantined")
 
-def pii_detector(pii_params: Any = None) -> Callable[[str], list[str]]:
-    """A function text -> PII kinds found in it: the project's redactor with normalize.pii's types and extra
-    patterns (every built-in type when redaction is switched off: the gate still looks)."""
+def pii_detector(pii_params: Any = None) -> Callable[[list[str]], list[list[str]]]:
+    """A function texts -> the PII kinds found in each: the project's redactor with normalize.pii's types and
+    extra patterns (every built-in type when redaction is switched off: the gate still looks), over a batch."""
     from ..text.pii import PII_TYPES, Redactor
 
     if pii_params is not None and pii_params.enabled:
         redactor = Redactor(pii_params.extra_patterns, tuple(pii_params.types))
     else:
         redactor = Redactor(types=PII_TYPES)
-    return lambda text: sorted(redactor.redact(text).counts)
+    return lambda texts: [sorted(r.counts) for r in redactor.redact_batch(texts)]
 
 
 # ---------------------------------------------------------------- reading a stage's documents
@@ -61,7 +61,7 @@ PROFILE_FIELDS = ["doc_id", "part", "n_chars", "source", "batch", "lang", "split
                   "family_id"]
 
 
-def _profile_part(path: Path, detect: Callable[[str], list[str]] | None, text_hash: bool,
+def _profile_part(path: Path, detect: Callable[[list[str]], list[list[str]]] | None, text_hash: bool,
                   sidecar: pa.Table | None = None) -> pa.Table:
     """The profile rows of one Parquet file; its text is dropped as soon as it is measured. With the
     stage's sidecar (n_chars and further measures, row by row with the file) the text is not read at all.
@@ -90,7 +90,9 @@ def _profile_part(path: Path, detect: Callable[[str], list[str]] | None, text_ha
     for c in extra:
         cols[c] = sidecar.column(c)
     if detect is not None:
-        cols["pii_found"] = pa.array([",".join(detect(x)) or None if x else None for x in text.to_pylist()], pa.string())
+        texts = text.to_pylist()
+        found = detect([x or "" for x in texts])
+        cols["pii_found"] = pa.array([",".join(k) or None if x else None for x, k in zip(texts, found, strict=True)], pa.string())
     order = PROFILE_FIELDS + extra + [c for c in ("pii_found",) if c in cols]
     return pa.table({c: cols[c] for c in order})
 
