@@ -43,18 +43,23 @@ def chinese_docs() -> list[str]:
     return [json.loads(line)["text"] for p in raw for line in p.open(encoding="utf-8")]
 
 
-def char_edit(text: str, rate: float, rng: random.Random, alphabet: str) -> str:
-    """OCR-like noise: round(rate * characters) random character insertions, deletions and substitutions."""
-    chars = list(text)
-    for _ in range(max(1, round(rate * len(text)))):
-        op, pos = rng.randrange(3), rng.randrange(len(chars))
+def _edit(units: list[str], rate: float, rng: random.Random, choices: list[str] | str) -> list[str]:
+    """round(rate * len(units)) random insertions, deletions and substitutions (new units from choices)."""
+    units = list(units)
+    for _ in range(max(1, round(rate * len(units)))):
+        op, pos = rng.randrange(3), rng.randrange(len(units))
         if op == 0:
-            chars.insert(pos, rng.choice(alphabet))
-        elif op == 1 and len(chars) > 1:
-            del chars[pos]
+            units.insert(pos, rng.choice(choices))
+        elif op == 1 and len(units) > 1:
+            del units[pos]
         else:
-            chars[pos] = rng.choice(alphabet)
-    return "".join(chars)
+            units[pos] = rng.choice(choices)
+    return units
+
+
+def char_edit(text: str, rate: float, rng: random.Random, alphabet: str) -> str:
+    """OCR-like noise: character insertions, deletions and substitutions."""
+    return "".join(_edit(list(text), rate, rng, alphabet))
 
 
 def words_of(text: str, lang: str) -> list[str]:
@@ -64,17 +69,8 @@ def words_of(text: str, lang: str) -> list[str]:
 
 
 def word_edit(text: str, rate: float, rng: random.Random, vocab: list[str], lang: str) -> str:
-    """Editing: round(rate * words) random word insertions, deletions and substitutions (words from vocab)."""
-    words = words_of(text, lang)
-    for _ in range(max(1, round(rate * len(words)))):
-        op, pos = rng.randrange(3), rng.randrange(len(words))
-        if op == 0:
-            words.insert(pos, rng.choice(vocab))
-        elif op == 1 and len(words) > 1:
-            del words[pos]
-        else:
-            words[pos] = rng.choice(vocab)
-    return (" " if lang == "en" else "").join(words)
+    """Editing: word insertions, deletions and substitutions (words from vocab)."""
+    return (" " if lang == "en" else "").join(_edit(words_of(text, lang), rate, rng, vocab))
 
 
 def build_corpus(n_plant: int, seed: int = 0) -> dict:
