@@ -21,6 +21,16 @@ class BaseModelParams(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
+class ReadingComprehensionParams(Section):
+    """AdaptLLM-style tasks mined from each train document and appended to its text (modeling/reading_comprehension.py)."""
+
+    enabled: bool = False
+    max_tasks_per_doc: int = Field(2, ge=1, le=16)
+    kinds: list[Literal["definition", "title", "article", "fill_blank", "nli"]] = Field(
+        default_factory=lambda: ["definition", "title", "article", "fill_blank", "nli"], min_length=1)
+    max_answer_chars: int = Field(120, ge=8)  # answers are cut here; longer sentences are never quoted as claims
+
+
 class PretrainParams(Section):
     """Continued (domain-adaptive) pretraining on the train split, with optional general-text replay."""
 
@@ -48,6 +58,7 @@ class PretrainParams(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False
     threads: int | None = Field(None, ge=1)  # CPU threads for torch (None: torch's default)
+    reading_comprehension: ReadingComprehensionParams = ReadingComprehensionParams()
 
     @model_validator(mode="after")
     def _length(self) -> PretrainParams:

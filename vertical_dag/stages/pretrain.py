@@ -49,13 +49,15 @@ from .context import StageContext
 from .metrics import ReasonCounts, contract_counts
 
 
-def read_split(splits: Path, name: str) -> tuple[pa.Table, str]:
-    """(doc_id, text) of one split, from <splits>/<name>.parquet or a folder of parts; plus a content hash."""
+def read_split(splits: Path, name: str, extra: tuple[str, ...] = ()) -> tuple[pa.Table, str]:
+    """(doc_id, text) of one split, from <splits>/<name>.parquet or a folder of parts; plus a content hash.
+    `extra` columns are read too where the split has them (the hash is of doc_id and text either way)."""
     file, folder = splits / f"{name}.parquet", splits / name
     if file.exists():
-        return pq.read_table(file, columns=["doc_id", "text"]), file_sha256(file)
+        names = pq.read_schema(file).names
+        return pq.read_table(file, columns=["doc_id", "text", *(c for c in extra if c in names)]), file_sha256(file)
     if folder.is_dir():
-        table = read_parts(folder, columns=["doc_id", "text"])
+        table = read_parts(folder, columns=["doc_id", "text", *extra])
         digest = hashlib.sha256("\n".join(table.column("doc_id").to_pylist()).encode())
         digest.update("\n".join(table.column("text").to_pylist()).encode())
         return table, digest.hexdigest()
@@ -114,7 +116,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise FileNotFoundError(f"{base_dir} not found: run `vertical-dag run base_model` first")
     base_info = read_json(ctx.input("base_model") / "source.json", default={}) or {}
     splits = ctx.input("split")
-    train_tbl, train_hash = read_split(splits, "train")
+    rc_on = p.reading_comprehension.enabled
+    train_tbl, train_hash = read_split(splits, "train", ("meta", "lang") if rc_on else ())
     val_tbl, val_hash = read_split(splits, "validation")
 
     model, tokenizer = load_model_folder(base_dir)
@@ -123,7 +126,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     texts = train_tbl.column("text").to_pylist()
     t0 = time.perf_counter()
-    train_docs, dropped = _tokenize_train(ctx, tokenizer, texts, train_tbl.column("doc_id").to_pylist())
+    train_docs, dropped, kept = _tokenize_train(ctx, tokenizer, texts, train_tbl.column("doc_id").to_pylist())
+    rc_metrics: dict[str, Any] = {}
+    if rc_on:
+        train_docs, rc_metrics = _reading_comprehension(ctx, tokenizer, train_tbl.take(kept), train_docs)
     domain_tokens = sum(len(d) + 1 for d in train_docs)
     val_docs = tokenize(tokenizer, val_tbl.column("text").to_pylist())
 
@@ -159,6 +165,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "block_size": p.block_size,
         "blocks": len(packed),
         "packing_efficiency": round(packed.efficiency, 6),
+        "data_fingerprint": packed.fingerprint(),  # the exact training tokens, order and layout
         "padding_tokens": int(packed.input_ids.size - packed.real_tokens),  # the kept tail's padding, nothing dropped
         "document_masking": masking,
         "domain_tokens": packed.tokens_of(DOMAIN_SOURCE),
@@ -167,6 +174,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "fertility_general": fertility(tokenizer, general_texts) if general_texts else None,
         "replay_ratio_target": p.replay_ratio if general_texts else 0.0,
         "replay_ratio_realised": round(realised, 4),
+        **rc_metrics,
         **m,
         "resumed_from_step": result.resumed_from,
         "tokenize_seconds": round(tokenize_seconds, 2),
@@ -181,8 +189,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return metrics
 
 
-def _tokenize_train(ctx: StageContext, tokenizer: Any, texts: list[str], ids: list[str]) -> tuple[list, ReasonCounts]:
-    """Token arrays of the train documents; one with no tokens cannot be trained on and goes to the ledger."""
+def _tokenize_train(ctx: StageContext, tokenizer: Any, texts: list[str], ids: list[str]) -> tuple[list, ReasonCounts, list[int]]:
+    """Token arrays of the train documents, and their rows; one with no tokens cannot be trained on and goes
+    to the ledger."""
     docs = tokenize(tokenizer, texts)
     dropped, ledger = ReasonCounts(), []
     for i in (i for i, d in enumerate(docs) if len(d) == 0):
@@ -190,7 +199,31 @@ def _tokenize_train(ctx: StageContext, tokenizer: Any, texts: list[str], ids: li
         dropped.add("no_tokens", ids[i])
     if int(os.environ.get("RANK", "0")) == 0:
         write_parquet(ledger_table(ledger), ctx.ledger_dir / "train.parquet")
-    return [d for d in docs if len(d)], dropped
+    kept = [i for i, d in enumerate(docs) if len(d)]
+    return [docs[i] for i in kept], dropped, kept
+
+
+def _reading_comprehension(ctx: StageContext, tokenizer: Any, table: pa.Table, docs: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Each train document's tokens followed by those of the comprehension tasks mined from it (AdaptLLM),
+    and what was mined. Only train documents are mined: validation and test text never reaches training."""
+    from ..modeling import reading_comprehension as rc
+    from ..modeling.tasks import docs_from_rows
+    from ..plugins import load_registry
+
+    p = ctx.params.pretrain
+    q = p.reading_comprehension
+    fields = load_registry(ctx.params.project.plugins, ctx.project.root).doc_fields
+    cfg = rc.RCConfig(q.max_tasks_per_doc, tuple(q.kinds), q.max_answer_chars, p.seed)
+    suffixes, counts = rc.mine_corpus(docs_from_rows(table.to_pylist()), cfg, fields)
+    suffix_tokens = tokenize(tokenizer, suffixes)
+    added = sum(len(s) for s in suffix_tokens)
+    out = [np.concatenate([d, s]) if len(s) else d for d, s in zip(docs, suffix_tokens, strict=True)]
+    total = sum(len(d) + 1 for d in out)
+    ctx.log.info("reading comprehension: %d tasks %s, %d tokens (%.1f%% of the domain tokens)",
+                 sum(counts.values()), dict(sorted(counts.items())), added, 100 * added / max(1, total))
+    return out, {"rc_tasks": sum(counts.values()), "rc_tasks_by_kind": {k: counts.get(k, 0) for k in q.kinds},
+                 "rc_documents_with_tasks": sum(1 for s in suffixes if s), "rc_tokens": added,
+                 "rc_token_share": round(added / max(1, total), 4)}
 
 
 def _write_outputs(ctx: StageContext, model: Any, tokenizer: Any, result: Any, metrics: dict[str, Any],
