@@ -134,7 +134,7 @@ class DedupParams(Section):
     near: bool = True
     ngram_cjk: int = Field(5, ge=1, le=32)  # character n-grams over CJK text
     # space-separated scripts: character n-grams (robust to OCR-like character edits) or word n-grams
-    spaced_shingles: Literal["chars", "words"] = "chars"
+    spaced_shingles: Literal["chars", "words"] = "words"
     ngram_chars: int = Field(5, ge=1, le=32)  # character n-grams over space-separated scripts (chars)
     ngram_words: int = Field(3, ge=1, le=16)  # word n-grams over space-separated scripts (words)
     num_perm: int = Field(128, ge=8, le=1024)

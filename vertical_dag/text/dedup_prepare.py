@@ -21,7 +21,7 @@ class DedupConfig:
     near: bool = True
     ngram_cjk: int = 5
     ngram_words: int = 3
-    ngram_chars: int = 5  # > 0: character n-grams of this size for space-separated scripts; 0: word n-grams
+    ngram_chars: int = 0  # > 0: character n-grams of this size for space-separated scripts; 0: word n-grams
     num_perm: int = 128
     bands: int = 20  # recall_bands(0.7, 128)
     rows: int = 5
