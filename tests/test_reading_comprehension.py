@@ -52,7 +52,8 @@ def check_answer(doc: Doc, task: rc.RCTask) -> None:
         assert answer and answer in text, (task, text)
     elif task.kind == "title":
         heading = doc.meta.get("law_name") or text.split("\n", 1)[0]
-        assert answer.startswith(heading) and doc.meta.get("article_no", "") in answer
+        number = doc.meta.get("article_no", "")
+        assert answer == (f"{heading}{number}" if doc.zh else f"{heading} {number}".strip()), (task, doc.meta)
     elif task.kind == "fill_blank":
         masked = task.question.split("：", 1)[-1] if doc.zh else task.question.split("text: ", 1)[-1]
         assert masked.count("____") == 1 and masked.replace("____", task.answer) in text, task
