@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from .codepoints import SEP, CharClass, decode, doc_of, encode, per_doc_sum, shift_next, shift_prev
-from .scripts import CJK_CLASS, has_cjk
+from .scripts import CJK_CHARS, has_cjk
 
 UnicodeForm = Literal["nfkc_cjk", "nfkc", "nfc", "none"]
 
@@ -63,7 +63,6 @@ _PROTECT = {c: _PUA_BASE + i for i, c in enumerate(_FW_PUNCT)}
 _IS_INVISIBLE = CharClass(_INVISIBLE.pattern)
 _IS_LINE_BREAK = CharClass("[\u2028\u2029\x85]")
 _IS_H_SPACE = CharClass(r"[^\S\n\u3000]")  # horizontal whitespace except the ideographic space
-_IS_CJK = CharClass(f"[{CJK_CLASS}]")
 _IS_PROTECTED = CharClass("[" + "".join(re.escape(chr(c)) for c in _FW_PUNCT) + "]")
 _PROTECT_TABLE = np.arange(0x10000, dtype=np.uint32)
 _PROTECT_TABLE[list(_PROTECT)] = list(_PROTECT.values())
@@ -138,7 +137,7 @@ def _unicode_form(docs: list[str], form: UnicodeForm) -> np.ndarray:
         name = form.upper()
         return encode([t if unicodedata.is_normalized(name, t) else unicodedata.normalize(name, t) for t in docs])
     c = encode(docs)
-    cjk_doc = per_doc_sum(_IS_CJK(c), c) > 0
+    cjk_doc = per_doc_sum(CJK_CHARS(c), c) > 0
     if cjk_doc.any():
         in_cjk = cjk_doc[doc_of(c)]
         used = in_cjk & (c >= _PUA_BASE) & (c < _PUA_BASE + len(_FW_PUNCT))
@@ -161,8 +160,7 @@ def clean_texts(texts: list[str], opts: CleanOptions = CleanOptions()) -> list[s
     as the earlier steps can leave runs of spaces or blank lines behind)."""
     if not texts:
         return []
-    # NUL separates documents in the batch array; inside a text it is invisible, as \x01 is, so it becomes \x01
-    c = encode([t.replace("\x00", "\x01") if "\x00" in t else t for t in texts])
+    c = encode(texts)  # a NUL inside a text arrives as \x01: invisible either way
     c = _line_breaks(c)
     docs = decode(c[~_IS_INVISIBLE(c)])
     if opts.strip_markup:

@@ -2,7 +2,7 @@
 
 Text stages work on batches of thousands of short documents; calling a regex or a numpy routine per document
 costs more in call overhead than in work. Here a batch becomes one uint32 array (documents end to end, each
-followed by NUL, which callers keep out of the texts, so it can only be a boundary), and a question such as
+followed by NUL; a NUL inside a text is replaced first, so NUL can only be a boundary), and a question such as
 "is this a letter" becomes one table lookup for the whole batch.
 
 A class is defined by a one-character regex (so it answers exactly what `re` answers for that class) or a
@@ -83,7 +83,9 @@ class CharMap:
 
 
 def encode(texts: list[str]) -> np.ndarray:
-    """The texts end to end, each followed by SEP. The texts must not contain NUL."""
+    """The texts end to end, each followed by SEP. A NUL inside a text becomes \x01, which every class here
+    treats alike (an invisible control character: no letter, digit or space), so it cannot end a document."""
+    texts = [t.replace("\x00", "\x01") if "\x00" in t else t for t in texts]
     return np.frombuffer(("\x00".join(texts) + "\x00").encode("utf-32-le"), dtype=np.uint32)
 
 

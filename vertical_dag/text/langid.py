@@ -77,7 +77,7 @@ def detect_languages(texts: list[str], *, min_letters: int = 3, min_score: float
     first, for the whole batch at once; fastText sees only the texts script cannot settle."""
     samples = [_PLACEHOLDER.sub(" ", t[: max_chars * 2])[:max_chars] if "<" in t[: max_chars * 2] else t[:max_chars]
                for t in texts]
-    cps = encode([t.replace("\x00", " ") if "\x00" in t else t for t in samples])
+    cps = encode(samples)
     f = flags(cps)
     letter = _LETTER.of(f)
     counts = [per_doc_sum(letter & cls.of(f), cps) for cls in (_IS_HAN, _IS_KANA, _IS_HANGUL)]

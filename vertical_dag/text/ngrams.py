@@ -19,8 +19,8 @@ import numpy as np
 
 from .scripts import CJK_RE
 
-_B = np.uint64(0x100000001B3)  # FNV prime: odd
-_B_INV = np.uint64(pow(int(_B), -1, 1 << 64))
+BASE = np.uint64(0x100000001B3)  # FNV prime: odd
+BASE_INV = np.uint64(pow(int(BASE), -1, 1 << 64))
 _WORD = re.compile(r"[^\W_]+")
 _NON_CONTENT = re.compile(r"[\W_]+")
 _CONTENT_CHAR = re.compile(r"[^\W_]")  # what _NON_CONTENT leaves: one character token each
@@ -31,7 +31,7 @@ _CHAR_SALT = np.uint64(0x9E3779B97F4A7C15)  # keeps char and word n-gram hashes 
 _POW_CACHE: dict[int, np.ndarray] = {}
 
 
-def _powers(base: np.uint64, n: int) -> np.ndarray:
+def powers(base: np.uint64, n: int) -> np.ndarray:
     """base**0 .. base**(n-1) modulo 2**64, from a cache that grows by doubling (hashing is called per document)."""
     cached = _POW_CACHE.get(int(base))
     if cached is None or len(cached) < n:
@@ -51,9 +51,9 @@ def rolling_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
     t = tokens.astype(np.uint64, copy=False) + np.uint64(1)  # +1 so a zero token still counts
     with np.errstate(over="ignore"):
         c = np.zeros(m + 1, dtype=np.uint64)
-        np.cumsum(t * _powers(_B_INV, m), dtype=np.uint64, out=c[1:])
+        np.cumsum(t * powers(BASE_INV, m), dtype=np.uint64, out=c[1:])
         diff = c[n:] - c[:-n]
-        return diff * _powers(_B, m)[n - 1:]
+        return diff * powers(BASE, m)[n - 1:]
 
 
 def char_tokens(text: str) -> np.ndarray:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from .codepoints import CharClass, encode, flags, per_doc_sum
 from .repetition import char_tokens_batch, repetition_fractions, word_tokens_batch
-from .scripts import CJK_CLASS
+from .scripts import CJK_CHARS
 
 # Clause and list numbering (RE2 syntax): 第二十三条 / 第三款 / 第（四）项 / 第五章, (一) （1）, 1.2.3, "3." or "4、" at
 # a line start, (a) / a) at a line start.
@@ -92,7 +92,6 @@ _RE2_SPACE = CharClass("[\t\n\f\r ]")  # what `\\s` meant when these ratios were
 _DIGIT = CharClass("[0-9]")
 _LNM = CharClass(lambda ch: unicodedata.category(ch)[0] in "LNM")
 _LN = CharClass(lambda ch: unicodedata.category(ch)[0] in "LN")
-_CJK = CharClass(f"[{CJK_CLASS}]")
 
 
 @dataclass
@@ -107,8 +106,8 @@ class BatchStats:
 
 def batch_stats(texts: list[str], measured: list[str], t: Thresholds) -> BatchStats:
     """Lengths, ratios and script of a whole batch by table lookups over its code points (codepoints.py)."""
-    raw = encode([x.replace("\x00", "\x01") for x in texts])
-    cps = raw if measured is texts else encode([x.replace("\x00", "\x01") for x in measured])
+    raw = encode(texts)
+    cps = raw if measured is texts else encode(measured)
     f = flags(cps)
     space = _RE2_SPACE.of(f)
     nonspace = np.maximum(per_doc_sum(~space, cps), 1)
@@ -117,7 +116,7 @@ def batch_stats(texts: list[str], measured: list[str], t: Thresholds) -> BatchSt
         chars=per_doc_sum(~_RE2_SPACE(raw), raw),
         digit_ratio=per_doc_sum(_DIGIT.of(f), cps) / nonspace,
         symbol_ratio=per_doc_sum(~(_LNM.of(f) | space), cps) / nonspace,
-        cjk=(per_doc_sum(_CJK.of(f), cps) >= t.cjk_threshold * content) & (content > 0),
+        cjk=(per_doc_sum(CJK_CHARS.of(f), cps) >= t.cjk_threshold * content) & (content > 0),
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .codepoints import SEP, CharClass, CharMap, encode
-from .ngrams import _B, _B_INV, _powers, rolling_hashes
+from .ngrams import BASE, BASE_INV, powers, rolling_hashes
 
 _ALNUM = CharClass(r"[^\W_]")  # re's [^\W_]: what a word or a content character is made of
 _LOWER = CharMap(str.lower)
@@ -31,13 +31,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def _encoded(texts: list[str]) -> np.ndarray:
-    return encode([t.replace("\x00", " ") if "\x00" in t else t for t in texts])
-
-
 def char_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(code points of every document's letters and digits end to end, token count per document)."""
-    c = _encoded(texts)
+    c = encode(texts)
     keep = _ALNUM(c)
     doc_ends = np.flatnonzero(c == SEP)
     counts = np.diff(np.concatenate(([0], np.cumsum(keep)[doc_ends])))
@@ -46,7 +42,7 @@ def char_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def word_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(a 64-bit hash of every lowercased word end to end, word count per document)."""
-    c = _encoded(texts)
+    c = encode(texts)
     alnum = _ALNUM(c)
     prev = np.concatenate(([False], alnum[:-1]))
     nxt = np.concatenate((alnum[1:], [False]))
@@ -55,8 +51,8 @@ def word_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     t = _LOWER(c).astype(np.uint64) + np.uint64(1)
     with np.errstate(over="ignore"):
         prefix = np.zeros(len(c) + 1, dtype=np.uint64)
-        np.cumsum(t * _powers(_B_INV, len(c)), dtype=np.uint64, out=prefix[1:])
-        word_hash = _mix((prefix[ends] - prefix[starts]) * _powers(_B, len(c))[ends - 1])
+        np.cumsum(t * powers(BASE_INV, len(c)), dtype=np.uint64, out=prefix[1:])
+        word_hash = _mix((prefix[ends] - prefix[starts]) * powers(BASE, len(c))[ends - 1])
     doc_ends = np.flatnonzero(c == SEP)
     counts = np.diff(np.concatenate(([0], np.searchsorted(starts, doc_ends))))
     return word_hash, counts

@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from .codepoints import CharClass
+
 # kana, CJK extension A, unified ideographs, compatibility ideographs, the supplementary ideograph planes
 CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3FFFF))
 # CJK punctuation and full-width forms: they sit between CJK characters without spaces around them
@@ -24,6 +26,7 @@ def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
 
 CJK_CLASS = char_class(CJK_RANGES)
 CJK_RE = re.compile(f"[{CJK_CLASS}]")
+CJK_CHARS = CharClass(f"[{CJK_CLASS}]")  # the same class, for arrays of code points (codepoints.py)
 
 
 def has_cjk(text: str) -> bool:

@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .ngrams import powers
 from .scripts import cjk_mask
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -49,12 +50,6 @@ def _word_table() -> np.ndarray:
         if unicodedata.category(chr(cp))[0] in "LMN":
             table[cp] = True
     return table
-
-
-def _powers(base: np.uint64, n: int) -> np.ndarray:
-    out = np.full(n, base, dtype=np.uint64)
-    out[0] = 1
-    return np.cumprod(out, dtype=np.uint64)
 
 
 def _ngrams(tok: np.ndarray, brk: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +137,7 @@ def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int 
     run_first = np.flatnonzero(is_start)  # in word-character coordinates
     if len(wc) and not ngram_chars:
         pos_in_run = np.arange(len(wc)) - run_first[np.cumsum(is_start) - 1]
-        vals = cps[wc].astype(np.uint64) * _powers(_BASE, int(pos_in_run.max()) + 1)[pos_in_run]
+        vals = cps[wc].astype(np.uint64) * powers(_BASE, int(pos_in_run.max()) + 1)[pos_in_run]
         word_hash = mix64(np.add.reduceat(vals, run_first))
     else:
         word_hash = np.zeros(0, np.uint64)
