@@ -38,6 +38,20 @@ def write_docs(path: Path, n: int, seed: int, prefix: str = "d") -> Path:
     return path
 
 
+def write_span_pairs(path: Path, pairs: int, seed: int) -> Path:
+    """Pairs of documents sharing one 30-word span and nothing else: too different to be duplicates or one
+    template family, so pairs straddle splits and decontamination has spans to cut."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(pairs):
+            span = [rng.choice(WORDS) for _ in range(30)]
+            for side in "ab":
+                text = span + [rng.choice(WORDS) for _ in range(60)]
+                f.write(json.dumps({"id": f"pair{i}{side}", "text": " ".join(text)}) + "\n")
+    return path
+
+
 def dvc(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(BIN / "dvc"), *args], cwd=project, capture_output=True, text=True)
     if check and proc.returncode:
@@ -236,22 +250,37 @@ def test_stale_temporaries_never_stay_in_outputs(project: Path):
     assert not list((project / "data").rglob(".*.tmp"))
 
 
+DATA_STAGES = ("ingest", "dedup", "normalize", "split")
+
+
+def data_outputs(project: Path) -> dict[str, list]:
+    """Every data stage's parts (split: its three files) and ledger rows."""
+    out = {stage: [pq.read_table(p).to_pylist() for p in sorted((project / STAGES[stage].out / "parts").glob("*.parquet"))]
+           for stage in ("ingest", "dedup", "normalize")}
+    out["split"] = [pq.read_table(project / f"data/splits/{name}.parquet").to_pylist() for name in ("train", "validation", "test")]
+    for stage in DATA_STAGES:
+        out[f"{stage} ledger"] = read_ledger(project / STAGES[stage].out / "ledger").to_pylist()
+    return out
+
+
 def test_local_pool_gives_the_same_outputs_as_one_process(project: Path, tmp_path: Path):
     raw = project / "data/raw/docs"
     for i in range(3):
         write_docs(raw / f"p{i}.jsonl", 200, i, prefix=f"p{i}-")
+    write_span_pairs(raw / "pairs.jsonl", 60, 7)
     params = project / "params.yaml"
     results = {}
     for workers in ("1", "2"):
         params.write_text(params.read_text().replace("workers: auto", f"workers: {workers}")
                           .replace("workers: 1", f"workers: {workers}"))
-        for stage in ("ingest", "dedup", "normalize"):
+        for stage in DATA_STAGES:
             shutil.rmtree(project / STAGES[stage].out, ignore_errors=True)
-            run_cli("run", stage, "--no-gate", cwd=project)
-        results[workers] = {
-            stage: [pq.read_table(p).to_pylist() for p in sorted((project / STAGES[stage].out / "parts").glob("*.parquet"))]
-            for stage in ("ingest", "dedup", "normalize")} | {
-            "ledger": read_ledger(project / "data/normalized/ledger").to_pylist()}
+            out = json.loads(run_cli("run", stage, "--no-gate", "--json", cwd=project).stdout)
+            if stage != "dedup":
+                assert out["workers"] == int(workers)
+        results[workers] = data_outputs(project)
+    cut = [r for r in results["1"]["split ledger"] if r["reason"] == "contaminated_span"]
+    assert len(cut) >= 3  # spans shared across splits were found and cut, the same way by both
     assert results["1"] == results["2"]
 
 
@@ -281,6 +310,7 @@ def test_ray_gives_the_same_outputs_as_one_process(project: Path, ray_cluster: s
     raw = project / "data/raw/docs"
     for i in range(3):
         write_docs(raw / f"r{i}.jsonl", 150, 10 + i, prefix=f"r{i}-")
+    write_span_pairs(raw / "pairs.jsonl", 60, 8)
     params = project / "params.yaml"
     base = params.read_text()
     outputs = {}
@@ -288,11 +318,10 @@ def test_ray_gives_the_same_outputs_as_one_process(project: Path, ray_cluster: s
                        ("ray", base.replace("backend: local", "backend: ray")
                         .replace("ray_address: null", f"ray_address: '{ray_cluster}'"))):
         params.write_text(text)
-        for stage in ("ingest", "dedup", "normalize"):
+        for stage in DATA_STAGES:
             shutil.rmtree(project / STAGES[stage].out, ignore_errors=True)
             out = json.loads(run_cli("run", stage, "--no-gate", "--json", cwd=project).stdout)
             if name == "ray" and stage != "dedup":
                 assert out["workers"] == 2  # the cluster's CPUs ran the parts
-        outputs[name] = [pq.read_table(p).to_pylist() for stage in ("ingest", "dedup", "normalize")
-                         for p in sorted((project / STAGES[stage].out / "parts").glob("*.parquet"))]
+        outputs[name] = data_outputs(project)
     assert outputs["ray"] == outputs["local"]

@@ -148,6 +148,16 @@ def list_parts(folder: Path | str) -> list[Path]:
     return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
 
 
+def row_slices(src: pq.ParquetFile, batch_size: int) -> list[tuple[int, int, int]]:
+    """(row group, first row, rows) of every batch of a Parquet file: row groups cut to at most batch_size rows,
+    so a worker can read one batch on its own."""
+    out = []
+    for g in range(src.num_row_groups):
+        n = src.metadata.row_group(g).num_rows
+        out.extend((g, s, min(batch_size, n - s)) for s in range(0, n, batch_size))
+    return out
+
+
 def read_parts(folder: Path | str, columns: list[str] | None = None) -> pa.Table:
     parts = list_parts(folder)
     if not parts:

@@ -68,7 +68,7 @@ STAGES: dict[str, Stage] = {
               params=("normalize", "project.domain", "execution"),
               gate_params=(*_DATA_GATES, "gates.min_doc_chars", "ingest.max_doc_chars")),
         Stage("split", "splits", "data/splits", "train / validation / test, decontaminated",
-              reads=("normalize",), params=("split", "project"), path_params=("split.decontaminate.extra_eval_files",),
+              reads=("normalize",), params=("split", "project", "execution"), path_params=("split.decontaminate.extra_eval_files",),
               gate_params=(*_DATA_GATES, "gates.split_fraction_tolerance", "gates.split_fraction_sigmas",
                            "gates.max_contamination")),
         Stage("base_model", "base_model", "data/models/base", "the starting model as safetensors",

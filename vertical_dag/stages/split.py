@@ -53,6 +53,7 @@ from ..text.hash_spill import HashSpill, bucket_of, distinct
 from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
 from . import STAGES
 from .context import StageContext
+from .executor import Executor, make_executor
 from .split_card import write_card
 from .split_io import Parts, SplitWriters
 
@@ -127,10 +128,10 @@ def _protected(ctx: StageContext, ids: pa.Array, trains: np.ndarray, same_settin
 
 
 def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.ndarray, families: pa.Array,
-                   same_settings: bool, settings: dict[str, Any], spill: HashSpill
+                   same_settings: bool, settings: dict[str, Any], spill: HashSpill, executor: Executor
                    ) -> tuple[Contamination | None, list, dict]:
-    """Run decontamination on the documents it concerns; (result per document, eval items, eval file
-    problems). None when switched off."""
+    """Run decontamination on the documents it concerns (the first pass hashes on the executor's workers);
+    (result per document, eval items, eval file problems). None when switched off."""
     sp, dc = ctx.params.split, ctx.params.split.decontaminate
     if not (dc.enabled and sp.enabled and len(ids)):
         return None, [], {}
@@ -141,7 +142,8 @@ def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.nda
     item_ids = pa.array([ident for ident, _ in eval_items], pa.string())
     groups = pc.dictionary_encode(pa.concat_arrays([families, item_ids])).indices.to_numpy()
     found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
-                          rule, _protected(ctx, ids, selected & ~is_eval, same_settings))
+                          rule, _protected(ctx, ids, selected & ~is_eval, same_settings),
+                          parts.hashed(spec, selected, is_eval, executor))
     return found, eval_items, problems
 
 
@@ -256,9 +258,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         fractions = (1.0, 0.0, 0.0)
     split = assign_column(seed, keys, fractions)
     families = family_column(ids, cols["cluster_id"], cols["family_id"])
+    executor = make_executor(ctx.params.execution, None, parts.bytes)
     with HashSpill(ctx.out.parent) as spill:
-        found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
-                                                          dc_settings, spill)
+        try:
+            found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
+                                                              dc_settings, spill, executor)
+        finally:
+            executor.close()
         n_chars = _write(ctx, parts, split, found)
         dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
         measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings)
@@ -302,6 +308,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "groups": pc.count_distinct(keys).as_py(),
         "families": pc.count_distinct(families).as_py(),
         "new_parts": 0,
+        "workers": executor.workers,
         "seconds": round(seconds, 3),
         "docs_per_s": round(n_in / seconds, 1) if seconds > 0 else 0.0,
     }

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..records import atomic_path, empty_docs, list_parts
+from ..records import atomic_path, empty_docs, list_parts, row_slices
+from ..text.decontaminate import HashedBatch, hash_batch
+from ..text.ngrams import NgramSpec
 
 BATCH = 8192
 
@@ -29,6 +33,7 @@ class Parts:
         self.schema = pa.unify_schemas(schemas) if schemas else empty_docs().schema
         self.rows = [pq.ParquetFile(p).metadata.num_rows for p in self.files]
         self.n = int(sum(self.rows))
+        self.bytes = sum(p.stat().st_size for p in self.files)
 
     def columns(self, names: list[str]) -> dict[str, pa.Array | None]:
         """Whole columns (small ones: ids, keys); None for a column no part has."""
@@ -63,12 +68,38 @@ class Parts:
                     yield idx, table
             offset += n
 
+    def hashed(self, spec: NgramSpec, selected: np.ndarray, is_eval: np.ndarray, executor: Any
+               ) -> Iterator[HashedBatch]:
+        """Decontamination's first pass (text.decontaminate.hash_batch) over every batch, on the executor's
+        workers, in document order."""
+        tasks, offset = [], 0
+        for path in self.files:
+            f = pq.ParquetFile(path)
+            group_start = np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
+            for g, start, rows in row_slices(f, BATCH):
+                lo = offset + int(group_start[g]) + start
+                tasks.append((path, g, start, rows, lo, selected[lo:lo + rows], is_eval[lo:lo + rows]))
+            offset += int(group_start[-1])
+        return executor.map(_HashSlice(spec), tasks)
+
     def texts(self, rows: np.ndarray | None) -> Iterator[tuple[np.ndarray, list[str]]]:
         """The TextSource decontamination reads (vertical_dag.text.decontaminate)."""
         if rows is not None and not len(rows):
             return
         for idx, table in self.batches(["text"], rows):
             yield idx, table.column("text").to_pylist()
+
+
+@dataclass(frozen=True)
+class _HashSlice:
+    """hash_batch of one (part, row group, first row, rows) slice, read by the worker itself."""
+
+    spec: NgramSpec
+
+    def __call__(self, task: tuple[Path, int, int, int, int, np.ndarray, np.ndarray]) -> HashedBatch:
+        path, group, start, rows, first, selected, is_eval = task
+        texts = pq.ParquetFile(path).read_row_group(group, columns=["text"]).slice(start, rows)
+        return hash_batch(self.spec, np.arange(first, first + rows), texts.column("text").to_pylist(), selected, is_eval)
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .hash_spill import HashSpill, bucket_of, distinct, member
+from .hash_spill import HashSpill, bucket_edges, bucket_of, distinct, distinct_per_doc, member
 from .ngrams import NgramSpec
 
 CLEAN, CUT, DROPPED, FLAGGED = "clean", "cut", "dropped", "flagged"
@@ -46,6 +46,33 @@ _CODE = {o: k for k, o in enumerate(OUTCOMES)}
 # (document indices, texts) of a batch, in document order; called with None for every document, or with
 # the sorted indices of the few documents whose text is needed again
 TextSource = Callable[[np.ndarray | None], Iterator[tuple[np.ndarray, list[str]]]]
+
+
+@dataclass
+class HashedBatch:
+    """The distinct n-grams of a batch's selected documents (what the first pass spills), and the texts of its
+    evaluation documents (kept: the small side)."""
+
+    rows: np.ndarray  # document indices
+    hashes: np.ndarray  # each one's sorted distinct n-gram hashes, end to end
+    counts: np.ndarray  # how many each has
+    eval_texts: dict[int, str]
+
+
+def hash_batch(spec: NgramSpec, idx: np.ndarray, texts: list[str], selected: np.ndarray,
+               is_eval: np.ndarray) -> HashedBatch:
+    """Hash one batch (documents idx, with their `selected` and `is_eval` flags): pure, so any worker can."""
+    keep = np.flatnonzero(selected)
+    h, w = spec.hashes_batch([texts[k] for k in keep.tolist()])
+    h, c = distinct_per_doc(h, w)
+    evals = keep[is_eval[keep]]
+    return HashedBatch(idx[keep], h, c, {int(idx[k]): texts[k] for k in evals.tolist()})
+
+
+def hash_each(spec: NgramSpec, texts: Sequence[str]) -> list[np.ndarray]:
+    """Every text's n-gram hashes (spec.hashes), hashed a batch at a time."""
+    h, w = spec.hashes_batch(list(texts))
+    return np.split(h, np.cumsum(w)[:-1]) if len(w) else []
 
 
 @dataclass(frozen=True)
@@ -181,22 +208,18 @@ class _Pass:
         self.items, self.spec, self.rule, self.spill = eval_items, spec, rule, spill
         self.out = Contamination(np.zeros(n, np.int8), np.zeros(n, np.float64))
         self.eval_text: dict[int, str] = {}  # the evaluation side's texts (n-grams are hashed again when needed)
-        self.item_distinct = [distinct(spec.hashes(t)) for _, t in eval_items]
+        self.item_distinct = [distinct(h) for h in hash_each(spec, [t for _, t in eval_items])]
         self.common = np.empty(0, np.uint64)
 
-    def hash_all(self) -> None:
-        """Every selected document's distinct n-grams to the spill; the evaluation side's texts kept."""
-        for idx, texts in self.texts(None):
-            rows, hashes = [], []
-            for i, t in zip(idx.tolist(), texts, strict=True):
-                if not self.selected[i]:
-                    continue
-                w = self.spec.hashes(t)
-                if self.is_eval[i]:
-                    self.eval_text[i] = t
-                rows.append(i)
-                hashes.append(distinct(w))
-            self.spill.add(rows, hashes)
+    def hash_all(self, hashed: Iterable[HashedBatch] | None) -> None:
+        """Every selected document's distinct n-grams to the spill; the evaluation side's texts kept. `hashed`:
+        the batches hashed elsewhere (on other cores, in document order); None: hashed here."""
+        if hashed is None:
+            hashed = (hash_batch(self.spec, idx, texts, self.selected[idx], self.is_eval[idx])
+                      for idx, texts in self.texts(None))
+        for batch in hashed:
+            self.spill.add_flat(batch.rows, batch.hashes, batch.counts)
+            self.eval_text.update(batch.eval_texts)
         self.spill.finish()
 
     def find_common(self) -> None:
@@ -223,7 +246,7 @@ class _Pass:
         evals = sorted(self.eval_text)
         if not evals:
             return
-        windows = {i: self.spec.hashes(self.eval_text[i]) for i in evals}
+        windows = dict(zip(evals, hash_each(self.spec, [self.eval_text[i] for i in evals]), strict=True))
         c0 = distinct(np.concatenate(list(windows.values())))
         hashes, owners = [], []
         for i, text in protected:
@@ -240,8 +263,9 @@ class _Pass:
     def spill_rows(self, wanted: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, documents) of the spill rows whose hash is in `wanted` and whose document is marked in `docs`."""
         hs, ds = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
-        for h, d in self.spill.buckets():
-            m = member(h, wanted) & docs[d]
+        edges = bucket_edges(wanted)  # a bucket's rows need looking up only among its own hash range
+        for k, (h, d) in enumerate(self.spill.buckets()):
+            m = member(h, wanted[edges[k]:edges[k + 1]]) & docs[d]
             hs.append(h[m])
             ds.append(d[m])
         return np.concatenate(hs), np.concatenate(ds)
@@ -251,16 +275,17 @@ class _Pass:
         their shares; the rare n-grams of those cut, after the cut."""
         out, dropped = self.out, _CODE[DROPPED]
         evals = sorted(self.eval_text)
-        self.eval_rare = {i: self.rare(self.spec.hashes(out.texts.get(i, self.eval_text[i]))) for i in evals}
+        texts = [out.texts.get(i, self.eval_text[i]) for i in evals]
+        self.eval_rare = {i: self.rare(h) for i, h in zip(evals, hash_each(self.spec, texts), strict=True)}
         kept = [i for i in evals if out.outcome[i] != dropped]
         side = _Side.of([self.eval_rare[i] for i in kept] + [_rare(d, self.common) for d in self.item_distinct],
                         [self.name(i) for i in kept] + [ident for ident, _ in self.items])
         _, docs = self.spill_rows(side.hashes, self.selected & ~self.is_eval)
         cut_rare: dict[int, np.ndarray] = {}
         for idx, texts in self.texts(np.unique(docs)):
-            for i, t in zip(idx.tolist(), texts, strict=True):
-                _check(out, i, t, self.spec.hashes(t), side, self.spec, self.rule)
-                own = self.rare(self.spec.hashes(out.texts.get(i, t)))
+            for i, t, h in zip(idx.tolist(), texts, hash_each(self.spec, texts), strict=True):
+                _check(out, i, t, h, side, self.spec, self.rule)
+                own = self.rare(self.spec.hashes(out.texts[i]) if i in out.texts else h)
                 out.share[i] = _share(own, side.hashes)
                 if i in out.texts:
                     cut_rare[i] = own
@@ -284,7 +309,8 @@ class _Pass:
 def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
                   groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, spill: HashSpill,
                   rule: DecontaminationRule = DecontaminationRule(),
-                  protected: Callable[[], Iterable[tuple[int, str]]] | None = None) -> Contamination:
+                  protected: Callable[[], Iterable[tuple[int, str]]] | None = None,
+                  hashed: Iterable[HashedBatch] | None = None) -> Contamination:
     """Decontaminate the selected training documents against the selected evaluation ones and the
     evaluation files' items.
 
@@ -292,10 +318,11 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
     document; groups: an integer group (template family) per document, then one per evaluation item;
     spill: an empty HashSpill, left holding every selected document's distinct n-grams (original texts);
     protected(): (document index, text as trained on) of the current training documents an earlier run
-    already trained on."""
+    already trained on; hashed: the first pass's batches (hash_batch) computed elsewhere, e.g. on every core,
+    in document order (default: hashed here from `texts`)."""
     run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
                 eval_items, spec, rule, spill)
-    run.hash_all()
+    run.hash_all(hashed)
     run.find_common()
     if protected is not None:
         run.protect(protected())

@@ -26,6 +26,16 @@ def distinct(a: np.ndarray) -> np.ndarray:
     return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
 
 
+def distinct_per_doc(h: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's sorted distinct values, end to end, and how many each has (documents laid end to end in
+    `h`, counts[i] values each): one sort for the batch."""
+    doc = np.repeat(np.arange(len(counts)), counts)
+    order = np.lexsort((h, doc))
+    h, doc = h[order], doc[order]
+    first = np.r_[True, (h[1:] != h[:-1]) | (doc[1:] != doc[:-1])] if len(h) else np.zeros(0, bool)
+    return h[first], np.bincount(doc[first], minlength=len(counts))
+
+
 def member(h: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     """Mask of the values of h found in the sorted array sorted_set."""
     if not len(sorted_set) or not len(h):
@@ -45,10 +55,13 @@ class HashSpill:
 
     def add(self, doc_index: Sequence[int] | np.ndarray, hashes: Sequence[np.ndarray]) -> None:
         """Append each document's distinct hashes."""
-        if not hashes:
-            return
-        h = np.concatenate(list(hashes)).astype(np.uint64, copy=False)
-        d = np.repeat(np.asarray(doc_index, np.int64), [len(x) for x in hashes])
+        if hashes:
+            self.add_flat(doc_index, np.concatenate(list(hashes)), np.array([len(x) for x in hashes], np.int64))
+
+    def add_flat(self, doc_index: Sequence[int] | np.ndarray, hashes: np.ndarray, counts: np.ndarray) -> None:
+        """Append the documents' distinct hashes, laid end to end (counts[i] for doc_index[i])."""
+        h = hashes.astype(np.uint64, copy=False)
+        d = np.repeat(np.asarray(doc_index, np.int64), counts)
         b = (h >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
         order = np.argsort(b, kind="stable")
         h, d, b = h[order], d[order], b[order]
@@ -85,3 +98,9 @@ class HashSpill:
 
 def bucket_of(h: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
+
+
+def bucket_edges(sorted_hashes: np.ndarray) -> np.ndarray:
+    """Where each bucket's hash range starts in a sorted array (BUCKETS + 1 offsets): bucket k's values are
+    sorted_hashes[edges[k]:edges[k + 1]]."""
+    return np.searchsorted(bucket_of(sorted_hashes), np.arange(BUCKETS + 1))

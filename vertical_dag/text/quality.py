@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .codepoints import CharClass, encode, flags, per_doc_sum
-from .repetition import char_tokens_batch, repetition_fractions, word_tokens_batch
+from .ngrams import char_tokens_batch, word_tokens_batch
+from .repetition import repetition_fractions
 from .scripts import CJK_CHARS
 
 # Clause and list numbering (RE2 syntax): 第二十三条 / 第三款 / 第（四）项 / 第五章, (一) （1）, 1.2.3, "3." or "4、" at

@@ -14,48 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codepoints import SEP, CharClass, CharMap, encode
-from .ngrams import BASE, BASE_INV, powers, rolling_hashes
+from .ngrams import rolling_hashes, window_starts
 
-_ALNUM = CharClass(r"[^\W_]")  # re's [^\W_]: what a word or a content character is made of
-_LOWER = CharMap(str.lower)
 _DOC_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: spreads document numbers over the hash space
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser. Word hashes are polynomials in the same base as the n-gram hash built on them;
-    without a non-linear step, different word splits of one character run would collide."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def char_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(code points of every document's letters and digits end to end, token count per document)."""
-    c = encode(texts)
-    keep = _ALNUM(c)
-    doc_ends = np.flatnonzero(c == SEP)
-    counts = np.diff(np.concatenate(([0], np.cumsum(keep)[doc_ends])))
-    return c[keep].astype(np.uint64), counts
-
-
-def word_tokens_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(a 64-bit hash of every lowercased word end to end, word count per document)."""
-    c = encode(texts)
-    alnum = _ALNUM(c)
-    prev = np.concatenate(([False], alnum[:-1]))
-    nxt = np.concatenate((alnum[1:], [False]))
-    starts = np.flatnonzero(alnum & ~prev)
-    ends = np.flatnonzero(alnum & ~nxt) + 1
-    t = _LOWER(c).astype(np.uint64) + np.uint64(1)
-    with np.errstate(over="ignore"):
-        prefix = np.zeros(len(c) + 1, dtype=np.uint64)
-        np.cumsum(t * powers(BASE_INV, len(c)), dtype=np.uint64, out=prefix[1:])
-        word_hash = _mix((prefix[ends] - prefix[starts]) * powers(BASE, len(c))[ends - 1])
-    doc_ends = np.flatnonzero(c == SEP)
-    counts = np.diff(np.concatenate(([0], np.searchsorted(starts, doc_ends))))
-    return word_hash, counts
 
 
 def _occurrences(keys: np.ndarray) -> np.ndarray:
@@ -79,12 +40,11 @@ def repetition_fractions(tokens: np.ndarray, counts: np.ndarray, n: int) -> tupl
     if not len(tokens) or n <= 0:
         return dup, top
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    windows = np.maximum(counts - n + 1, 0)
+    start, windows = window_starts(counts, n)
     has = windows >= 2
     if not has.any():
         return dup, top
     doc_of_window = np.repeat(np.arange(docs), windows)
-    start = np.arange(len(doc_of_window)) - np.repeat(np.cumsum(windows) - windows, windows) + offsets[doc_of_window]
     h = rolling_hashes(tokens, n)[start]
     with np.errstate(over="ignore"):
         key = h ^ (doc_of_window.astype(np.uint64) * _DOC_MIX)
