@@ -143,7 +143,7 @@ def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.nda
     groups = pc.dictionary_encode(pa.concat_arrays([families, item_ids])).indices.to_numpy()
     found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
                           rule, _protected(ctx, ids, selected & ~is_eval, same_settings),
-                          parts.hashed(spec, selected, is_eval, executor))
+                          parts.hashed(spec, selected, is_eval, executor), executor.map)
     return found, eval_items, problems
 
 

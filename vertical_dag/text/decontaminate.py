@@ -33,15 +33,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .hash_spill import HashSpill, bucket_edges, bucket_of, distinct, distinct_per_doc, member
+from .hash_spill import HashSpill, bucket_edges, bucket_of, distinct, distinct_per_doc, member, read_bucket
 from .ngrams import NgramSpec
 
 CLEAN, CUT, DROPPED, FLAGGED = "clean", "cut", "dropped", "flagged"
 OUTCOMES = (CLEAN, CUT, DROPPED, FLAGGED)  # Contamination.outcome holds indices into this
 _CODE = {o: k for k, o in enumerate(OUTCOMES)}
+
+# map(fn, items) -> fn(item) for each item in order: the builtin, or an executor's (stages/executor.py) to run
+# the passes over the spill's hash ranges on every core
+Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 # (document indices, texts) of a batch, in document order; called with None for every document, or with
 # the sorted indices of the few documents whose text is needed again
@@ -197,15 +203,42 @@ def _share(own: np.ndarray, other: np.ndarray) -> float:
     return round(float(member(own, other).mean()), 6) if len(own) else 0.0
 
 
+@dataclass(frozen=True)
+class _CommonIn:
+    """The boilerplate hashes of one spill bucket (with the evaluation items' rows of its range)."""
+
+    groups: Path  # per document, then per item: memory-mapped
+    max_groups: int
+
+    def __call__(self, task: tuple[Path, np.ndarray, np.ndarray]) -> np.ndarray:
+        path, item_h, item_g = task
+        h, d = read_bucket(path)
+        groups = np.load(self.groups, mmap_mode="r")
+        return common_hashes(np.concatenate([h, item_h]), np.concatenate([groups[d], item_g]), self.max_groups)
+
+
+@dataclass(frozen=True)
+class _RowsIn:
+    """The rows of one spill bucket whose hash is wanted and whose document is marked."""
+
+    docs: Path  # boolean per document: memory-mapped
+
+    def __call__(self, task: tuple[Path, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        path, wanted = task
+        h, d = read_bucket(path)
+        m = member(h, wanted) & np.load(self.docs, mmap_mode="r")[d]
+        return h[m], d[m]
+
+
 class _Pass:
     """One decontamination run over a corpus streamed from a TextSource (see decontaminate)."""
 
     def __init__(self, texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
                  groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, rule: DecontaminationRule,
-                 spill: HashSpill):
+                 spill: HashSpill, map_: Mapper = map):
         n = len(is_eval)
         self.texts, self.name, self.is_eval, self.selected, self.groups = texts, name, is_eval, selected, groups
-        self.items, self.spec, self.rule, self.spill = eval_items, spec, rule, spill
+        self.items, self.spec, self.rule, self.spill, self.map = eval_items, spec, rule, spill, map_
         self.out = Contamination(np.zeros(n, np.int8), np.zeros(n, np.float64))
         self.eval_text: dict[int, str] = {}  # the evaluation side's texts (n-grams are hashed again when needed)
         self.item_distinct = [distinct(h) for h in hash_each(spec, [t for _, t in eval_items])]
@@ -231,11 +264,9 @@ class _Pass:
         ih = np.concatenate([np.empty(0, np.uint64), *self.item_distinct])
         ig = np.repeat(self.groups[n:n + len(self.items)], [len(d) for d in self.item_distinct])
         ib = bucket_of(ih)
-        found = []
-        for k, (h, d) in enumerate(self.spill.buckets()):
-            m = ib == k
-            found.append(common_hashes(np.concatenate([h, ih[m]]), np.concatenate([self.groups[d], ig[m]]), max_groups))
-        self.common = np.concatenate(found)
+        tasks = [(path, ih[ib == k], ig[ib == k]) for k, path in enumerate(self.spill.paths())]
+        found = self.map(_CommonIn(self.spill.share("groups", self.groups), max_groups), tasks)
+        self.common = np.concatenate(list(found))
         self.out.boilerplate_ngrams = len(self.common)
 
     def rare(self, h: np.ndarray) -> np.ndarray:
@@ -264,10 +295,10 @@ class _Pass:
         """(hashes, documents) of the spill rows whose hash is in `wanted` and whose document is marked in `docs`."""
         hs, ds = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
         edges = bucket_edges(wanted)  # a bucket's rows need looking up only among its own hash range
-        for k, (h, d) in enumerate(self.spill.buckets()):
-            m = member(h, wanted[edges[k]:edges[k + 1]]) & docs[d]
-            hs.append(h[m])
-            ds.append(d[m])
+        tasks = [(path, wanted[edges[k]:edges[k + 1]]) for k, path in enumerate(self.spill.paths())]
+        for h, d in self.map(_RowsIn(self.spill.share("docs", docs)), tasks):
+            hs.append(h)
+            ds.append(d)
         return np.concatenate(hs), np.concatenate(ds)
 
     def check_train(self) -> dict[int, np.ndarray]:
@@ -310,7 +341,7 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
                   groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, spill: HashSpill,
                   rule: DecontaminationRule = DecontaminationRule(),
                   protected: Callable[[], Iterable[tuple[int, str]]] | None = None,
-                  hashed: Iterable[HashedBatch] | None = None) -> Contamination:
+                  hashed: Iterable[HashedBatch] | None = None, map_: Mapper = map) -> Contamination:
     """Decontaminate the selected training documents against the selected evaluation ones and the
     evaluation files' items.
 
@@ -319,9 +350,10 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
     spill: an empty HashSpill, left holding every selected document's distinct n-grams (original texts);
     protected(): (document index, text as trained on) of the current training documents an earlier run
     already trained on; hashed: the first pass's batches (hash_batch) computed elsewhere, e.g. on every core,
-    in document order (default: hashed here from `texts`)."""
+    in document order (default: hashed here from `texts`); map_: runs the passes over the spill's hash ranges
+    (default: here, one after another)."""
     run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
-                eval_items, spec, rule, spill)
+                eval_items, spec, rule, spill, map_)
     run.hash_all(hashed)
     run.find_common()
     if protected is not None:

@@ -78,11 +78,21 @@ class HashSpill:
         for f in self._files:
             f.close()
 
+    def paths(self) -> list[Path]:
+        """The bucket files in hash order (read_bucket reads one, in any process that sees the folder)."""
+        return [self.dir / f"{k:02d}.bin" for k in range(BUCKETS)]
+
     def buckets(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(hashes, document indices) of each bucket in hash order, rows in the order they were added."""
-        for k in range(BUCKETS):
-            rec = np.fromfile(self.dir / f"{k:02d}.bin", dtype=[("h", np.uint64), ("d", np.int64)])
-            yield rec["h"], rec["d"]
+        for path in self.paths():
+            yield read_bucket(path)
+
+    def share(self, name: str, array: np.ndarray) -> Path:
+        """A per-document array saved next to the buckets, for workers to memory-map (np.load(mmap_mode="r"))
+        instead of receiving a copy with every task."""
+        path = self.dir / f"{name}.npy"
+        np.save(path, array)
+        return path
 
     def __enter__(self) -> HashSpill:
         return self
@@ -94,6 +104,11 @@ class HashSpill:
         for f in self._files:
             f.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def read_bucket(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    rec = np.fromfile(path, dtype=[("h", np.uint64), ("d", np.int64)])
+    return rec["h"], rec["d"]
 
 
 def bucket_of(h: np.ndarray) -> np.ndarray:
