@@ -3,8 +3,9 @@
 The corpus is the Chinese-law example repeated SCALE times; each copy maps every Han character through its
 own bijection of the Han block, so copies share no n-gram (they are not duplicates of each other) while
 keeping the example's lengths, scripts and structure. For each scale and executor the script runs ingest ->
-dedup -> normalize -> split (gates included, as a user runs them) in a fresh project and prints wall time
-and peak RSS per stage, the speed-up over one worker, and whether the outputs are identical.
+dedup -> normalize -> split (gates included, as a user runs them) in a fresh project and prints wall time,
+CPU time and peak RSS per stage, the gate's time as a share of the stage's own, the speed-up per stage and
+in all over the first executor listed, and whether the outputs are identical.
 
     python benchmarks/scale.py --scales 1 2 --executors 1 auto            # a quick look
     python benchmarks/scale.py --scales 1 10 --executors 1 auto ray       # the full comparison
@@ -71,6 +72,13 @@ def run_stage(project: Path, stage: str, env: dict[str, str]) -> tuple[float, fl
     return seconds, float(user) + float(system), int(rss_kb) / 1024
 
 
+def gate_share(project: Path, stage: str) -> tuple[float, float]:
+    """(the stage's own seconds, its gate's seconds after it), as the stage recorded them."""
+    perf = json.loads((project / f"data/perf/{stage}.json").read_text())
+    gate = json.loads((project / f"data/gates/{stage}.json").read_text())
+    return float(perf["seconds"]), float(gate["seconds"])
+
+
 def outputs_digest(project: Path) -> str:
     """One hash over every stage's parts and ledgers (content, in name order)."""
     import pyarrow.parquet as pq
@@ -123,26 +131,32 @@ def main() -> None:
         subprocess.run([str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--port=6389",
                         "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True)
     try:
-        print(f"{'scale':>5} {'executor':>8} " + " ".join(f"{s + ' wall/cpu/RSS':>24}" for s in STAGES)
+        print(f"{'scale':>5} {'executor':>8} " + " ".join(f"{s + ' wall/cpu/RSS/gate%':>30}" for s in STAGES)
               + f" {'total':>8} {'vs first':>8}  outputs")
         for scale in args.scales:
             raw = work / f"raw-x{scale}"
             if not raw.exists():
                 mb = build_raw(example / "data/raw/china_law", raw / "china_law", scale) / 2**20
                 print(f"# scale {scale}: {mb:.0f} MB of raw JSONL")
-            base_total = None
+            base_total, base_stage = None, {}
             for executor in args.executors:
                 project = project_for(work, raw, executor, ray_address)
                 cells, total, record = [], 0.0, {"scale": scale, "executor": executor}
                 for stage in STAGES:
                     seconds, cpu, rss = run_stage(project, stage, env)
+                    own, gate = gate_share(project, stage)
                     total += seconds
-                    record[stage] = {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss)}
-                    cells.append(f"{seconds:7.1f}s {cpu:6.1f}s {rss:6.0f}MB")
+                    base_stage.setdefault(stage, seconds)
+                    record[stage] = {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
+                                     "stage_s": own, "gate_s": gate, "speedup": round(base_stage[stage] / seconds, 3)}
+                    cells.append(f"{seconds:7.1f}s {cpu:6.1f}s {rss:6.0f}MB {100 * gate / own:4.0f}%")
                 base_total = base_total or total
                 record["outputs"] = outputs_digest(project)
+                record["speedup"] = round(base_total / total, 3)
                 print(f"{scale:>5} {executor:>8} " + " ".join(cells) + f" {total:7.1f}s {base_total / total:7.2f}x"
                       f"  {record['outputs']}", flush=True)
+                print(f"{'':>5} {'':>8} " + " ".join(f"{'x' + format(base_stage[s] / record[s]['wall_s'], '.2f'):>30}"
+                                                     for s in STAGES), flush=True)
                 if args.json:
                     with open(args.json, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
