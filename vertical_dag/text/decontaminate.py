@@ -38,7 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from .hash_spill import HashSpill, bucket_edges, bucket_of, distinct, distinct_per_doc, member, read_bucket
+from .hash_spill import (
+    HashSpill,
+    bucket_edges,
+    bucket_of,
+    bucketed,
+    distinct,
+    distinct_per_doc,
+    member,
+    read_bucket,
+)
 from .ngrams import NgramSpec
 
 CLEAN, CUT, DROPPED, FLAGGED = "clean", "cut", "dropped", "flagged"
@@ -56,12 +65,11 @@ TextSource = Callable[[np.ndarray | None], Iterator[tuple[np.ndarray, list[str]]
 
 @dataclass
 class HashedBatch:
-    """The distinct n-grams of a batch's selected documents (what the first pass spills), and the texts of its
-    evaluation documents (kept: the small side)."""
+    """The distinct n-grams of a batch's selected documents as spill rows (hash_spill.bucketed), and the texts
+    of its evaluation documents (kept: the small side)."""
 
-    rows: np.ndarray  # document indices
-    hashes: np.ndarray  # each one's sorted distinct n-gram hashes, end to end
-    counts: np.ndarray  # how many each has
+    rows: np.ndarray
+    bounds: np.ndarray
     eval_texts: dict[int, str]
 
 
@@ -72,7 +80,7 @@ def hash_batch(spec: NgramSpec, idx: np.ndarray, texts: list[str], selected: np.
     h, w = spec.hashes_batch([texts[k] for k in keep.tolist()])
     h, c = distinct_per_doc(h, w)
     evals = keep[is_eval[keep]]
-    return HashedBatch(idx[keep], h, c, {int(idx[k]): texts[k] for k in evals.tolist()})
+    return HashedBatch(*bucketed(idx[keep], h, c), {int(idx[k]): texts[k] for k in evals.tolist()})
 
 
 def hash_each(spec: NgramSpec, texts: Sequence[str]) -> list[np.ndarray]:
@@ -251,7 +259,7 @@ class _Pass:
             hashed = (hash_batch(self.spec, idx, texts, self.selected[idx], self.is_eval[idx])
                       for idx, texts in self.texts(None))
         for batch in hashed:
-            self.spill.add_flat(batch.rows, batch.hashes, batch.counts)
+            self.spill.add_bucketed(batch.rows, batch.bounds)
             self.eval_text.update(batch.eval_texts)
         self.spill.finish()
 

@@ -56,23 +56,15 @@ class HashSpill:
     def add(self, doc_index: Sequence[int] | np.ndarray, hashes: Sequence[np.ndarray]) -> None:
         """Append each document's distinct hashes."""
         if hashes:
-            self.add_flat(doc_index, np.concatenate(list(hashes)), np.array([len(x) for x in hashes], np.int64))
+            counts = np.array([len(x) for x in hashes], np.int64)
+            self.add_bucketed(*bucketed(doc_index, np.concatenate(list(hashes)), counts))
 
-    def add_flat(self, doc_index: Sequence[int] | np.ndarray, hashes: np.ndarray, counts: np.ndarray) -> None:
-        """Append the documents' distinct hashes, laid end to end (counts[i] for doc_index[i])."""
-        h = hashes.astype(np.uint64, copy=False)
-        d = np.repeat(np.asarray(doc_index, np.int64), counts)
-        b = (h >> np.uint64(64 - BUCKET_BITS)).astype(np.int64)
-        order = np.argsort(b, kind="stable")
-        h, d, b = h[order], d[order], b[order]
-        bounds = np.searchsorted(b, np.arange(BUCKETS + 1))
+    def add_bucketed(self, rows: np.ndarray, bounds: np.ndarray) -> None:
+        """Append rows that `bucketed` ordered (done where the hashing ran, so this process only writes)."""
         for k in range(BUCKETS):
-            lo, hi = bounds[k], bounds[k + 1]
-            if hi > lo:
-                rec = np.empty(hi - lo, dtype=[("h", np.uint64), ("d", np.int64)])
-                rec["h"], rec["d"] = h[lo:hi], d[lo:hi]
-                rec.tofile(self._files[k])
-        self.rows += len(h)
+            if bounds[k + 1] > bounds[k]:
+                rows[bounds[k]:bounds[k + 1]].tofile(self._files[k])
+        self.rows += len(rows)
 
     def finish(self) -> None:
         for f in self._files:
@@ -106,8 +98,24 @@ class HashSpill:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+ROW = np.dtype([("h", np.uint64), ("d", np.int64)])
+
+
+def bucketed(doc_index: Sequence[int] | np.ndarray, hashes: np.ndarray, counts: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, document) rows of the documents' hashes (laid end to end, counts[i] for doc_index[i]), ordered by
+    bucket and otherwise as given, and where each bucket starts (BUCKETS + 1 offsets)."""
+    h = hashes.astype(np.uint64, copy=False)
+    d = np.repeat(np.asarray(doc_index, np.int64), counts)
+    b = bucket_of(h)
+    order = np.argsort(b, kind="stable")
+    rows = np.empty(len(h), dtype=ROW)
+    rows["h"], rows["d"] = h[order], d[order]
+    return rows, np.searchsorted(b[order], np.arange(BUCKETS + 1))
+
+
 def read_bucket(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    rec = np.fromfile(path, dtype=[("h", np.uint64), ("d", np.int64)])
+    rec = np.fromfile(path, dtype=ROW)
     return rec["h"], rec["d"]
 
 

@@ -57,7 +57,7 @@ def rolling_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
 
 _ALNUM = CharClass(r"[^\W_]")  # re's [^\W_]: what a word or a content character is made of
 _LOWER = CharMap(str.lower)
-CHUNK_CHARS = 1 << 22  # code points hashed at once: bounds the power tables and temporaries (~100 MB)
+CHUNK_CHARS = 1 << 20  # code points hashed at once: bounds the power tables and temporaries (~50 MB)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
