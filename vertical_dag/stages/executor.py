@@ -1,8 +1,10 @@
 """Where per-part work runs: in this process, on a pool of local processes, or as Ray tasks.
 
-Every executor has one method, `map(fn, items)`, which yields fn(item) in the order of `items` whatever
-order the work finishes in, so a stage that writes or folds the results in that order produces the same
-outputs bit for bit with 1 worker, N workers or a Ray cluster. `fn` and the items must be picklable (a
+Every executor has one method, `map(fn, items, window)`, which yields fn(item) in the order of `items`
+whatever order the work finishes in, so a stage that writes or folds the results in that order produces
+the same outputs bit for bit with 1 worker, N workers or a Ray cluster. At most `window` items are in flight
+(default 2 per worker, for results that are large); a caller whose results are small (a part's counts: the
+part itself is on disk) passes a larger one, so a worker is not left idle behind one long item. `fn` and the items must be picklable (a
 module-level function, or a functools.partial of one with plain data).
 """
 
@@ -21,7 +23,7 @@ R = TypeVar("R")
 class Executor(Protocol):
     workers: int
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+    def map(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]: ...
 
     def close(self) -> None: ...
 
@@ -29,7 +31,7 @@ class Executor(Protocol):
 class InProcess:
     workers = 1
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         return (fn(x) for x in items)
 
     def close(self) -> None:
@@ -38,14 +40,14 @@ class InProcess:
 
 class LocalPool:
     """A pool of `workers` processes (spawned: no inherited locks or threads), started on first use and kept
-    for every later map() until close(); at most 2 * workers items in flight, so memory stays bounded
-    however many parts there are."""
+    for every later map() until close(); at most `window` items in flight, so memory stays bounded however
+    many parts there are."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         import multiprocessing as mp
 
         if self._pool is None:
@@ -53,7 +55,7 @@ class LocalPool:
         pending: deque[Future] = deque()
         for item in items:
             pending.append(self._pool.submit(fn, item))
-            if len(pending) >= 2 * self.workers:
+            if len(pending) >= (window or 2 * self.workers):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -80,13 +82,13 @@ class RayTasks:
         self._ray = ray
         self.workers = int(ray.cluster_resources().get("CPU", 1))
 
-    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         remote = self._ray.remote(_apply)  # Ray wraps functions, not callable objects: fn travels as data
         fn_ref = self._ray.put(fn)
         pending: deque[Any] = deque()
         for item in items:
             pending.append(remote.remote(fn_ref, item))
-            if len(pending) >= 2 * self.workers:
+            if len(pending) >= (window or 2 * self.workers):
                 yield self._ray.get(pending.popleft())
         while pending:
             yield self._ray.get(pending.popleft())

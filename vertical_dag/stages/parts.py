@@ -30,6 +30,7 @@ from .executor import Executor, InProcess
 from .metrics import ReasonCounts, contract_counts
 
 STATE = "state.json"
+PARTS_IN_FLIGHT = 16  # per worker
 
 
 class PartsFailed(RuntimeError):
@@ -228,7 +229,8 @@ def run_units(store: PartStore, todo: list[Unit], work: Callable[[Any], PartResu
     merge(unit, pieces, results) joins their outputs into the unit's part, in piece order."""
     executor = executor or InProcess()
     tasks = [(unit, piece) for unit in todo for piece in (pieces(unit) if pieces else [unit])]
-    results = executor.map(_Bound(work), [piece for _, piece in tasks])
+    # a unit's result is its counts (its part is on disk): many may wait, so no worker idles behind a long one
+    results = executor.map(_Bound(work), [piece for _, piece in tasks], window=PARTS_IN_FLIGHT * executor.workers)
     failed: list[UnitFailed] = []
     for unit, group in groupby(zip(tasks, results, strict=True), key=lambda tr: tr[0][0]):
         done = list(group)
