@@ -175,11 +175,13 @@ class Redactor:
         self.detectors = user + [d for d in default_detectors() if d.name in types]
         self.has_user = bool(user)
 
-    def redact_batch(self, texts: list[str]) -> list[Redaction]:
-        """`redact` for each text; the pre-check runs once for the whole batch."""
+    def redact_batch(self, texts: list[str], arrow: pa.Array | pa.ChunkedArray | None = None) -> list[Redaction]:
+        """`redact` for each text; the pre-check runs once for the whole batch (on `arrow`, the same texts as
+        an Arrow array, when the caller has built one already)."""
         if self.has_user or not texts:
             return [self._redact(t) for t in texts]
-        maybe = pc.match_substring_regex(pa.array(texts, type=pa.large_string()), pattern=_MAYBE_PII_RE2)
+        arrow = pa.array(texts, type=pa.large_string()) if arrow is None else arrow
+        maybe = pc.match_substring_regex(arrow, pattern=_MAYBE_PII_RE2)
         return [self._redact(t) if m else Redaction(t) for t, m in zip(texts, maybe.to_pylist(), strict=True)]
 
     def redact(self, text: str) -> Redaction:
