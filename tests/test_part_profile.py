@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from vertical_dag.explain import explain
 from vertical_dag.params import load_params
 from vertical_dag.project import Project
 from vertical_dag.quality import part_profile
@@ -51,6 +52,8 @@ def test_ingest_writes_a_profile_per_part_and_keeps_it_with_the_part(tmp_path: P
         assert side.column("doc_id").to_pylist() == table.column("doc_id").to_pylist()
         assert side.column("n_chars").to_pylist() == [len(t) for t in table.column("text").to_pylist()]
     assert not gate("ingest", proj)
+    doc = table.column("doc_id")[0].as_py()  # explain finds the document in its part, not in a profile
+    assert "[ingest] kept" in explain(proj, doc) and ARTICLES[2][:20] in explain(proj, doc)
 
     (proj.root / "data/raw/law/b.jsonl").unlink()  # a removed file takes its part's profile with it
     run_stage("ingest", proj, gate=False)
@@ -102,13 +105,15 @@ def test_normalize_profile_carries_the_pii_verdict_and_the_gate_fails_on_it(tmp_
     settings = part_profile.settings(pii_settings(load_params(proj.params_file).normalize.pii))
     side = part_profile.read_sidecar(out, part, settings)
     assert side is not None and side.column("pii_found").to_pylist() == [None] * 4 + ["PHONE"]
+    assert side.column("lang").to_pylist() == pq.read_table(part).column("lang").to_pylist() == ["zh"] * 5
     bad = gate("normalize", proj)
     assert list(bad) == ["no_pii_left"]
     assert bad["no_pii_left"].observed["examples"] == [{"doc_id": rows[4]["doc_id"], "pii_found": "PHONE"}]
 
     # a profile stamped with other detector settings is not used: the gate scans the texts itself
-    part_profile.write_sidecar(sidecar(proj, "data/normalized", "a"), side.set_column(
-        2, "pii_found", pa.nulls(5, pa.string())), part, part_profile.settings({**settings["pii"], "types": ["EMAIL"]}))
+    blank = side.set_column(side.schema.get_field_index("pii_found"), "pii_found", pa.nulls(5, pa.string()))
+    part_profile.write_sidecar(sidecar(proj, "data/normalized", "a"), blank, part,
+                               part_profile.settings({**settings["pii"], "types": ["EMAIL"]}))
     assert list(gate("normalize", proj)) == ["no_pii_left"]
 
 

@@ -54,14 +54,16 @@ def part_signature(path: Path) -> dict[str, Any]:
 
 
 def measure(doc_ids: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArray, detect: Detect | None = None,
-            values: list[str | None] | None = None) -> pa.Table:
-    """Profile rows of some documents: doc_id, n_chars (0 for a null text) and, with a detector, pii_found
-    (the comma-joined PII kinds in the text, null when none or no text). values: the texts as Python
-    strings when the caller has them already (else they are taken from `texts`)."""
+            values: list[str | None] | None = None, copy: dict[str, Any] | None = None) -> pa.Table:
+    """Profile rows of some documents: doc_id, n_chars (0 for a null text), the `copy` columns as they are
+    (small columns of the part the gate reads, e.g. lang, so it need not open the part) and, with a detector,
+    pii_found (the comma-joined PII kinds in the text, null when none or no text). values: the texts as
+    Python strings when the caller has them already (else they are taken from `texts`)."""
     n = len(doc_ids)
     cols: dict[str, Any] = {
         "doc_id": pc.cast(doc_ids, pa.string()),
         "n_chars": pc.cast(pc.fill_null(pc.utf8_length(texts), 0), pa.int64()) if n else pa.array([], pa.int64()),
+        **(copy or {}),
     }
     if detect is not None:
         values = texts.to_pylist() if values is None else values
@@ -71,12 +73,10 @@ def measure(doc_ids: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArr
     return pa.table(cols)
 
 
-def concat(tables: list[pa.Table], with_pii: bool) -> pa.Table:
-    """One part's profile from its batches' (one chunk, so its bytes do not depend on how it was cut)."""
-    if not tables:
-        return measure(pa.array([], pa.string()), pa.array([], pa.large_string()),
-                       (lambda texts, arrow=None: []) if with_pii else None)
-    return pa.concat_tables(tables).combine_chunks()
+def concat(tables: list[pa.Table], empty: pa.Table) -> pa.Table:
+    """One part's profile from its batches' (one chunk, so its bytes do not depend on how it was cut);
+    `empty` when it has none."""
+    return pa.concat_tables(tables).combine_chunks() if tables else empty
 
 
 def write_sidecar(path: Path, rows: pa.Table, part: Path, settings: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..records import list_parts, read_json, read_ledger
+from ..records import list_parts, read_json
 from . import part_profile
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -81,21 +81,28 @@ def _file_columns(names: list[str], columns: set[str] | None) -> list[str]:
 def _profile_part(path: Path, detect: Callable[[], Any] | None, text_hash: bool, sidecar: pa.Table | None = None,
                   columns: set[str] | None = None) -> pa.Table:
     """The profile rows of one Parquet file; its text is dropped as soon as it is measured. With the
-    stage's sidecar (n_chars and further measures, row by row with the file) the text is not read, unless
-    a measure the gate needs is not in it. detect: makes the PII detector (pii_found), None for no PII
-    column. text_hash: hash the text (a Python loop) where the file has no canonical_hash."""
-    names = pq.ParquetFile(path).schema_arrow.names
+    stage's sidecar (n_chars, further measures and copies of small columns, row by row with the file) the
+    text is not read, nor any column the sidecar holds, unless a measure the gate needs is not in it.
+    detect: makes the PII detector (pii_found), None for no PII column. text_hash: hash the text (a
+    Python loop) where the file has no canonical_hash."""
+    f = pq.ParquetFile(path)
+    names = f.schema_arrow.names
     if sidecar is not None and detect is not None and "pii_found" not in sidecar.column_names:
         sidecar = None
     read_text = "text" in names and (sidecar is None or (text_hash and "canonical_hash" not in names))
-    t = pq.read_table(path, columns=_file_columns(names, columns) + (["text"] if read_text else []))
-    n = t.num_rows
-    text = t.column("text") if read_text else pa.nulls(n, pa.string())
-    cols: dict[str, Any] = {c: (pc.cast(t.column(c), pa.string()) if c in t.column_names else pa.nulls(n, pa.string()))
+    held = set(sidecar.column_names) if sidecar is not None else set()
+    read = [c for c in _file_columns(names, columns) if c not in held] + (["text"] if read_text else [])
+    t = f.read(columns=read) if read else pa.table({})
+    n = t.num_rows if read else f.metadata.num_rows
+    if sidecar is not None and sidecar.num_rows != n:
+        raise ValueError(f"profile of {path.name} does not match its rows")
+    source = {**{c: t.column(c) for c in t.column_names}, **{c: sidecar.column(c) for c in held & set(names)}}
+    text = source["text"] if read_text else pa.nulls(n, pa.string())
+    cols: dict[str, Any] = {c: (pc.cast(source[c], pa.string()) if c in source else pa.nulls(n, pa.string()))
                             for c in _FILE_FIELDS}
     cols["part"] = pa.array([path.stem] * n, pa.string())
     if sidecar is not None:
-        if sidecar.num_rows != n or not sidecar.column("doc_id").equals(cols["doc_id"]):
+        if "doc_id" in t.column_names and not sidecar.column("doc_id").equals(cols["doc_id"]):
             raise ValueError(f"profile of {path.name} does not match its rows")
         measured = sidecar
     else:
@@ -106,7 +113,7 @@ def _profile_part(path: Path, detect: Callable[[], Any] | None, text_hash: bool,
         cols["canonical_hash"] = cols["text_hash"]
     if "cluster_id" not in names:  # without near-duplicate clusters every document is its own cluster
         cols["cluster_id"] = cols["doc_id"]
-    extra = [c for c in measured.column_names if c not in ("doc_id", "n_chars")]
+    extra = [c for c in measured.column_names if c not in ("n_chars", *_FILE_FIELDS)]
     for c in extra:
         cols[c] = measured.column(c)
     return pa.table({c: cols[c] for c in PROFILE_FIELDS + extra})
@@ -167,13 +174,11 @@ def texts(out: Path, batch_size: int = 8192) -> Iterator[tuple[np.ndarray, list[
 
 
 def ledger_counts(out: Path) -> dict[str, int]:
-    ledger = read_ledger(out / "ledger")
     counts = {a: 0 for a in REMOVING_ACTIONS}
-    if ledger.num_rows:
-        vc = pc.value_counts(ledger.column("action")).to_pylist()
-        for row in vc:
+    for path in list_parts(out / "ledger"):  # the action column only: details can be long
+        for row in pc.value_counts(pq.read_table(path, columns=["action"]).column("action")).to_pylist():
             if row["values"] in counts:
-                counts[row["values"]] = int(row["counts"])
+                counts[row["values"]] += int(row["counts"])
     return counts
 
 

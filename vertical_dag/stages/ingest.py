@@ -1,4 +1,5 @@
-"""Ingest: every file under data/raw/<source>/ becomes one Parquet part of documents plus one ledger part.
+"""Ingest: every file under data/raw/<source>/ becomes one Parquet part of documents plus one ledger part
+(and the gate's profile of the part: quality/part_profile.py).
 
 Every folder under data/raw/ is a source; params `ingest.sources` only change how one is read. Incremental
 through the part-stage core (stages/parts.py): a re-run reads only new or changed files, replaces the part of
@@ -226,11 +227,12 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
     result.documents_in = writer.rows + result.quarantined.total()
     write_parquet(ledger_table(entries), ledger)
     if profile is not None:
-        part_profile.write_sidecar(profile, part_profile.concat(writer.profile, False), part, PROFILE_SETTINGS)
+        part_profile.write_sidecar(profile, part_profile.concat(writer.profile, EMPTY_PROFILE), part, PROFILE_SETTINGS)
     return result
 
 
 PROFILE_SETTINGS = part_profile.settings(None)  # ingest's gate looks for no PII
+EMPTY_PROFILE = part_profile.measure(pa.array([], pa.string()), pa.array([], pa.large_string()))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Input: data/deduplicated/parts/*.parquet (documents + cluster_id / canonical_hash). Output:
 data/normalized/parts/<same name>.parquet with `lang` set and a `pii_count` column, and
 data/normalized/ledger/<same name>.parquet with a `dropped` row (reason) per removed document and a
-`redacted` row (counts per type) per kept document that had PII.
+`redacted` row (counts per type) per kept document that had PII, and data/normalized/profile/<same name>.parquet,
+what the gate reads instead of the texts (quality/part_profile.py: lengths, languages, PII the gate's detector
+still finds).
 
 Incremental through the part-stage core (stages/parts.py): only new or changed parts are processed (on every
 core, or on Ray: params `execution`; a part larger than PIECE_BYTES is cut into pieces of row groups that run
@@ -104,13 +106,18 @@ def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer | 
                     out, texts = _normalize_batch(group.slice(start, batch_size), normalizer, schema, entries, res)
                     writer.write_table(out)
                     if profiling is not None:
-                        measured.append(part_profile.measure(out.column("doc_id"), out.column("text"), profiling.detect,
-                                                             texts))
+                        measured.append(_profile_rows(out, texts, profiling.detect))
     write_parquet(ledger_table(entries), ledger)
     if profiling is not None:
-        part_profile.write_sidecar(profiling.path, part_profile.concat(measured, True), dst, profiling.settings)
+        rows = part_profile.concat(measured, _profile_rows(schema.empty_table(), [], profiling.detect))
+        part_profile.write_sidecar(profiling.path, rows, dst, profiling.settings)
     res.extra["redactions_by_type"] = dict(res.extra["redactions_by_type"])
     return res
+
+
+def _profile_rows(out: pa.Table, texts: list[str], detect: Any) -> pa.Table:
+    """The gate's profile of some output rows (quality/part_profile.py), with a copy of their languages."""
+    return part_profile.measure(out.column("doc_id"), out.column("text"), detect, texts, {"lang": out.column("lang")})
 
 
 def _normalize_batch(tbl: pa.Table, normalizer: Normalizer | None, schema: pa.Schema, entries: list[LedgerEntry],
@@ -225,7 +232,7 @@ class _Work:
                     for g in range(pf.num_row_groups):
                         writer.write_table(pf.read_row_group(g))
         write_parquet(pa.concat_tables([pq.read_table(p) for p in ledgers]).combine_chunks(), ledger)
-        rows = part_profile.concat([pq.read_table(p).replace_schema_metadata(None) for p in profiles], True)
+        rows = pa.concat_tables([pq.read_table(p).replace_schema_metadata(None) for p in profiles]).combine_chunks()
         part_profile.write_sidecar(profile, rows, dst, part_profile.settings(self.pii))
         for path in parts + ledgers + profiles:
             path.unlink(missing_ok=True)
