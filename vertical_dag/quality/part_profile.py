@@ -29,7 +29,7 @@ FOLDER = "profile"
 VERSION = 1
 _META = b"vertical_dag.part_profile"
 
-Detect = Callable[..., list[list[str]]]  # texts (and the same texts as an Arrow array) -> PII kinds per text
+Detect = Callable[..., dict[int, list[str]]]  # texts (and as an Arrow array) -> PII kinds by index, where any
 
 
 def sidecar_path(out: Path, part: Path) -> Path:
@@ -66,10 +66,10 @@ def measure(doc_ids: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArr
         **(copy or {}),
     }
     if detect is not None:
-        values = texts.to_pylist() if values is None else values
-        found = detect([t or "" for t in values], texts) if n else []
-        cols["pii_found"] = pa.array([",".join(k) or None if t else None for t, k in zip(values, found, strict=True)],
-                                     pa.string())
+        pii: list[str | None] = [None] * n
+        for i, kinds in (detect(texts.to_pylist() if values is None else values, texts) if n else {}).items():
+            pii[i] = ",".join(kinds)
+        cols["pii_found"] = pa.array(pii, pa.string())
     return pa.table(cols)
 
 

@@ -36,13 +36,12 @@ def pii_settings(pii_params: Any = None) -> dict[str, Any]:
     return {"types": list(pii.PII_TYPES), "extra_patterns": {}, "code": code}
 
 
-def pii_detector(settings: dict[str, Any]) -> Callable[..., list[list[str]]]:
-    """A function (texts, the same texts as an Arrow array or None) -> the PII kinds found in each: the
-    project's redactor with pii_settings' types and extra patterns, over a batch."""
+def pii_detector(settings: dict[str, Any]) -> Callable[..., dict[int, list[str]]]:
+    """A function (texts, the same texts as an Arrow array or None) -> the PII kinds found, by index of the
+    texts that hold any: the project's redactor with pii_settings' types and extra patterns, over a batch."""
     from ..text.pii import Redactor
 
-    redactor = Redactor(settings["extra_patterns"], tuple(settings["types"]))
-    return lambda texts, arrow=None: [sorted(r.counts) for r in redactor.redact_batch(texts, arrow)]
+    return Redactor(settings["extra_patterns"], tuple(settings["types"])).found
 
 
 # ---------------------------------------------------------------- reading a stage's documents
@@ -101,9 +100,7 @@ def _profile_part(path: Path, detect: Callable[[], Any] | None, text_hash: bool,
     cols: dict[str, Any] = {c: (pc.cast(source[c], pa.string()) if c in source else pa.nulls(n, pa.string()))
                             for c in _FILE_FIELDS}
     cols["part"] = pa.array([path.stem] * n, pa.string())
-    if sidecar is not None:
-        if "doc_id" in t.column_names and not sidecar.column("doc_id").equals(cols["doc_id"]):
-            raise ValueError(f"profile of {path.name} does not match its rows")
+    if sidecar is not None:  # it matched its file (part_profile: footer hash; split_profile: size, mtime, rows)
         measured = sidecar
     else:
         measured = part_profile.measure(cols["doc_id"], text, detect() if detect is not None else None)
