@@ -44,3 +44,22 @@ def test_gate_validates_through_a_checkpoint_in_the_file_context(tmp_path: Path)
     assert "vertical_dag.ingest.documents" in index and "vertical_dag.ingest.conservation" in index
     pages = list((tmp_path / "gx/uncommitted/data_docs/local_site/validations").rglob("*.html"))
     assert len(pages) >= 2 * 3  # every run of each of the stage's checkpoints has its page
+
+
+def test_large_tables_skip_only_the_fingerprint(tmp_path: Path, monkeypatch) -> None:
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    from vertical_dag.quality import validate
+
+    def fingerprints() -> list[bool]:
+        runs = sorted((tmp_path / "gx/uncommitted/validations/vertical_dag/ingest/documents").rglob("*.json"))
+        return ["pandas_data_fingerprint" in json.loads(p.read_text())["meta"]["batch_markers"] for p in runs]
+
+    write_stage(tmp_path, "data/ingested", [*ids(9), "d000"], TEXTS[:10])
+    assert "doc_ids_unique" in {e.name for e in validate_stage("ingest", Project(tmp_path), Params(), INGEST_METRICS).failed()}
+    assert fingerprints() == [True]  # a small table keeps GE's fingerprint
+    monkeypatch.setattr(validate, "FINGERPRINT_BYTES", 0)  # every table counts as large
+    failed = validate_stage("ingest", Project(tmp_path), Params(), INGEST_METRICS).failed()
+    assert [e.name for e in failed] == ["doc_ids_unique"] and failed[0].observed["unexpected"] == 2  # same checks
+    assert fingerprints() == [True, False]
+    assert pandas_execution_engine.HASH_THRESHOLD == 1e9  # GE's own setting is back after the gate

@@ -8,12 +8,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .project import Project
+from .quality import part_profile, split_profile
 from .records import list_parts, read_ledger
 from .stages import STAGES
 
 
 def _find_in(folder, doc_id: str) -> dict | None:
-    parts = [p for p in list_parts(folder) if "ledger" not in p.parts and "index" not in p.parts]
+    skip = {"ledger", "index", part_profile.FOLDER, split_profile.FOLDER}  # not documents: ledgers, indexes, gate profiles
+    parts = [p for p in list_parts(folder) if not skip & set(p.relative_to(folder).parts)]
     if not parts:
         return None
     dataset = ds.dataset([str(p) for p in parts], format="parquet")

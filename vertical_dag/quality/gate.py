@@ -20,7 +20,7 @@ from ..project import Project
 from ..records import read_json, write_json, write_text
 from ..stages import DATA_STAGES, STAGES
 from ..text.hash_spill import HashSpill
-from . import profile
+from . import part_profile, profile
 from .contamination import max_families, measure, ngram_hasher, spill_texts
 from .split_profile import read_profile
 from .suites import checks_for, expected_fractions, gate_check_names
@@ -106,9 +106,9 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
     spec = STAGES[stage]
     out = project.root / spec.out
     needed = _document_columns(stage, params)
-    sidecars = read_profile(out, profile.doc_files(out), _settings(params)) if stage == "split" else None
-    docs = profile.documents(out, pii=params.normalize.pii if stage == "normalize" else False,
-                             text_hash="canonical_hash" in needed, sidecars=sidecars, columns=needed)
+    pii = params.normalize.pii if stage == "normalize" else False
+    docs = profile.documents(out, pii=pii, text_hash="canonical_hash" in needed,
+                             sidecars=_sidecars(stage, out, params, pii), columns=needed)
     if not spec.reads:  # reads raw files: its input count is what it reports
         rows_in = int(metrics.get("documents_in") or 0)
     else:  # the registry's lineage: the documents the upstream stage kept
@@ -117,7 +117,7 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
     tables = {"documents": docs, "summary": summary, "conservation": summary}
     if stage == "split":
         docs["split"] = docs["split"].fillna(docs["part"])  # no split column: the file name is the split
-        if sidecars is None:  # no profile of these files from the split stage: measure from their texts
+        if "contamination" not in docs:  # no profile of these files from the split stage: measure from their texts
             docs["contamination"] = _measure_from_texts(out, docs, params)
         g = params.gates
         tables["clusters"] = profile.clusters(docs)
@@ -125,6 +125,22 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
         tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
                                                       g.split_fraction_sigmas)
     return tables
+
+
+# stages whose workers write a profile sidecar beside each part (part_profile.py)
+PART_PROFILED = ("ingest", "normalize")
+
+
+def _sidecars(stage: str, out: Path, params: Params, pii: Any) -> dict[Path, Any] | None:
+    """The profile rows the stage wrote while writing its files, for the files they still describe."""
+    files = profile.doc_files(out)
+    if stage == "split":
+        tables = read_profile(out, files, _settings(params))
+        return {p: tables[p.stem] for p in files} if tables is not None else None
+    if stage in PART_PROFILED:
+        return part_profile.read_sidecars(out, files, part_profile.settings(
+            profile.pii_settings(pii) if pii is not False else None))
+    return None
 
 
 def _document_columns(stage: str, params: Params) -> set[str]:

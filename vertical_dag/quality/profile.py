@@ -7,6 +7,7 @@ split fractions, model metrics) become one small table each, so every check is a
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,22 +18,30 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..records import list_parts, read_json, read_ledger
+from ..records import list_parts, read_json
+from . import part_profile
 
 SPLIT_NAMES = ("train", "validation", "test")
 # Ledger actions that remove a document from a stage's output (the rest annotate kept documents).
 REMOVING_ACTIONS = ("dropped", "quarantined")
 
-def pii_detector(pii_params: Any = None) -> Callable[[list[str]], list[list[str]]]:
-    """A function texts -> the PII kinds found in each: the project's redactor with normalize.pii's types and
-    extra patterns (every built-in type when redaction is switched off: the gate still looks), over a batch."""
-    from ..text.pii import PII_TYPES, Redactor
+def pii_settings(pii_params: Any = None) -> dict[str, Any]:
+    """What the gate's PII detector looks for: normalize.pii's types and extra patterns (every built-in type
+    when redaction is switched off: the gate still looks), and a hash of the detector's code."""
+    from ..text import pii
 
+    code = hashlib.blake2b(Path(pii.__file__).read_bytes(), digest_size=8).hexdigest()
     if pii_params is not None and pii_params.enabled:
-        redactor = Redactor(pii_params.extra_patterns, tuple(pii_params.types))
-    else:
-        redactor = Redactor(types=PII_TYPES)
-    return lambda texts: [sorted(r.counts) for r in redactor.redact_batch(texts)]
+        return {"types": list(pii_params.types), "extra_patterns": dict(pii_params.extra_patterns), "code": code}
+    return {"types": list(pii.PII_TYPES), "extra_patterns": {}, "code": code}
+
+
+def pii_detector(settings: dict[str, Any]) -> Callable[..., dict[int, list[str]]]:
+    """A function (texts, the same texts as an Arrow array or None) -> the PII kinds found, by index of the
+    texts that hold any: the project's redactor with pii_settings' types and extra patterns, over a batch."""
+    from ..text.pii import Redactor
+
+    return Redactor(settings["extra_patterns"], tuple(settings["types"])).found
 
 
 # ---------------------------------------------------------------- reading a stage's documents
@@ -51,65 +60,84 @@ def count_docs(out: Path) -> int:
 
 
 def _hash_text(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
-    import hashlib
-
     return pa.array([hashlib.blake2b(t.encode("utf-8"), digest_size=8).hexdigest() if t is not None else None
                      for t in texts.to_pylist()], pa.string())
 
 
 PROFILE_FIELDS = ["doc_id", "part", "n_chars", "source", "batch", "lang", "split", "text_hash", "canonical_hash", "cluster_id",
                   "family_id"]
+_FILE_FIELDS = ("doc_id", "source", "batch", "lang", "split", "canonical_hash", "cluster_id", "family_id")
 
 
-def _profile_part(path: Path, detect: Callable[[list[str]], list[list[str]]] | None, text_hash: bool,
-                  sidecar: pa.Table | None = None) -> pa.Table:
+def _file_columns(names: list[str], columns: set[str] | None) -> list[str]:
+    """The columns to read from a file: what is asked for (all without `columns`), and what fills it."""
+    wanted = set(_FILE_FIELDS) if columns is None else {"doc_id", *columns}
+    if "family_id" in wanted:  # coalesced from the cluster
+        wanted.add("cluster_id")
+    return [c for c in _FILE_FIELDS if c in names and c in wanted]
+
+
+def _profile_part(path: Path, detect: Callable[[], Any] | None, text_hash: bool, sidecar: pa.Table | None = None,
+                  columns: set[str] | None = None) -> pa.Table:
     """The profile rows of one Parquet file; its text is dropped as soon as it is measured. With the
-    stage's sidecar (n_chars and further measures, row by row with the file) the text is not read at all.
-    text_hash: hash the text (a Python loop) where the file has no canonical_hash."""
-    names = pq.ParquetFile(path).schema_arrow.names
-    want = ["doc_id", "source", "batch", "lang", "canonical_hash", "cluster_id", "family_id", "split"]
-    read_text = "text" in names and (sidecar is None or detect is not None or (text_hash and "canonical_hash" not in names))
-    t = pq.read_table(path, columns=[c for c in want if c in names] + (["text"] if read_text else []))
-    n = t.num_rows
-    text = t.column("text") if read_text else pa.nulls(n, pa.string())
-    cols: dict[str, Any] = {c: (pc.cast(t.column(c), pa.string()) if c in names else pa.nulls(n, pa.string()))
-                            for c in ("doc_id", "source", "batch", "lang", "split", "canonical_hash", "cluster_id", "family_id")}
+    stage's sidecar (n_chars, further measures and copies of small columns, row by row with the file) the
+    text is not read, nor any column the sidecar holds, unless a measure the gate needs is not in it.
+    detect: makes the PII detector (pii_found), None for no PII column. text_hash: hash the text (a
+    Python loop) where the file has no canonical_hash."""
+    f = pq.ParquetFile(path)
+    names = f.schema_arrow.names
+    if sidecar is not None and detect is not None and "pii_found" not in sidecar.column_names:
+        sidecar = None
+    read_text = "text" in names and (sidecar is None or (text_hash and "canonical_hash" not in names))
+    held = set(sidecar.column_names) if sidecar is not None else set()
+    read = [c for c in _file_columns(names, columns) if c not in held] + (["text"] if read_text else [])
+    t = f.read(columns=read) if read else pa.table({})
+    n = t.num_rows if read else f.metadata.num_rows
+    if sidecar is not None and sidecar.num_rows != n:
+        raise ValueError(f"profile of {path.name} does not match its rows")
+    source = {**{c: t.column(c) for c in t.column_names}, **{c: sidecar.column(c) for c in held & set(names)}}
+    text = source["text"] if read_text else pa.nulls(n, pa.string())
+    cols: dict[str, Any] = {c: (pc.cast(source[c], pa.string()) if c in source else pa.nulls(n, pa.string()))
+                            for c in _FILE_FIELDS}
     cols["part"] = pa.array([path.stem] * n, pa.string())
-    if sidecar is not None:
-        if sidecar.num_rows != n or not sidecar.column("doc_id").equals(cols["doc_id"]):
-            raise ValueError(f"profile of {path.name} does not match its rows")
-        cols["n_chars"] = sidecar.column("n_chars")
+    if sidecar is not None:  # it matched its file (part_profile: footer hash; split_profile: size, mtime, rows)
+        measured = sidecar
     else:
-        cols["n_chars"] = pc.cast(pc.fill_null(pc.utf8_length(text), 0), pa.int64()) if n else pa.array([], pa.int64())
+        measured = part_profile.measure(cols["doc_id"], text, detect() if detect is not None else None)
+    cols["n_chars"] = measured.column("n_chars")
     cols["text_hash"] = _hash_text(text) if read_text and text_hash else pa.nulls(n, pa.string())
     if "canonical_hash" not in names:  # without the dedup stage's hash, the exact text's
         cols["canonical_hash"] = cols["text_hash"]
     if "cluster_id" not in names:  # without near-duplicate clusters every document is its own cluster
         cols["cluster_id"] = cols["doc_id"]
-    extra = [c for c in (sidecar.column_names if sidecar is not None else []) if c not in ("doc_id", "n_chars")]
+    extra = [c for c in measured.column_names if c not in ("n_chars", *_FILE_FIELDS)]
     for c in extra:
-        cols[c] = sidecar.column(c)
-    if detect is not None:
-        texts = text.to_pylist()
-        found = detect([x or "" for x in texts])
-        cols["pii_found"] = pa.array([",".join(k) or None if x else None for x, k in zip(texts, found, strict=True)], pa.string())
-    order = PROFILE_FIELDS + extra + [c for c in ("pii_found",) if c in cols]
-    return pa.table({c: cols[c] for c in order})
+        cols[c] = measured.column(c)
+    return pa.table({c: cols[c] for c in PROFILE_FIELDS + extra})
 
 
-def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: dict[str, pa.Table] | None = None,
+def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: dict[Path, pa.Table] | None = None,
               columns: set[str] | None = None) -> Any:
     """One row per document of a stage's output, as a pandas DataFrame (no text).
 
     pii: False for no PII column; else normalize.pii params (None: the built-in types) for `pii_found`,
     the comma-joined PII kinds still in a document (null when none). text_hash: hash texts where there is
-    no canonical_hash. sidecars: per file (by stem) the stage's profile rows (see split_profile.py).
-    columns: only these (and the columns they are filled from), so millions of rows stay small in pandas."""
-    detect = pii_detector(pii) if pii is not False else None
-    tables = [_profile_part(p, detect, text_hash, sidecars[p.stem] if sidecars else None) for p in doc_files(out)]
+    no canonical_hash. sidecars: per file the stage's profile rows (split_profile.py, part_profile.py);
+    files without one are measured from their texts. columns: only these (and the columns they are filled
+    from), so millions of rows stay small in pandas."""
+    detector: list[Any] = []  # built once, and only if some file has to be scanned
+
+    def detect() -> Any:
+        if not detector:
+            detector.append(pii_detector(pii_settings(pii)))
+        return detector[0]
+
+    sidecars = sidecars or {}
+    tables = [_profile_part(p, detect if pii is not False else None, text_hash, sidecars.get(p), columns)
+              for p in doc_files(out)]
     if not tables:
         schema = pa.schema([(c, pa.int64() if c == "n_chars" else pa.string()) for c in PROFILE_FIELDS])
-        if detect is not None:
+        if pii is not False:
             schema = schema.append(pa.field("pii_found", pa.string()))
         table = schema.empty_table()
     else:
@@ -143,13 +171,11 @@ def texts(out: Path, batch_size: int = 8192) -> Iterator[tuple[np.ndarray, list[
 
 
 def ledger_counts(out: Path) -> dict[str, int]:
-    ledger = read_ledger(out / "ledger")
     counts = {a: 0 for a in REMOVING_ACTIONS}
-    if ledger.num_rows:
-        vc = pc.value_counts(ledger.column("action")).to_pylist()
-        for row in vc:
+    for path in list_parts(out / "ledger"):  # the action column only: details can be long
+        for row in pc.value_counts(pq.read_table(path, columns=["action"]).column("action")).to_pylist():
             if row["values"] in counts:
-                counts[row["values"]] = int(row["counts"])
+                counts[row["values"]] += int(row["counts"])
     return counts
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +58,49 @@ def run_checks(suite_name: str, tables: dict[str, Any], checks: list[Check], roo
 
     out: dict[str, dict[str, Any]] = {}
     run_id, built = _run_id(), []
-    for i, ((table, _), group) in enumerate(by_table.items()):
-        df = _select(tables[table], group[0].rows)
-        name = f"{suite_name}.{table}" + (f".{i}" if any(t == table for t, _ in list(by_table)[:i]) else "")
-        checkpoint = _checkpoint(context, name, group)
-        for validation in checkpoint.validation_definitions:
-            result = validation.run(checkpoint_id=checkpoint.id, batch_parameters={"dataframe": df},
-                                    result_format=RESULT_FORMAT, run_id=run_id)
-            result.meta["checkpoint_id"] = checkpoint.id
-            built += _doc_resources(validation.suite.name, run_id, result.batch_id)
-            for r in result.results:
-                check = next(c for c in group if c.name == r.expectation_config.meta["check"])
-                out[check.name] = _summarise(check, r, df)
+    with fingerprints_up_to(FINGERPRINT_BYTES):
+        for i, ((table, _), group) in enumerate(by_table.items()):
+            again = any(t == table for t, _ in list(by_table)[:i])  # the same table, other rows: its own name
+            _validate_table(context, f"{suite_name}.{table}" + (f".{i}" if again else ""), tables[table], group,
+                            run_id, built, out)
     # what each checkpoint's UpdateDataDocsAction does, once for the whole gate: the site's index and
     # templates are built once, not once per table
     context.build_data_docs(resource_identifiers=built)
     return [out[c.name] for c in checks]
+
+
+def _validate_table(context: Any, name: str, table: Any, group: list[Check], run_id: Any, built: list[Any],
+                    out: dict[str, dict[str, Any]]) -> None:
+    """Validate one table's checks through its checkpoint's validation definition; results into `out`."""
+    df = _select(table, group[0].rows)
+    checkpoint = _checkpoint(context, name, group)
+    for validation in checkpoint.validation_definitions:
+        result = validation.run(checkpoint_id=checkpoint.id, batch_parameters={"dataframe": df},
+                                result_format=RESULT_FORMAT, run_id=run_id)
+        result.meta["checkpoint_id"] = checkpoint.id
+        built += _doc_resources(validation.suite.name, run_id, result.batch_id)
+        for r in result.results:
+            check = next(c for c in group if c.name == r.expectation_config.meta["check"])
+            out[check.name] = _summarise(check, r, df)
+
+
+# GE fingerprints each pandas batch smaller than its HASH_THRESHOLD (1 GB) by hashing every row and index
+# value (pandas_execution_engine.get_batch_data_and_markers), for a batch marker in the stored result that
+# nothing reads: seconds for millions of documents. No batch definition or option turns it off (GE 1.x), so
+# the threshold is lowered while a gate validates: small tables keep their fingerprint, large ones skip it.
+FINGERPRINT_BYTES = 16 << 20
+
+
+@contextmanager
+def fingerprints_up_to(limit: int) -> Iterator[None]:
+    from great_expectations.execution_engine import pandas_execution_engine as engine
+
+    old = engine.HASH_THRESHOLD  # an AttributeError after a GE upgrade: see test_gx.py
+    engine.HASH_THRESHOLD = min(old, limit)
+    try:
+        yield
+    finally:
+        engine.HASH_THRESHOLD = old
 
 
 def _run_id() -> Any:

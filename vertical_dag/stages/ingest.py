@@ -1,4 +1,5 @@
-"""Ingest: every file under data/raw/<source>/ becomes one Parquet part of documents plus one ledger part.
+"""Ingest: every file under data/raw/<source>/ becomes one Parquet part of documents plus one ledger part
+(and the gate's profile of the part: quality/part_profile.py).
 
 Every folder under data/raw/ is a source; params `ingest.sources` only change how one is read. Incremental
 through the part-stage core (stages/parts.py): a re-run reads only new or changed files, replaces the part of
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..params import IngestParams
+from ..quality import part_profile
 from ..records import DOC_SCHEMA, LedgerEntry, atomic_path, ledger_table, make_doc_id, write_parquet
 from ..sources import (
     SIDECAR_SUFFIXES,
@@ -106,6 +108,7 @@ class PartWriter:
         self.cols: dict[str, list] = {"doc_id": [], "uri": [], "text": [], "meta": []}
         self.chars = 0
         self.rows = 0
+        self.profile: list[pa.Table] = []  # the gate's measures of each chunk (quality/part_profile.py)
 
     def add(self, doc_id: str, uri: str, text: str, meta: str | None) -> None:
         c = self.cols
@@ -131,6 +134,7 @@ class PartWriter:
             "meta": pa.array(self.cols["meta"], pa.string()),
         }, schema=DOC_SCHEMA)
         self.writer.write_table(table)
+        self.profile.append(part_profile.measure(table.column("doc_id"), table.column("text")))
         self.rows += n
         self.cols = {k: [] for k in self.cols}
         self.chars = 0
@@ -179,8 +183,9 @@ def _read_records(path: Path, rel: str, source: str, p: IngestParams, writer: Pa
 
 
 def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, ledger: Path, log: Any,
-                arrival: int = 0) -> PartResult:
-    """Read one raw file into its part + ledger part (both replaced atomically). Never raises on bad input."""
+                arrival: int = 0, profile: Path | None = None) -> PartResult:
+    """Read one raw file into its part + ledger part (both replaced atomically), and the part's gate profile
+    into `profile` when given. Never raises on bad input."""
     result = PartResult(extra={"source": source, "format": "", "arrival": arrival})
     entries: list[LedgerEntry] = []
 
@@ -221,7 +226,13 @@ def ingest_file(path: Path, rel: str, source: str, p: IngestParams, part: Path, 
     result.documents_out = writer.rows
     result.documents_in = writer.rows + result.quarantined.total()
     write_parquet(ledger_table(entries), ledger)
+    if profile is not None:
+        part_profile.write_sidecar(profile, part_profile.concat(writer.profile, EMPTY_PROFILE), part, PROFILE_SETTINGS)
     return result
+
+
+PROFILE_SETTINGS = part_profile.settings(None)  # ingest's gate looks for no PII
+EMPTY_PROFILE = part_profile.measure(pa.array([], pa.string()), pa.array([], pa.large_string()))
 
 
 @dataclass(frozen=True)
@@ -231,6 +242,7 @@ class _Work:
     params: IngestParams
     parts_dir: Path
     ledger_dir: Path
+    profile_dir: Path
     arrival: dict[str, int]
 
     def __call__(self, unit: Unit) -> PartResult:
@@ -239,7 +251,7 @@ class _Work:
         source = unit.key.split("/", 1)[0] if "/" in unit.key else ""
         return ingest_file(unit.path, unit.key, source, self.params, self.parts_dir / f"{unit.part}.parquet",
                            self.ledger_dir / f"{unit.part}.parquet", logging.getLogger("vertical_dag.ingest"),
-                           self.arrival[unit.key])
+                           self.arrival[unit.key], self.profile_dir / f"{unit.part}.parquet")
 
 
 def _arrivals(store: PartStore, keys: list[str]) -> dict[str, int]:
@@ -269,7 +281,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         log("%s: %d documents, %d quarantined%s", unit.key, res.documents_out, res.quarantined.total(),
             f" {dict(res.quarantined.counts)}" if res.quarantined.total() else "")
 
-    work = _Work(p, store.parts_dir, store.ledger_dir, arrival)
+    work = _Work(p, store.parts_dir, store.ledger_dir, store.profile_dir, arrival)
     executor = make_executor(ctx.params.execution, len(plan.todo), total)
     started = time.perf_counter()
     try:

@@ -3,7 +3,9 @@
 Input: data/deduplicated/parts/*.parquet (documents + cluster_id / canonical_hash). Output:
 data/normalized/parts/<same name>.parquet with `lang` set and a `pii_count` column, and
 data/normalized/ledger/<same name>.parquet with a `dropped` row (reason) per removed document and a
-`redacted` row (counts per type) per kept document that had PII.
+`redacted` row (counts per type) per kept document that had PII, and data/normalized/profile/<same name>.parquet,
+what the gate reads instead of the texts (quality/part_profile.py: lengths, languages, PII the gate's detector
+still finds).
 
 Incremental through the part-stage core (stages/parts.py): only new or changed parts are processed (on every
 core, or on Ray: params `execution`; a part larger than PIECE_BYTES is cut into pieces of row groups that run
@@ -25,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..params import NormalizeParams, Params
+from ..quality import part_profile
+from ..quality.profile import pii_detector, pii_settings
 from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, write_parquet
 from ..text.clean import CleanOptions
 from ..text.normalizer import DocResult, Normalizer, NormalizerConfig
@@ -75,27 +79,50 @@ def _out_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
+@dataclass(frozen=True)
+class Profiling:
+    """Where a part's gate profile goes and how its PII is looked for (quality/part_profile.py)."""
+
+    path: Path
+    settings: dict[str, Any]
+    detect: Any
+
+
 def normalize_part(src: Path, dst: Path, ledger: Path, normalizer: Normalizer | None, batch_size: int,
-                   row_groups: tuple[int, ...] | None = None) -> PartResult:
-    """One input part (or some of its row groups) -> its output part and ledger part (each replaced atomically).
+                   row_groups: tuple[int, ...] | None = None, profiling: Profiling | None = None) -> PartResult:
+    """One input part (or some of its row groups) -> its output part and ledger part (each replaced atomically),
+    and with `profiling` the gate's profile of the part as written.
     Batches are cut inside each row group, so a part done in pieces gives the same batches, row groups and bytes."""
     pf = pq.ParquetFile(src)
     schema = _out_schema(pf.schema_arrow)
     entries: list[LedgerEntry] = []
     res = PartResult(extra={"redacted": 0, "redactions_by_type": Counter(), "text_bytes": 0})
+    measured: list[pa.Table] = []
     with atomic_path(dst) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for g in row_groups if row_groups is not None else range(pf.num_row_groups):
                 group = pf.read_row_group(g)
                 for start in range(0, group.num_rows, batch_size):
-                    writer.write_table(_normalize_batch(group.slice(start, batch_size), normalizer, schema, entries, res))
+                    out, texts = _normalize_batch(group.slice(start, batch_size), normalizer, schema, entries, res)
+                    writer.write_table(out)
+                    if profiling is not None:
+                        measured.append(_profile_rows(out, texts, profiling.detect))
     write_parquet(ledger_table(entries), ledger)
+    if profiling is not None:
+        rows = part_profile.concat(measured, _profile_rows(schema.empty_table(), [], profiling.detect))
+        part_profile.write_sidecar(profiling.path, rows, dst, profiling.settings)
     res.extra["redactions_by_type"] = dict(res.extra["redactions_by_type"])
     return res
 
 
+def _profile_rows(out: pa.Table, texts: list[str], detect: Any) -> pa.Table:
+    """The gate's profile of some output rows (quality/part_profile.py), with a copy of their languages."""
+    return part_profile.measure(out.column("doc_id"), out.column("text"), detect, texts, {"lang": out.column("lang")})
+
+
 def _normalize_batch(tbl: pa.Table, normalizer: Normalizer | None, schema: pa.Schema, entries: list[LedgerEntry],
-                     res: PartResult) -> pa.Table:
+                     res: PartResult) -> tuple[pa.Table, list[str]]:
+    """The batch's output rows, and their texts as Python strings (what the gate's profile measures)."""
     ids = tbl.column("doc_id").to_pylist()
     texts = tbl.column("text").to_pylist() if "text" in tbl.column_names else [None] * len(ids)
     res.extra["text_bytes"] += sum(len(t.encode()) for t in texts if t)
@@ -111,12 +138,13 @@ def _normalize_batch(tbl: pa.Table, normalizer: Normalizer | None, schema: pa.Sc
             entries.append(LedgerEntry(ids[i], STAGE, "redacted", "pii", json.dumps(r.redactions, sort_keys=True)))
     kept = tbl.take(pa.array(keep, pa.int64()))
     cols = {name: kept.column(name) for name in kept.column_names if name not in ("lang", "pii_count")}
-    cols["text"] = pa.array([results[i].text for i in keep], pa.large_string())
+    out_texts = [results[i].text for i in keep]
+    cols["text"] = pa.array(out_texts, pa.large_string())
     cols["lang"] = pa.array([results[i].lang for i in keep], pa.string())
     cols["pii_count"] = pa.array([sum(results[i].redactions.values()) for i in keep], pa.int32())
     res.documents_in += len(ids)
     res.documents_out += len(keep)
-    return pa.table({f.name: cols[f.name] for f in schema}).cast(schema)
+    return pa.table({f.name: cols[f.name] for f in schema}).cast(schema), out_texts
 
 
 PIECE_BYTES = 64 << 20  # a part larger than this (uncompressed) is cut into pieces that run on several workers
@@ -167,26 +195,36 @@ class _Work:
     batch_size: int
     parts_dir: Path
     ledger_dir: Path
+    profile_dir: Path
+    pii: dict[str, Any]  # the gate's PII detector settings (quality/profile.py pii_settings)
     _normalizer: Any = field(default=None, repr=False)
+    _detect: Any = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_normalizer": None}
+        return {**self.__dict__, "_normalizer": None, "_detect": None}
 
     def __call__(self, task: Unit | Piece) -> PartResult:
         if self._normalizer is None and self.config is not None:
             self._normalizer = Normalizer(self.config)
+        if self._detect is None:
+            self._detect = pii_detector(self.pii)
         unit = task.unit if isinstance(task, Piece) else task
-        dst, ledger = self.parts_dir / f"{unit.part}.parquet", self.ledger_dir / f"{unit.part}.parquet"
+        dst, ledger, profile = self._paths(unit)
         if isinstance(task, Piece):
-            dst, ledger = _piece_path(dst, task.index), _piece_path(ledger, task.index)
+            dst, ledger, profile = (_piece_path(p, task.index) for p in (dst, ledger, profile))
+        profiling = Profiling(profile, part_profile.settings(self.pii), self._detect)
         return normalize_part(unit.path, dst, ledger, self._normalizer, self.batch_size,
-                              task.row_groups if isinstance(task, Piece) else None)
+                              task.row_groups if isinstance(task, Piece) else None, profiling)
+
+    def _paths(self, unit: Unit) -> tuple[Path, Path, Path]:
+        return tuple(d / f"{unit.part}.parquet" for d in (self.parts_dir, self.ledger_dir, self.profile_dir))
 
     def merge(self, unit: Unit, done: list[Piece], results: list[PartResult]) -> PartResult:
-        """The pieces' parts and ledgers, concatenated in order into the unit's (row group by row group)."""
-        dst, ledger = self.parts_dir / f"{unit.part}.parquet", self.ledger_dir / f"{unit.part}.parquet"
+        """The pieces' parts, ledgers and profiles, concatenated in order into the unit's (row group by row group)."""
+        dst, ledger, profile = self._paths(unit)
         parts = [_piece_path(dst, p.index) for p in done]
         ledgers = [_piece_path(ledger, p.index) for p in done]
+        profiles = [_piece_path(profile, p.index) for p in done]
         with atomic_path(dst) as tmp:
             with pq.ParquetWriter(tmp, pq.ParquetFile(parts[0]).schema_arrow, compression="zstd") as writer:
                 for path in parts:
@@ -194,7 +232,9 @@ class _Work:
                     for g in range(pf.num_row_groups):
                         writer.write_table(pf.read_row_group(g))
         write_parquet(pa.concat_tables([pq.read_table(p) for p in ledgers]).combine_chunks(), ledger)
-        for path in parts + ledgers:
+        rows = pa.concat_tables([pq.read_table(p).replace_schema_metadata(None) for p in profiles]).combine_chunks()
+        part_profile.write_sidecar(profile, rows, dst, part_profile.settings(self.pii))
+        for path in parts + ledgers + profiles:
             path.unlink(missing_ok=True)
         total = PartResult(extra={"redacted": 0, "redactions_by_type": Counter(), "text_bytes": 0})
         for r in results:
@@ -236,7 +276,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tasks = {u.key: pieces(u) for u in plan.todo}
     executor = make_executor(ctx.params.execution, sum(map(len, tasks.values())),
                              sum(u.path.stat().st_size for u in plan.todo))
-    work = _Work(config, ctx.params.normalize.batch_size, store.parts_dir, store.ledger_dir)
+    work = _Work(config, ctx.params.normalize.batch_size, store.parts_dir, store.ledger_dir, store.profile_dir,
+                 pii_settings(ctx.params.normalize.pii))
     # one worker gains nothing from pieces, and merging them costs a rewrite
     cut = (lambda u: tasks[u.key]) if executor.workers > 1 else None
     try:

@@ -25,6 +25,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from ..quality.part_profile import FOLDER as PROFILE_FOLDER
 from ..records import file_fingerprint, read_json, write_json
 from .executor import Executor, InProcess
 from .metrics import ReasonCounts, contract_counts
@@ -126,6 +127,7 @@ class PartStore:
     def __init__(self, out: Path, settings: str, log: Any, version: int = 1) -> None:
         self.out, self.settings, self.log, self.version = out, settings, log, version
         self.parts_dir, self.ledger_dir = out / "parts", out / "ledger"
+        self.profile_dir = out / PROFILE_FOLDER  # the gate's per-part sidecars (quality/part_profile.py)
         self.state = read_json(out / STATE, None) or {}
         self.units: dict[str, dict[str, Any]] = dict(self.state.get("units", {}))
         self._fingerprints: dict[str, dict[str, Any]] = {}  # computed by plan(), recorded by commit()
@@ -136,6 +138,9 @@ class PartStore:
 
     def ledger_path(self, part: str) -> Path:
         return self.ledger_dir / f"{part}.parquet"
+
+    def profile_path(self, part: str) -> Path:
+        return self.profile_dir / f"{part}.parquet"
 
     def clean_temporaries(self) -> None:
         """Temporaries of an interrupted run (.name.*.tmp) anywhere in the output folder."""
@@ -176,7 +181,7 @@ class PartStore:
         return Plan(todo, unchanged, removed, rebuild, new)
 
     def reset(self) -> None:
-        for folder in (self.parts_dir, self.ledger_dir):
+        for folder in (self.parts_dir, self.ledger_dir, self.profile_dir):
             shutil.rmtree(folder, ignore_errors=True)
         self.units = {}
 
@@ -184,7 +189,8 @@ class PartStore:
         entry = self.units.pop(key)
         self.part_path(entry["part"]).unlink(missing_ok=True)
         self.ledger_path(entry["part"]).unlink(missing_ok=True)
-        self.log.info("%s: input %s is gone: its part and ledger rows are removed", self.out.name, key)
+        self.profile_path(entry["part"]).unlink(missing_ok=True)
+        self.log.info("%s: input %s is gone: its part, ledger rows and profile are removed", self.out.name, key)
 
     def commit(self, unit: Unit, result: PartResult, *, force: bool = False) -> None:
         fp = dict(self._fingerprints.get(unit.key) or _fingerprint(unit.path, None))

@@ -175,12 +175,26 @@ class Redactor:
         self.detectors = user + [d for d in default_detectors() if d.name in types]
         self.has_user = bool(user)
 
-    def redact_batch(self, texts: list[str]) -> list[Redaction]:
-        """`redact` for each text; the pre-check runs once for the whole batch."""
+    def redact_batch(self, texts: list[str], arrow: pa.Array | pa.ChunkedArray | None = None) -> list[Redaction]:
+        """`redact` for each text; the pre-check runs once for the whole batch (see `candidates`)."""
+        out = [Redaction(t) for t in texts]
+        for i in self.candidates(texts, arrow):
+            out[i] = self._redact(texts[i])
+        return out
+
+    def candidates(self, texts: list[str | None], arrow: pa.Array | pa.ChunkedArray | None = None) -> list[int]:
+        """Indices of the texts that may hold PII: those the quick pre-check passes (all, with user patterns).
+        arrow: the same texts as an Arrow array, when the caller has built one already."""
         if self.has_user or not texts:
-            return [self._redact(t) for t in texts]
-        maybe = pc.match_substring_regex(pa.array(texts, type=pa.large_string()), pattern=_MAYBE_PII_RE2)
-        return [self._redact(t) if m else Redaction(t) for t, m in zip(texts, maybe.to_pylist(), strict=True)]
+            return list(range(len(texts)))
+        arrow = pa.array(texts, type=pa.large_string()) if arrow is None else arrow
+        maybe = pc.fill_null(pc.match_substring_regex(arrow, pattern=_MAYBE_PII_RE2), False)
+        return pc.indices_nonzero(maybe).to_pylist()
+
+    def found(self, texts: list[str | None], arrow: pa.Array | pa.ChunkedArray | None = None) -> dict[int, list[str]]:
+        """The PII kinds `redact` would replace, by index, for the texts that hold any (a null text holds none)."""
+        kinds = {i: sorted(self._redact(texts[i] or "").counts) for i in self.candidates(texts, arrow)}
+        return {i: k for i, k in kinds.items() if k}
 
     def redact(self, text: str) -> Redaction:
         if not self.has_user and not _MAYBE_PII.search(text):
