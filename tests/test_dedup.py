@@ -19,7 +19,8 @@ from vertical_dag.records import DOC_SCHEMA, make_doc_id, read_ledger, read_part
 from vertical_dag.stages.context import run_stage
 from vertical_dag.text.canonical import canonical_hash, canonical_text
 from vertical_dag.text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex
-from vertical_dag.text.lsh import KeyIndex, recall_bands
+from vertical_dag.text.key_index import KeyIndex
+from vertical_dag.text.lsh import recall_bands
 from vertical_dag.text.minhash import MinHasher, estimated_jaccard, exact_jaccard
 from vertical_dag.text.shingles import shingle_hashes, shingle_set
 
