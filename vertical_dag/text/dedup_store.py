@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .canonical import canonical_texts
-from .key_index import KeyIndex
+from .key_index import KeyIndex, mapped, npy_offset
 from .minhash import segment_positions
 from .shingles import shingle_hashes
 
@@ -41,6 +41,7 @@ class IndexStore:
         self.counter = [0]
         self._docs_cache: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
         self._open: dict | None = None  # the part being written
+        self._sig_offset: dict[int, int] = {}  # where each closed part's signatures start in its file
         self._recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (g0, hashes, offsets) of recent batches
         # earlier documents re-read for verification: in a heavily duplicated corpus the same ones (a popular
         # text's first copies) are candidates again and again. Only speed depends on what is cached.
@@ -139,7 +140,10 @@ class IndexStore:
         if self._open is not None and k == self._open["k"]:
             return self._open["sig"]
         # mapped for one lookup only: kept mappings held every signature page read so far (1.3 GB at 100x)
-        return np.load(self.folder / f"sig-{self.parts[k]['file']}.npy", mmap_mode="r")
+        path = self.folder / f"sig-{self.parts[k]['file']}.npy"
+        if k not in self._sig_offset:
+            self._sig_offset[k] = npy_offset(path)
+        return mapped(path, self._sig_offset[k], np.uint32, (self.parts[k]["count"], self.config.num_perm))
 
     # ------------------------------------------------------------ earlier documents by number
 
