@@ -19,7 +19,8 @@ from vertical_dag.records import DOC_SCHEMA, make_doc_id, read_ledger, read_part
 from vertical_dag.stages.context import run_stage
 from vertical_dag.text.canonical import canonical_hash, canonical_text
 from vertical_dag.text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex
-from vertical_dag.text.lsh import KeyIndex, recall_bands
+from vertical_dag.text.key_index import KeyIndex
+from vertical_dag.text.lsh import recall_bands
 from vertical_dag.text.minhash import MinHasher, estimated_jaccard, exact_jaccard
 from vertical_dag.text.shingles import shingle_hashes, shingle_set
 
@@ -139,7 +140,7 @@ def test_batch_signatures_match_single_documents_and_estimate_jaccard():
     assert abs(est - true) < 0.15
 
 
-def test_key_index_hits_do_not_depend_on_segments():
+def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 50, 500).astype(np.uint64)
     one, many = KeyIndex(), KeyIndex()
@@ -152,6 +153,17 @@ def test_key_index_hits_do_not_depend_on_segments():
         a, b = one.lookup(q, cap), many.lookup(q, cap)
         assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
     assert (one.lookup(q, 2)[1][:2] == np.flatnonzero(keys == 3)[:2]).all()
+    # hash-like keys, saved and reloaded segments, runs of equal keys across fence blocks: every hit found
+    keys = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    keys[5000:5100] = keys[4999]
+    index, counter = KeyIndex(max_merge=3000), [0]
+    for s in range(0, 20_000, 1500):
+        index.add(keys[s : s + 1500], np.arange(s, min(s + 1500, 20_000)))
+        index = KeyIndex.load(tmp_path, index.save(tmp_path, "k", counter)) if s % 3000 == 0 else index
+    q = np.concatenate((keys[::7], rng.integers(0, 2**64, 5000, dtype=np.uint64)))
+    qi, di = index.lookup(q, 64)
+    want = [(j, d) for j, k in enumerate(q.tolist()) for d in np.flatnonzero(keys == k)[:64].tolist()]
+    assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
 
 
 def test_chinese_near_duplicates_differing_by_a_few_characters_are_caught():

@@ -101,9 +101,10 @@ def write_parquet(table: pa.Table, path: Path | str, **kwargs: Any) -> None:
         pq.write_table(table, tmp, **kwargs)
 
 
-def write_json(obj: Any, path: Path | str) -> None:
+def write_json(obj: Any, path: Path | str, indent: int | None = 2) -> None:
+    """indent=None for files rewritten often and read by programs: json's C encoder runs only without indent."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, default=str) + "\n")
+        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=False, default=str) + "\n")
 
 
 def write_text(text: str, path: Path | str) -> None:

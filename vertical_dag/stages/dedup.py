@@ -20,6 +20,7 @@ import resource
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from ..text.canonical import hash_hex
 from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex, Prepared, prepare_batch
 from ..text.lsh import optimal_bands, recall_bands
 from .context import StageContext
-from .executor import Executor, make_executor
+from .executor import make_executor
 from .inputs import code_digest
 from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
 
@@ -97,10 +98,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     paths = {i: in_dir / f"{p['name']}.parquet" for i, p in enumerate(index.parts)}
 
     executor = make_executor(ctx.params.execution, None, sum(u.path.stat().st_size for u in plan.todo))
+    # one stream of batches over every part, so workers hash the next part's batches while this process
+    # decides the current one (a map per part left them idle at each part's end: 700 parts at 100x)
+    slices = [(u.path, *s) for u in plan.todo for s in batch_slices(pq.ParquetFile(u.path), ctx.params.dedup.batch_size)]
+    prepared = executor.map(_Prepare(config), slices)
 
     def work(unit: Unit) -> PartResult:
         paths[len(index.parts)] = unit.path
-        res = process_part(ctx, index, unit, paths, config, store, executor)
+        res = process_part(ctx, index, unit, paths, config, store, prepared)
         index.save()  # commit point 1: the index; state.json (commit point 2) names what it holds
         pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
         return res
@@ -128,20 +133,21 @@ def batch_slices(src: pq.ParquetFile, batch_size: int) -> list[tuple[int, int, i
 
 @dataclass(frozen=True)
 class _Prepare:
-    """Hash one batch of a part (canonical forms, shingles, signatures): the costly part, run on every core;
-    the decisions stay in this process, in order, so the outcome does not depend on the executor."""
+    """Hash one batch (path, row group, first row, rows): canonical forms, shingles, signatures. The costly
+    part, run on every core; the decisions stay in this process, in order, so the outcome does not depend
+    on the executor."""
 
-    path: Path
     config: DedupConfig
 
-    def __call__(self, s: tuple[int, int, int]) -> Prepared:
-        g, start, n = s
-        texts = pq.ParquetFile(self.path).read_row_group(g, columns=["text"]).slice(start, n)
+    def __call__(self, s: tuple[Path, int, int, int]) -> Prepared:
+        path, g, start, n = s
+        texts = pq.ParquetFile(path).read_row_group(g, columns=["text"]).slice(start, n)
         return prepare_batch(texts.column("text").to_pylist(), self.config)
 
 
 def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[int, Path], config: DedupConfig,
-                 store: PartStore, executor: Executor) -> PartResult:
+                 store: PartStore, prepared: Iterator[Prepared]) -> PartResult:
+    """Decide one part's batches in order; `prepared` yields their hashes (the stream over every part)."""
     src = pq.ParquetFile(unit.path)
     index.begin_part(unit.key, src.metadata.num_rows)
 
@@ -154,8 +160,8 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
     schema = schema.append(pa.field("family_id", pa.string()))
     with atomic_path(store.part_path(unit.part)) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            slices = batch_slices(src, ctx.params.dedup.batch_size)
-            for (g, start, n), prep in zip(slices, executor.map(_Prepare(unit.path, config), slices), strict=True):
+            for g, start, n in batch_slices(src, ctx.params.dedup.batch_size):
+                prep = next(prepared)
                 rb = src.read_row_group(g).slice(start, n)
                 ids = rb.column("doc_id").to_pylist()
                 dec = index.add_batch([], ids, fetch, prepared=prep)

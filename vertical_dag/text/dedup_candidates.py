@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lsh import KeyIndex, unique
+from .key_index import KeyIndex
+from .lsh import unique
 from .minhash import pair_jaccard, segment_positions
 
 VERIFY_MARGIN = 0.15  # candidates whose estimate is this far below the threshold are not worth verifying

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .canonical import canonical_texts
-from .lsh import KeyIndex
+from .key_index import KeyIndex, mapped, npy_offset
 from .minhash import segment_positions
 from .shingles import shingle_hashes
 
@@ -40,8 +40,8 @@ class IndexStore:
         self.bands_index, self.exact_index, self.family_index = KeyIndex(), KeyIndex(), KeyIndex()
         self.counter = [0]
         self._docs_cache: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
-        self._sig_cache: dict[int, np.ndarray] = {}
         self._open: dict | None = None  # the part being written
+        self._sig_offset: dict[int, int] = {}  # where each closed part's signatures start in its file
         self._recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (g0, hashes, offsets) of recent batches
         # earlier documents re-read for verification: in a heavily duplicated corpus the same ones (a popular
         # text's first copies) are candidates again and again. Only speed depends on what is cached.
@@ -69,7 +69,7 @@ class IndexStore:
                     "band_segments": bands, "exact_segments": exact, "family_segments": family,
                     "num_docs": self.num_docs}
         tmp = self.folder / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
+        tmp.write_text(json.dumps(manifest))  # no indent: C encoder (rewritten every part)
         tmp.replace(self.folder / "manifest.json")
         for sub, live in (("bands", bands), ("exact", exact), ("family", family)):
             for f in (self.folder / sub).glob("*.npy"):
@@ -96,7 +96,6 @@ class IndexStore:
         with open(path, "r+b") as f:
             os.posix_fallocate(f.fileno(), 0, os.path.getsize(path))
         self._open = {"k": k, "n_rows": n_rows, "sig": sig, "ids": [], "roots": [], "families": []}
-        self._sig_cache[k] = sig
 
     def end_part(self) -> None:
         o, part = self._open, self.parts[-1]
@@ -138,9 +137,13 @@ class IndexStore:
         return self._docs_cache[k]
 
     def _sig(self, k: int) -> np.ndarray:
-        if k not in self._sig_cache:
-            self._sig_cache[k] = np.load(self.folder / f"sig-{self.parts[k]['file']}.npy", mmap_mode="r")
-        return self._sig_cache[k]
+        if self._open is not None and k == self._open["k"]:
+            return self._open["sig"]
+        # mapped for one lookup only: kept mappings held every signature page read so far (1.3 GB at 100x)
+        path = self.folder / f"sig-{self.parts[k]['file']}.npy"
+        if k not in self._sig_offset:
+            self._sig_offset[k] = npy_offset(path)
+        return mapped(path, self._sig_offset[k], np.uint32, (self.parts[k]["count"], self.config.num_perm))
 
     # ------------------------------------------------------------ earlier documents by number
 

@@ -1,0 +1,225 @@
+"""An append-only uint64 key -> document number index that stays on disk: the dedup index's band keys,
+exact hashes and family keys.
+
+The index is a list of sorted segments that merge like a binary counter (a new segment merges into the
+previous one while that one is at most twice its size, up to `max_merge` keys), so there are O(log n)
+segments below that size and adding n keys costs O(n log n) amortised. A saved segment's keys and
+document numbers live in .npy files that are opened (memory-mapped) only for the length of one lookup, so
+what a run keeps resident does not grow with the index.
+
+What stays in memory per segment is small (about 2 bytes per key): a blocked Bloom filter (one 64-bit
+word per key, 4 bits set in it; 12-24 bits per key) and the first key of every `BLOCK` keys. Nearly every
+band key a batch asks for is new, so the filter answers most queries without touching the segment
+(measured: a sorted-array search touched every page of every segment for each batch, and its cost per
+query grew with the index); a query the filter lets through reads one block of keys, found by the fences.
+Keys are hashes (mix64 band keys, xxh3 canonical hashes), so their top bits choose the filter word and
+their low bits the 4 bits set in it; other keys are still found, only filtered less well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 64  # keys per fence: a query the filter passes reads 512 bytes of one segment
+BLOOM_BITS = 12  # filter bits per key at least (words are a power of two: up to twice that)
+CHUNK = 1 << 14  # queries per block read
+
+
+@lru_cache(maxsize=1)
+def _mask_table() -> np.ndarray:
+    """Two of a key's filter bits for each 12-bit value (bits x mod 64 and x div 64)."""
+    x = np.arange(4096, dtype=np.uint64)
+    return (np.uint64(1) << (x & np.uint64(63))) | (np.uint64(1) << (x >> np.uint64(6)))
+
+
+def _bloom_mask(keys: np.ndarray) -> np.ndarray:
+    """The 4 bits a key sets in its filter word, from its low 24 bits (two lookups in a 32 KB table:
+    measured 3x faster than four shifts)."""
+    t, low = _mask_table(), np.uint64(4095)
+    return t[keys & low] | t[(keys >> np.uint64(12)) & low]
+
+
+def _word_bits(n: int) -> int:
+    """log2 of the filter's word count for n keys (at least one word per 64 / BLOOM_BITS keys)."""
+    return max(0, int(np.ceil(np.log2(max(1.0, n * BLOOM_BITS / 64)))))
+
+
+def _words(keys: np.ndarray, w: int) -> np.ndarray:
+    return keys >> np.uint64(64 - w) if w else np.zeros(len(keys), np.uint64)  # a shift by 64 is undefined
+
+
+def build_bloom(sorted_keys: np.ndarray, bloom: np.ndarray | None = None) -> np.ndarray:
+    """The filter of a segment's (sorted) keys, or `bloom` with them added: sorted keys give sorted word
+    numbers, so each word is one OR-reduction over a run instead of a scattered update per key."""
+    if bloom is None:
+        bloom = np.zeros(1 << _word_bits(len(sorted_keys)), np.uint64)
+    w = len(bloom).bit_length() - 1
+    for a in range(0, len(sorted_keys), 1 << 22):  # bounded temporaries for a 16M-key merge
+        k = np.asarray(sorted_keys[a : a + (1 << 22)])
+        word = _words(k, w)
+        starts = np.flatnonzero(np.r_[True, word[1:] != word[:-1]])
+        bloom[word[starts]] |= np.bitwise_or.reduceat(_bloom_mask(k), starts)
+    return bloom
+
+
+def npy_offset(path: Path) -> int:
+    """Where an .npy file's data starts (read once, so mapping it later parses no header)."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        read(f)
+        return f.tell()
+
+
+def mapped(path: Path, offset: int, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only plain view of an .npy file's data, unmapped when the last reference goes."""
+    return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
+
+
+@dataclass
+class Segment:
+    """One sorted run of keys: in memory until saved, then in `folder/stem.*.npy`."""
+
+    size: int
+    bloom: np.ndarray  # uint64 filter words
+    fences: np.ndarray  # keys[::BLOCK]
+    keys: np.ndarray | None = None  # held only while not yet saved
+    docs: np.ndarray | None = None
+    stem: str | None = None
+    folder: Path | None = None
+
+    offsets: tuple[int, int] = (0, 0)  # data offsets of the keys and docs files
+
+    @classmethod
+    def of(cls, keys: np.ndarray, docs: np.ndarray, bloom: np.ndarray | None = None) -> Segment:
+        return cls(len(keys), build_bloom(keys) if bloom is None else bloom, np.array(keys[::BLOCK]), keys, docs)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, docs): memory-mapped for a saved segment, unmapped again once the caller drops them."""
+        if self.keys is not None:
+            return self.keys, self.docs
+        return (mapped(self.folder / f"{self.stem}.keys.npy", self.offsets[0], np.uint64, (self.size,)),
+                mapped(self.folder / f"{self.stem}.docs.npy", self.offsets[1], np.int64, (self.size,)))
+
+    def place(self, folder: Path, stem: str) -> None:
+        """Now read from folder/stem.*.npy."""
+        self.folder, self.stem, self.keys, self.docs = folder, stem, None, None
+        self.offsets = (npy_offset(folder / f"{stem}.keys.npy"), npy_offset(folder / f"{stem}.docs.npy"))
+
+    def may_hold(self, keys: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return (self.bloom[_words(keys, len(self.bloom).bit_length() - 1)] & masks) == masks
+
+    def find(self, seg_keys: np.ndarray, keys: np.ndarray, max_hits: int) -> tuple[np.ndarray, np.ndarray]:
+        """(first position of each key, equal keys from there, at most max_hits), reading one block per key
+        (`CHUNK` keys at a time: bounded temporaries even when every query hits)."""
+        seg_keys = np.asarray(seg_keys)  # a plain view: np.memmap's indexing is slower
+        last = self.size - 1
+        lo, cnt = np.empty(len(keys), np.int64), np.empty(len(keys), np.int64)
+        for a in range(0, len(keys), CHUNK):
+            q = keys[a : a + CHUNK, None]
+            start = np.maximum(np.searchsorted(self.fences, q[:, 0], side="left") - 1, 0) * BLOCK
+            pos = start[:, None] + np.arange(BLOCK)
+            lo[a : a + CHUNK] = start + ((seg_keys[np.minimum(pos, last)] < q) & (pos <= last)).sum(1)
+            pos = lo[a : a + CHUNK, None] + np.arange(max_hits)
+            cnt[a : a + CHUNK] = ((seg_keys[np.minimum(pos, last)] == q) & (pos <= last)).sum(1)
+        return lo, cnt  # equal keys are contiguous from lo, so their count in the window is the run's
+
+
+def _merge(k1: np.ndarray, d1: np.ndarray, k2: np.ndarray, d2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two sorted segments (the second newer) without sorting: each new key goes after the equal
+    older keys, so equal keys stay in document order. Needs only the output plus one index per new key."""
+    pos = np.searchsorted(k1, k2, side="right") + np.arange(len(k2))
+    n = len(k1) + len(k2)
+    older = np.ones(n, dtype=bool)
+    older[pos] = False
+    keys, docs = np.empty(n, dtype=np.uint64), np.empty(n, dtype=np.int64)
+    keys[pos], docs[pos] = k2, d2
+    keys[older], docs[older] = k1, d1
+    return keys, docs
+
+
+class KeyIndex:
+    """uint64 key -> int64 document number, as sorted segments (see module docstring)."""
+
+    def __init__(self, max_merge: int = 1 << 24) -> None:
+        self.max_merge = max_merge  # segments stop growing here (16M keys, 256 MB): bounds RAM during merges
+        self.segments: list[Segment] = []  # by age
+
+    def __len__(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def add(self, keys: np.ndarray, docs: np.ndarray) -> None:
+        keys = np.ascontiguousarray(keys, dtype=np.uint64).ravel()
+        docs = np.ascontiguousarray(docs, dtype=np.int64).ravel()
+        if len(keys) == 0:
+            return
+        # documents arrive in increasing order and segments are kept by age, so a stable sort by key
+        # leaves equal keys in document order (what lookup's "lowest document numbers" relies on)
+        assert len(docs) < 2 or (np.diff(docs) >= 0).all(), "documents must be added in order"
+        order = np.argsort(keys, kind="stable")
+        self.segments.append(Segment.of(keys[order], docs[order]))
+        while (len(self.segments) >= 2 and self.segments[-2].size <= 2 * self.segments[-1].size
+               and self.segments[-2].size + self.segments[-1].size <= self.max_merge):
+            older, newer = self.segments[-2:]
+            (k1, d1), (k2, d2) = older.arrays(), newer.arrays()
+            keys, docs = _merge(k1, d1, k2, d2)
+            bloom = None  # the older filter plus the newer keys when it has the merged size: half the work
+            if len(older.bloom) == 1 << _word_bits(len(keys)):
+                bloom = build_bloom(k2, older.bloom.copy())
+            self.segments[-2:] = [Segment.of(keys, docs, bloom)]
+
+    def lookup(self, keys: np.ndarray, max_hits: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """All (query position, document number) with equal keys, at most the `max_hits` lowest document
+        numbers per query key (the same hits whatever the segment layout), by query position then document."""
+        keys = np.ascontiguousarray(keys, dtype=np.uint64).ravel()
+        masks = _bloom_mask(keys)
+        qs, ds = [], []
+        for seg in self.segments:
+            maybe = np.flatnonzero(seg.may_hold(keys, masks))
+            if not len(maybe):
+                continue
+            seg_keys, seg_docs = seg.arrays()
+            lo, cnt = seg.find(seg_keys, keys[maybe], max_hits)
+            hit = cnt > 0
+            maybe, lo, cnt = maybe[hit], lo[hit], cnt[hit]
+            if not len(maybe):
+                continue
+            starts = np.repeat(lo - np.cumsum(cnt) + cnt, cnt)
+            ds.append(np.asarray(seg_docs)[starts + np.arange(cnt.sum())])
+            qs.append(np.repeat(maybe, cnt))
+        if not qs:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        q, d = np.concatenate(qs), np.concatenate(ds)
+        order = np.argsort(q * np.int64(d.max() + 1) + d)  # by query position, then document number
+        q, d = q[order], d[order]
+        if len(qs) > 1:  # keep the max_hits lowest per query across segments
+            first = np.searchsorted(q, q, side="left")
+            keep = np.arange(len(q)) - first < max_hits
+            q, d = q[keep], d[keep]
+        return q, d
+
+    # persistence: keys, docs, filter and fences .npy per segment, listed in the caller's manifest
+    def save(self, folder: Path, prefix: str, counter: list[int]) -> list[str]:
+        folder.mkdir(parents=True, exist_ok=True)
+        for seg in self.segments:
+            if seg.stem is None:
+                counter[0] += 1
+                stem = f"{prefix}-{counter[0]:08d}"
+                for part, a in (("keys", seg.keys), ("docs", seg.docs), ("bloom", seg.bloom), ("fences", seg.fences)):
+                    np.save(folder / f"{stem}.{part}.npy", a)
+                seg.place(folder, stem)  # read from disk from now on: the run's memory stays bounded
+        return [s.stem for s in self.segments]
+
+    @classmethod
+    def load(cls, folder: Path, stems: list[str]) -> KeyIndex:
+        index = cls()
+        for stem in stems:
+            keys = np.load(folder / f"{stem}.keys.npy", mmap_mode="r")
+            seg = Segment(len(keys), np.load(folder / f"{stem}.bloom.npy"), np.load(folder / f"{stem}.fences.npy"))
+            seg.place(folder, stem)
+            index.segments.append(seg)
+        return index
