@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..params import DedupParams
-from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, read_json, write_parquet
+from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, read_json, row_slices, write_parquet
 from ..text.canonical import hash_hex
 from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex, Prepared, prepare_batch
 from ..text.lsh import optimal_bands, recall_bands
@@ -100,7 +100,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     executor = make_executor(ctx.params.execution, None, sum(u.path.stat().st_size for u in plan.todo))
     # one stream of batches over every part, so workers hash the next part's batches while this process
     # decides the current one (a map per part left them idle at each part's end: 700 parts at 100x)
-    slices = [(u.path, *s) for u in plan.todo for s in batch_slices(pq.ParquetFile(u.path), ctx.params.dedup.batch_size)]
+    slices = [(u.path, *s) for u in plan.todo for s in row_slices(pq.ParquetFile(u.path), ctx.params.dedup.batch_size)]
     prepared = executor.map(_Prepare(config), slices)
 
     def work(unit: Unit) -> PartResult:
@@ -120,15 +120,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         executor.close()
     raise_failures(STAGE, failed)
     return metrics(store, plan, time.perf_counter() - started, config)
-
-
-def batch_slices(src: pq.ParquetFile, batch_size: int) -> list[tuple[int, int, int]]:
-    """(row group, first row, rows) of every batch: row groups cut to at most batch_size rows."""
-    out = []
-    for g in range(src.num_row_groups):
-        n = src.metadata.row_group(g).num_rows
-        out.extend((g, s, min(batch_size, n - s)) for s in range(0, n, batch_size))
-    return out
 
 
 @dataclass(frozen=True)
@@ -160,7 +151,7 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
     schema = schema.append(pa.field("family_id", pa.string()))
     with atomic_path(store.part_path(unit.part)) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for g, start, n in batch_slices(src, ctx.params.dedup.batch_size):
+            for g, start, n in row_slices(src, ctx.params.dedup.batch_size):
                 prep = next(prepared)
                 rb = src.read_row_group(g).slice(start, n)
                 ids = rb.column("doc_id").to_pylist()
