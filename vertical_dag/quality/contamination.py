@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..text.hash_spill import HashSpill, distinct, member
+from ..text.hash_spill import HashSpill, bucketed, distinct, distinct_per_doc, member
+from ..text.ngrams import NgramSpec
 
 Rows = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]  # (hashes, document indices), distinct per document
 
@@ -33,12 +34,10 @@ def _settings(params: Any) -> dict[str, Any]:
     return decontamination_settings(params)
 
 
-def ngram_hasher(params: Any) -> Callable[[str], np.ndarray]:
-    """text -> n-gram hashes, the way the split stage decontaminates."""
-    from ..text.ngrams import NgramSpec
-
+def ngram_spec(params: Any) -> NgramSpec:
+    """The n-grams the split stage decontaminates with."""
     settings = _settings(params)
-    return NgramSpec(word_n=int(settings["word_ngram"]), char_n=int(settings["char_ngram"])).hashes
+    return NgramSpec(word_n=int(settings["word_ngram"]), char_n=int(settings["char_ngram"]))
 
 
 def max_families(params: Any) -> int:
@@ -68,10 +67,10 @@ def measure(buckets: Rows, is_eval: np.ndarray, families: np.ndarray, max_groups
     return out
 
 
-def spill_texts(spill: HashSpill, texts: Iterable[tuple[np.ndarray, list[str | None]]],
-                hasher: Callable[[str], np.ndarray]) -> HashSpill:
-    """Every text's distinct n-gram hashes into the spill, batch by batch."""
+def spill_texts(spill: HashSpill, texts: Iterable[tuple[np.ndarray, list[str | None]]], spec: NgramSpec) -> HashSpill:
+    """Every text's distinct n-gram hashes into the spill, a batch at a time."""
     for idx, batch in texts:
-        spill.add(idx, [distinct(hasher(t or "")) for t in batch])
+        h, w = spec.hashes_batch([t or "" for t in batch])
+        spill.add_bucketed(*bucketed(idx, *distinct_per_doc(h, w)))
     spill.finish()
     return spill

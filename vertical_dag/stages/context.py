@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,13 +91,6 @@ def make_context(name: str, project: Project, params: Params | None = None) -> S
                         log=stage_logger(name), full_params=params)
 
 
-def _import_gate_early() -> None:
-    """Import Great Expectations (several seconds) on a thread while the stage works, instead of after it: a
-    stage whose work runs on other cores mostly waits here, and its gate then starts at once."""
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines would drown the stage's
-    threading.Thread(target=importlib.import_module, args=("great_expectations",), name="import-gx", daemon=True).start()
-
-
 def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, Any]:
     """Validate params, run one stage, write its metrics, then run its quality gate.
 
@@ -113,7 +105,9 @@ def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, An
     ctx = make_context(name, project, params)
     with stage_lock(project, name):
         if gate and params.gates.enabled:
-            _import_gate_early()
+            from ..quality.validate import import_early
+
+            import_early()
         module = importlib.import_module(f"vertical_dag.stages.{name}")
         started = time.perf_counter()
         metrics = module.run(ctx)
