@@ -6,6 +6,7 @@ process holding the lock, a full tmpfs, an unreadable file).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from vertical_dag.project import Project
 from vertical_dag.records import read_ledger, read_parts
 from vertical_dag.stages import STAGES
 from vertical_dag.stages.context import ParamsView, UndeclaredParam, declared_keys
+from vertical_dag.stages.executor import WORKER_NICE, LocalPool
 from vertical_dag.stages.lock import stage_lock
 
 from .conftest import BIN, run_cli
@@ -282,6 +284,19 @@ def test_local_pool_gives_the_same_outputs_as_one_process(project: Path, tmp_pat
     cut = [r for r in results["1"]["split ledger"] if r["reason"] == "contaminated_span"]
     assert len(cut) >= 3  # spans shared across splits were found and cut, the same way by both
     assert results["1"] == results["2"]
+
+
+def test_pool_workers_leave_the_stage_process_a_core():
+    # the stage's own process makes the in-order decisions (dedup) and writes: with as many workers as
+    # cores at equal priority it got two thirds of a core, and the 2-worker run lost a third of its gain
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    pool = LocalPool(2)
+    try:
+        niceness = list(pool.map(functools.partial(os.getpriority, os.PRIO_PROCESS), [0] * 4))
+    finally:
+        pool.close()
+    assert niceness == [max(own, WORKER_NICE)] * 4
+    assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the stage's process keeps its priority
 
 
 def _free_port() -> int:

@@ -41,7 +41,7 @@ class InProcess:
 class LocalPool:
     """A pool of `workers` processes (spawned: no inherited locks or threads), started on first use and kept
     for every later map() until close(); at most `window` items in flight, so memory stays bounded however
-    many parts there are."""
+    many parts there are. Workers run at lower CPU priority (WORKER_NICE) than the stage's process."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -51,7 +51,8 @@ class LocalPool:
         import multiprocessing as mp
 
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_lower_priority)
         pending: deque[Future] = deque()
         for item in items:
             pending.append(self._pool.submit(fn, item))
@@ -95,6 +96,18 @@ class RayTasks:
 
     def close(self) -> None:
         pass  # the cluster outlives the stage
+
+
+WORKER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Workers yield the CPU to the stage's own process: its in-order decisions and writes are the critical
+    path, and with as many workers as cores it would otherwise get a share of a core, not a core."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), WORKER_NICE))
+    except (AttributeError, OSError):
+        pass
 
 
 def _apply(fn: Callable[[T], R], item: T) -> R:
