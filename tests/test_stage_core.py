@@ -244,11 +244,11 @@ def test_stale_temporaries_never_stay_in_outputs(project: Path):
     write_docs(project / "data/raw/docs/a.jsonl", 30, 1)
     run_cli("run", "ingest", "--no-gate", cwd=project)
     run_cli("run", "dedup", "--no-gate", cwd=project)
-    for rel in ("data/deduplicated/parts", "data/normalized/parts", "data/normalized/ledger"):
+    for rel in ("data/deduplicated/parts", "data/normalized/parts", "data/normalized/ledger", "data/splits"):
         (project / rel).mkdir(parents=True, exist_ok=True)
         (project / rel / ".x.parquet.abc.tmp").write_bytes(b"left by a killed run")
-    run_cli("run", "dedup", "--no-gate", cwd=project)
-    run_cli("run", "normalize", "--no-gate", cwd=project)
+    for stage in ("dedup", "normalize", "split"):  # split writes no parts: it cleans up all the same
+        run_cli("run", stage, "--no-gate", cwd=project)
     assert not list((project / "data").rglob(".*.tmp"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -93,6 +94,14 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_temporaries(folder: Path | str) -> None:
+    """Remove what atomic_path leaves when a run is killed mid-write (.name.*.tmp, anywhere under folder):
+    a stage does this at its start, under its lock, so none of them ends up in a DVC output."""
+    folder = Path(folder)
+    for tmp in folder.rglob(".*.tmp") if folder.exists() else []:
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def write_parquet(table: pa.Table, path: Path | str, **kwargs: Any) -> None:

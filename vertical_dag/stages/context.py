@@ -12,6 +12,7 @@ from typing import Any
 from ..params import Params, load_params
 from ..pipes import report_stage
 from ..project import Project
+from ..records import remove_temporaries
 from . import STAGES, Stage
 from .lock import stage_lock
 from .metrics import write_stage_metrics
@@ -108,6 +109,7 @@ def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, An
             from ..quality.validate import import_early
 
             import_early()
+        remove_temporaries(ctx.out)  # a killed run's half-written files (the lock: nobody else is writing)
         module = importlib.import_module(f"vertical_dag.stages.{name}")
         started = time.perf_counter()
         metrics = module.run(ctx)

@@ -142,15 +142,9 @@ class PartStore:
     def profile_path(self, part: str) -> Path:
         return self.profile_dir / f"{part}.parquet"
 
-    def clean_temporaries(self) -> None:
-        """Temporaries of an interrupted run (.name.*.tmp) anywhere in the output folder."""
-        for tmp in self.out.rglob(".*.tmp") if self.out.exists() else []:
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
     def plan(self, units: Iterable[Unit], *, order_dependent: bool = False) -> Plan:
         """What to do. order_dependent: a changed or removed earlier unit invalidates every later decision
         (dedup), so it rebuilds everything instead of redoing one unit."""
-        self.clean_temporaries()
         units = list(units)
         previous = set(self.units)
         rebuild = None
