@@ -20,7 +20,7 @@ from vertical_dag.stages.context import run_stage
 from vertical_dag.text.canonical import canonical_hash, canonical_text
 from vertical_dag.text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex
 from vertical_dag.text.key_index import KeyIndex
-from vertical_dag.text.lsh import recall_bands
+from vertical_dag.text.lsh import BatchBands, recall_bands
 from vertical_dag.text.minhash import MinHasher, estimated_jaccard, exact_jaccard
 from vertical_dag.text.shingles import shingle_hashes, shingle_set
 
@@ -164,6 +164,31 @@ def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
     qi, di = index.lookup(q, 64)
     want = [(j, d) for j, k in enumerate(q.tolist()) for d in np.flatnonzero(keys == k)[:64].tolist()]
     assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
+
+
+def test_batch_bands_sorted_in_a_worker_equal_sorting_the_subset_here():
+    """A worker sorts a batch's band keys once; the deciding process filters that order to the documents it
+    adds or pairs. Both must equal a stable sort of the subset, and a filter built over every key of the
+    batch (a superset) must find what a filter of the subset finds."""
+    rng = np.random.default_rng(3)
+    sig = rng.integers(0, 4, (300, 20), dtype=np.uint32)  # few values: many equal band keys across documents
+    bands = BatchBands.of(sig, 4, 5)
+    flat = bands.keys.ravel()
+    assert (flat[bands.order] == np.sort(flat)).all()
+    for mask in (np.ones(300, bool), rng.random(300) < 0.3, np.zeros(300, bool)):
+        assert (bands.order_of(mask) == np.argsort(bands.keys[mask].ravel(), kind="stable")).all()
+        numbers = np.arange(1000, 1300)
+        keys, docs = bands.sorted_keys(mask, numbers)
+        want = np.argsort(bands.keys[mask].ravel(), kind="stable")
+        assert (keys == bands.keys[mask].ravel()[want]).all()
+        assert (docs == np.repeat(numbers[mask], 4)[want]).all()
+        here, there = KeyIndex(), KeyIndex()
+        here.add(bands.keys[mask], np.repeat(numbers[mask], 4))
+        there.add_sorted(keys, docs, bands.bloom)
+        q = np.concatenate((flat, rng.integers(0, 2**64, 500, dtype=np.uint64)))
+        for a, b in zip(here.lookup(q, 8), there.lookup(q, 8), strict=True):
+            assert (a == b).all()
+        assert (len(there.lookup(flat, 8)[0]) > 0) == mask.any()
 
 
 def test_chinese_near_duplicates_differing_by_a_few_characters_are_caught():

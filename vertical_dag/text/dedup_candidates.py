@@ -13,26 +13,26 @@ from __future__ import annotations
 import numpy as np
 
 from .key_index import KeyIndex
-from .lsh import unique
+from .lsh import BatchBands, unique
 from .minhash import pair_jaccard, segment_positions
 
 VERIFY_MARGIN = 0.15  # candidates whose estimate is this far below the threshold are not worth verifying
 
 
-def candidates(index: KeyIndex, keys: np.ndarray, eligible: np.ndarray, g0: int, max_candidates: int
+def candidates(index: KeyIndex, bands: BatchBands, eligible: np.ndarray, g0: int, max_candidates: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """(batch position j, earlier document number i) pairs sharing a band of `index`, at most
     max_candidates of the earliest documents per (j, band), whether those are in earlier batches or
     this one (eligible ones)."""
-    b = keys.shape[1]
+    b = bands.keys.shape[1]
     js = np.flatnonzero(eligible)
-    flat = keys[js].ravel()
+    flat = bands.keys[js].ravel()
     q_j = np.repeat(js, b)
     q, d = index.lookup(flat, max_candidates)
     old_count = np.bincount(q, minlength=len(flat))
     pairs_j, pairs_i = [q_j[q]], [d]
     # in-batch: sort (key, position); each member pairs with the earliest members before it
-    order = np.argsort(flat, kind="stable")  # q_j is already non-decreasing
+    order = bands.order_of(eligible)  # stable: q_j is already non-decreasing
     k_sorted, j_sorted = flat[order], q_j[order]
     group_start = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])
     sizes = np.diff(np.r_[group_start, len(flat)])
@@ -46,7 +46,7 @@ def candidates(index: KeyIndex, keys: np.ndarray, eligible: np.ndarray, g0: int,
         pairs_i.append(g0 + j_sorted[partner])
     pj, pi = np.concatenate(pairs_j), np.concatenate(pairs_i)
     keep = pi < g0 + pj  # a member never pairs with itself (same document in two bands is fine)
-    span = np.int64(g0 + len(keys))
+    span = np.int64(g0 + len(bands.keys))
     pair = unique(pj[keep].astype(np.int64) * span + pi[keep])  # one int64 key per pair: fast unique
     return pair // span, pair % span
 

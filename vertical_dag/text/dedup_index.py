@@ -34,7 +34,7 @@ import numpy as np
 from .dedup_candidates import candidates, rank_order, verify_in_rank_order
 from .dedup_prepare import EXACT, KEEP, NEAR, DedupConfig, Prepared, prepare_batch
 from .dedup_store import FetchTexts, IndexStore
-from .lsh import band_keys, unique
+from .lsh import unique
 from .minhash import estimated_jaccard
 
 __all__ = ["EXACT", "KEEP", "NEAR", "BatchResult", "DedupConfig", "DedupIndex", "FetchTexts", "Prepared",
@@ -81,10 +81,9 @@ class DedupIndex(IndexStore):
         n = len(prep.chash)
         d = _Decisions.empty(n)
         is_first = self._exact(prep, d, g0)
-        keys = band_keys(prep.sig, cfg.bands, cfg.rows)
         eligible = (d.action == KEEP) & (np.diff(prep.offsets) > 0)
         if cfg.near and eligible.any():
-            self._near(prep, keys, eligible, d, g0, fetch)
+            self._near(prep, eligible, d, g0, fetch)
 
         # clusters: each duplicate takes its match's root; matches are earlier, so one pass in order
         root = np.arange(g0, g0 + n, dtype=np.int64)
@@ -94,8 +93,8 @@ class DedupIndex(IndexStore):
         for j in np.flatnonzero(d.match >= g0).tolist():  # in-batch matches: already resolved, being earlier
             root[j] = root[d.match[j] - g0]
         kept = (d.action == KEEP) & (np.diff(prep.offsets) > 0)
-        family, fkeys = self._families(prep.sig, kept, root, g0)
-        self._remember(prep, doc_ids, d, is_first, keys, kept, root, family, fkeys, g0)
+        family = self._families(prep, kept, root, g0)
+        self._remember(prep, doc_ids, d, is_first, kept, root, family, g0)
         return BatchResult(d.action, root, d.match, d.est, d.verified, prep.chash, family, d.checks,
                            self._ids(root, doc_ids, g0), self._ids(d.match, doc_ids, g0), self._ids(family, doc_ids, g0))
 
@@ -130,11 +129,10 @@ class DedupIndex(IndexStore):
             out[a : a + step] = estimated_jaccard(rows[j[a : a + step]], rows[ri[a : a + step]])
         return out
 
-    def _near(self, prep: Prepared, keys: np.ndarray, eligible: np.ndarray, d: _Decisions, g0: int,
-              fetch: FetchTexts) -> None:
+    def _near(self, prep: Prepared, eligible: np.ndarray, d: _Decisions, g0: int, fetch: FetchTexts) -> None:
         """Near duplicates: LSH candidates among earlier documents, checked against the threshold."""
         cfg = self.config
-        cand_j, cand_i = candidates(self.bands_index, keys, eligible, g0, cfg.max_candidates)
+        cand_j, cand_i = candidates(self.bands_index, prep.bands, eligible, g0, cfg.max_candidates)
         if not len(cand_j):
             return
         e = self._estimates(prep.sig, cand_j, cand_i, g0)
@@ -153,8 +151,8 @@ class DedupIndex(IndexStore):
         if cfg.verify:
             d.verified[j] = score[ok]
 
-    def _remember(self, prep: Prepared, doc_ids: list[str], d: _Decisions, is_first: np.ndarray, keys: np.ndarray,
-                  kept: np.ndarray, root: np.ndarray, family: np.ndarray, fkeys: np.ndarray | None, g0: int) -> None:
+    def _remember(self, prep: Prepared, doc_ids: list[str], d: _Decisions, is_first: np.ndarray, kept: np.ndarray,
+                  root: np.ndarray, family: np.ndarray, g0: int) -> None:
         cfg, n = self.config, len(prep.chash)
         nums = np.arange(g0, g0 + n)
         if cfg.exact:
@@ -162,9 +160,9 @@ class DedupIndex(IndexStore):
             self.exact_index.add(prep.chash[fresh], nums[fresh])
         if cfg.near:
             add = (d.action != EXACT) & (np.diff(prep.offsets) > 0)
-            self.bands_index.add(keys[add], np.repeat(nums[add], cfg.bands))
-        if fkeys is not None:
-            self.family_index.add(fkeys[kept], np.repeat(nums[kept], cfg.family_bands))
+            self.bands_index.add_sorted(*prep.bands.sorted_keys(add, nums), prep.bands.bloom)
+        if prep.family_bands is not None and kept.any():
+            self.family_index.add_sorted(*prep.family_bands.sorted_keys(kept, nums), prep.family_bands.bloom)
         self.append_rows(prep.sig, doc_ids, root, family, prep.hashes, prep.offsets, g0)
 
     def _ids(self, g: np.ndarray, doc_ids: list[str], g0: int) -> list[str]:
@@ -175,18 +173,15 @@ class DedupIndex(IndexStore):
                 out[i] = s
         return out
 
-    def _families(self, sig: np.ndarray, kept: np.ndarray, root: np.ndarray, g0: int
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Family founder of every batch document (see the module docstring) and the kept ones' family band
-        keys (None when families are off). A pass in document order, as candidates are earlier documents."""
-        cfg, n = self.config, len(root)
+    def _families(self, prep: Prepared, kept: np.ndarray, root: np.ndarray, g0: int) -> np.ndarray:
+        """Family founder of every batch document (see the module docstring). A pass in document order, as
+        candidates are earlier documents."""
+        n = len(root)
         family = np.arange(g0, g0 + n, dtype=np.int64)
-        fkeys = None
-        if cfg.family_threshold > 0 and kept.any():
-            fkeys = band_keys(sig, cfg.family_bands, cfg.family_rows)
-            cand_j, cand_i = candidates(self.family_index, fkeys, kept, g0, cfg.max_candidates)
-            sim = self._estimates(sig, cand_j, cand_i, g0)
-            ok = sim >= cfg.family_threshold
+        if prep.family_bands is not None and kept.any():
+            cand_j, cand_i = candidates(self.family_index, prep.family_bands, kept, g0, self.config.max_candidates)
+            sim = self._estimates(prep.sig, cand_j, cand_i, g0)
+            ok = sim >= self.config.family_threshold
             cand_j, cand_i, sim = cand_j[ok], cand_i[ok], sim[ok]
             order = rank_order(cand_j, cand_i, sim)  # per document: most similar first, then earliest
             cand_j, cand_i = cand_j[order], cand_i[order]
@@ -203,4 +198,4 @@ class DedupIndex(IndexStore):
             family[old_root] = self.families_of(root[old_root])
         for j in np.flatnonzero(dup & (root >= g0)).tolist():
             family[j] = family[root[j] - g0]
-        return family, fkeys
+        return family

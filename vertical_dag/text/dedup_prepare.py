@@ -9,6 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 from .canonical import canonical_hashes, canonical_texts
+from .lsh import BatchBands
 from .minhash import MinHasher
 from .shingles import shingle_hashes
 
@@ -50,6 +51,8 @@ class Prepared:
     hashes: np.ndarray  # shingle hashes of the whole batch ...
     offsets: np.ndarray  # ... document i's are hashes[offsets[i]:offsets[i+1]]
     sig: np.ndarray  # (n, num_perm) uint32 MinHash signatures
+    bands: BatchBands | None  # near-duplicate band keys (None: no near-duplicate search)
+    family_bands: BatchBands | None  # template-family band keys (None: no families)
 
 
 @lru_cache(maxsize=4)
@@ -58,8 +61,10 @@ def _hasher(num_perm: int, seed: int) -> MinHasher:
 
 
 def prepare_batch(texts: list[str], config: DedupConfig) -> Prepared:
-    """Canonical forms, their hashes, shingles and signatures of a batch: the costly, parallel part."""
+    """Canonical forms, their hashes, shingles, signatures and band keys of a batch: the costly, parallel part."""
     canon = canonical_texts(texts)
     hashes, offsets = shingle_hashes(canon, **config.shingle_args())
     sig = _hasher(config.num_perm, config.seed).signatures(hashes, offsets)
-    return Prepared(canonical_hashes(canon), hashes, offsets, sig)
+    family = BatchBands.of(sig, config.family_bands, config.family_rows) if config.family_threshold > 0 else None
+    return Prepared(canonical_hashes(canon), hashes, offsets, sig,
+                    BatchBands.of(sig, config.bands, config.rows) if config.near else None, family)

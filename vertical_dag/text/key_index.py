@@ -161,7 +161,16 @@ class KeyIndex:
         # leaves equal keys in document order (what lookup's "lowest document numbers" relies on)
         assert len(docs) < 2 or (np.diff(docs) >= 0).all(), "documents must be added in order"
         order = np.argsort(keys, kind="stable")
-        self.segments.append(Segment.of(keys[order], docs[order]))
+        self.add_sorted(keys[order], docs[order])
+
+    def add_sorted(self, keys: np.ndarray, docs: np.ndarray, bloom: np.ndarray | None = None) -> None:
+        """add() of keys already sorted, equal keys by document (lsh.BatchBands.sorted_keys); `bloom`: a filter
+        holding at least these keys (built here when None, or when its size is not the one for len(keys))."""
+        if len(keys) == 0:
+            return
+        if bloom is not None and len(bloom) != 1 << _word_bits(len(keys)):
+            bloom = None
+        self.segments.append(Segment.of(keys, docs, bloom))
         while (len(self.segments) >= 2 and self.segments[-2].size <= 2 * self.segments[-1].size
                and self.segments[-2].size + self.segments[-1].size <= self.max_merge):
             older, newer = self.segments[-2:]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from .key_index import build_bloom
 from .shingles import mix64
 
 # ---------------------------------------------------------------- banding
@@ -72,3 +75,34 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     for j in range(rows):
         h = mix64(h ^ cols[:, :, j])
     return h
+
+
+@dataclass
+class BatchBands:
+    """A batch's band keys, with what adding them to a KeyIndex or pairing them within the batch needs
+    sorted: computed where the signatures are (a worker), so the process deciding in order only filters."""
+
+    keys: np.ndarray  # (n_docs, bands) uint64
+    order: np.ndarray  # stable argsort of keys.ravel() (int32 positions: document * bands + band)
+    bloom: np.ndarray  # key_index filter of all the keys (a superset of any subset's: still a valid filter)
+
+    @classmethod
+    def of(cls, sig: np.ndarray, bands: int, rows: int) -> BatchBands:
+        keys = band_keys(sig, bands, rows)
+        order = np.argsort(keys.ravel(), kind="stable").astype(np.int32)
+        return cls(keys, order, build_bloom(keys.ravel()[order]))
+
+    def order_of(self, docs: np.ndarray) -> np.ndarray:
+        """np.argsort(keys[docs].ravel(), kind="stable") for a boolean mask of documents, without sorting:
+        a stable order filtered to a subset is the subset's stable order."""
+        b = self.keys.shape[1]
+        doc = self.order // b
+        keep = docs[doc]
+        rank = np.cumsum(docs) - 1  # a document's row among the selected ones
+        return rank[doc[keep]] * b + self.order[keep] % b
+
+    def sorted_keys(self, docs: np.ndarray, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, document numbers) of the documents in the mask, sorted by key, equal keys by document."""
+        b = self.keys.shape[1]
+        pos = self.order[docs[self.order // b]]
+        return self.keys.ravel()[pos], numbers[pos // b]
