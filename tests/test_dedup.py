@@ -54,12 +54,13 @@ def substitute(text: str, positions: list[int], repl: str = "甲") -> str:
     return "".join(chars)
 
 
-def run_index(texts: list[str], config: DedupConfig | None = None, folder: Path | None = None, batch: int = 1000):
+def run_index(texts: list[str], config: DedupConfig | None = None, folder: Path | None = None, batch: int = 1000,
+              background: bool = False):
     import tempfile
 
     config = config or DedupConfig()
     folder = Path(folder or tempfile.mkdtemp())
-    index = DedupIndex(folder, config)
+    index = DedupIndex(folder, config, background)
     index.begin_part("p", len(texts))
     results = [index.add_batch(texts[i : i + batch], [f"d{j}" for j in range(i, i + len(texts[i : i + batch]))],
                                lambda k, rows: [texts[r] for r in rows]) for i in range(0, len(texts), batch)]
@@ -156,14 +157,21 @@ def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
     # hash-like keys, saved and reloaded segments, runs of equal keys across fence blocks: every hit found
     keys = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
     keys[5000:5100] = keys[4999]
-    index, counter = KeyIndex(max_merge=3000), [0]
-    for s in range(0, 20_000, 1500):
-        index.add(keys[s : s + 1500], np.arange(s, min(s + 1500, 20_000)))
-        index = KeyIndex.load(tmp_path, index.save(tmp_path, "k", counter)) if s % 3000 == 0 else index
     q = np.concatenate((keys[::7], rng.integers(0, 2**64, 5000, dtype=np.uint64)))
-    qi, di = index.lookup(q, 64)
     want = [(j, d) for j, k in enumerate(q.tolist()) for d in np.flatnonzero(keys == k)[:64].tolist()]
-    assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
+    for background in (False, True):  # merged in place, or on a thread while adding, looking up and saving
+        folder, counter = tmp_path / str(background), [0]
+        index = KeyIndex(max_merge=3000, background=background)
+        for s in range(0, 20_000, 1500):
+            index.add(keys[s : s + 1500], np.arange(s, min(s + 1500, 20_000)))
+            qi, di = index.lookup(keys[: s + 1500 : 11], 64)
+            assert len(qi) >= len(keys[: s + 1500 : 11])  # every key added so far is found, merged or not
+            if s % 3000 == 0:
+                index = KeyIndex.load(folder, index.save(folder, "k", counter), background)
+        index.wait()
+        assert sum(seg.size for seg in index.segments) == 20_000
+        qi, di = index.lookup(q, 64)
+        assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
 
 
 def test_batch_bands_sorted_in_a_worker_equal_sorting_the_subset_here():
@@ -244,7 +252,9 @@ def test_decisions_do_not_depend_on_batch_boundaries():
     texts.append(texts[0])
     a1, r1, _ = run_index(texts, batch=1000)
     a2, r2, _ = run_index(texts, batch=7)
+    a3, r3, _ = run_index(texts, batch=7, background=True)  # segments merged on a thread meanwhile
     assert (a1 == a2).all() and (r1 == r2).all()
+    assert (a1 == a3).all() and (r1 == r3).all()
     assert (a1 == NEAR).sum() == 40 and (a1 == EXACT).sum() == 1
 
 

@@ -94,10 +94,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         shutil.rmtree(index_dir, ignore_errors=True)
     for d in (store.parts_dir, store.ledger_dir, index_dir):
         d.mkdir(parents=True, exist_ok=True)
-    index = DedupIndex.load(index_dir, config) if store.units else DedupIndex(index_dir, config)
+    executor = make_executor(ctx.params.execution, None, sum(u.path.stat().st_size for u in plan.todo))
+    background = executor.workers > 1  # index merges on a thread of their own: one worker means one core
+    index = DedupIndex.load(index_dir, config, background) if store.units else DedupIndex(index_dir, config, background)
     paths = {i: in_dir / f"{p['name']}.parquet" for i, p in enumerate(index.parts)}
 
-    executor = make_executor(ctx.params.execution, None, sum(u.path.stat().st_size for u in plan.todo))
     # one stream of batches over every part, so workers hash the next part's batches while this process
     # decides the current one (a map per part left them idle at each part's end: 700 parts at 100x)
     slices = [(u.path, *s) for u in plan.todo for s in row_slices(pq.ParquetFile(u.path), ctx.params.dedup.batch_size)]

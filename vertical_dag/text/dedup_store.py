@@ -34,10 +34,12 @@ FetchTexts = Callable[[int, np.ndarray], list[str]]
 class IndexStore:
     """Persistence and per-document lookups of the index; the decision rule lives in dedup_index.DedupIndex."""
 
-    def __init__(self, folder: Path, config) -> None:
+    def __init__(self, folder: Path, config, background: bool = False) -> None:
+        """background: merge the key indexes on a thread (for a run that has more than one core to use)."""
         self.folder, self.config = Path(folder), config
         self.parts: list[dict] = []  # {name, start, count, file}
-        self.bands_index, self.exact_index, self.family_index = KeyIndex(), KeyIndex(), KeyIndex()
+        # background: merged on a thread while this process decides the next batch (layout only changes)
+        self.bands_index, self.exact_index, self.family_index = (KeyIndex(background=background) for _ in range(3))
         self.counter = [0]
         self._docs_cache: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}
         self._open: dict | None = None  # the part being written
@@ -51,13 +53,13 @@ class IndexStore:
     # ------------------------------------------------------------ persistence
 
     @classmethod
-    def load(cls, folder: Path, config):
-        index = cls(folder, config)
+    def load(cls, folder: Path, config, background: bool = False):
+        index = cls(folder, config, background)
         manifest = json.loads((Path(folder) / "manifest.json").read_text())
         index.parts, index.counter = manifest["parts"], [manifest["counter"]]
-        index.bands_index = KeyIndex.load(index.folder / "bands", manifest["band_segments"])
-        index.exact_index = KeyIndex.load(index.folder / "exact", manifest["exact_segments"])
-        index.family_index = KeyIndex.load(index.folder / "family", manifest.get("family_segments", []))
+        index.bands_index = KeyIndex.load(index.folder / "bands", manifest["band_segments"], background)
+        index.exact_index = KeyIndex.load(index.folder / "exact", manifest["exact_segments"], background)
+        index.family_index = KeyIndex.load(index.folder / "family", manifest.get("family_segments", []), background)
         return index
 
     def save(self) -> None:

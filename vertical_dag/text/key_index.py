@@ -18,6 +18,9 @@ their low bits the 4 bits set in it; other keys are still found, only filtered l
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +30,12 @@ import numpy as np
 BLOCK = 64  # keys per fence: a query the filter passes reads 512 bytes of one segment
 BLOOM_BITS = 12  # filter bits per key at least (words are a power of two: up to twice that)
 CHUNK = 1 << 14  # queries per block read
+
+
+@lru_cache(maxsize=1)
+def _merger() -> ThreadPoolExecutor:
+    """The one thread that merges segments in the background, for every index of the process."""
+    return ThreadPoolExecutor(1, thread_name_prefix="key-index-merge")
 
 
 @lru_cache(maxsize=1)
@@ -143,11 +152,19 @@ def _merge(k1: np.ndarray, d1: np.ndarray, k2: np.ndarray, d2: np.ndarray) -> tu
 
 
 class KeyIndex:
-    """uint64 key -> int64 document number, as sorted segments (see module docstring)."""
+    """uint64 key -> int64 document number, as sorted segments (see module docstring).
 
-    def __init__(self, max_merge: int = 1 << 24) -> None:
+    With `background`, merges run on a thread (numpy releases the GIL for them) while the caller goes on
+    adding and looking up: a lookup finds the same hits whatever the segment layout, so it may see two
+    segments or their merge. A merge's error is raised by the next add, lookup or save."""
+
+    def __init__(self, max_merge: int = 1 << 24, background: bool = False) -> None:
         self.max_merge = max_merge  # segments stop growing here (16M keys, 256 MB): bounds RAM during merges
         self.segments: list[Segment] = []  # by age
+        self.background = background
+        self._lock = threading.Lock()  # guards `segments`, `_merging` and `_error` against the merge thread
+        self._merging = False
+        self._error: BaseException | None = None
 
     def __len__(self) -> int:
         return sum(s.size for s in self.segments)
@@ -166,28 +183,75 @@ class KeyIndex:
     def add_sorted(self, keys: np.ndarray, docs: np.ndarray, bloom: np.ndarray | None = None) -> None:
         """add() of keys already sorted, equal keys by document (lsh.BatchBands.sorted_keys); `bloom`: a filter
         holding at least these keys (built here when None, or when its size is not the one for len(keys))."""
+        self._raise()
         if len(keys) == 0:
             return
         if bloom is not None and len(bloom) != 1 << _word_bits(len(keys)):
             bloom = None
-        self.segments.append(Segment.of(keys, docs, bloom))
-        while (len(self.segments) >= 2 and self.segments[-2].size <= 2 * self.segments[-1].size
-               and self.segments[-2].size + self.segments[-1].size <= self.max_merge):
-            older, newer = self.segments[-2:]
-            (k1, d1), (k2, d2) = older.arrays(), newer.arrays()
-            keys, docs = _merge(k1, d1, k2, d2)
-            bloom = None  # the older filter plus the newer keys when it has the merged size: half the work
-            if len(older.bloom) == 1 << _word_bits(len(keys)):
-                bloom = build_bloom(k2, older.bloom.copy())
-            self.segments[-2:] = [Segment.of(keys, docs, bloom)]
+        segment = Segment.of(keys, docs, bloom)
+        with self._lock:
+            self.segments.append(segment)
+            if self._merging:
+                return  # the running merge loop looks again before it stops
+            self._merging = True
+        if self.background:
+            _merger().submit(self._merge_all)
+        else:
+            self._merge_all()
+
+    def _pair(self) -> tuple[Segment, Segment, tuple[np.ndarray, ...]] | None:
+        """The newest adjacent pair due to merge (the older at most twice the newer, as a binary counter
+        merges), with its arrays taken under the lock (saving moves a segment's arrays to disk)."""
+        for i in range(len(self.segments) - 2, -1, -1):
+            older, newer = self.segments[i], self.segments[i + 1]
+            if older.size <= 2 * newer.size and older.size + newer.size <= self.max_merge:
+                return older, newer, (*older.arrays(), *newer.arrays())
+        return None
+
+    def _merge_all(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    due = self._pair()
+                    if due is None:
+                        self._merging = False
+                        return
+                older, newer, (k1, d1, k2, d2) = due
+                keys, docs = _merge(k1, d1, k2, d2)
+                bloom = None  # the older filter plus the newer keys when it has the merged size: half the work
+                if len(older.bloom) == 1 << _word_bits(len(keys)):
+                    bloom = build_bloom(k2, older.bloom.copy())
+                merged = Segment.of(keys, docs, bloom)
+                with self._lock:  # only this loop removes segments, so the pair is still adjacent
+                    i = next(k for k, s in enumerate(self.segments) if s is older)
+                    self.segments[i : i + 2] = [merged]
+        except BaseException as e:
+            with self._lock:
+                self._error, self._merging = e, False
+            if not self.background:
+                raise
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError("merging index segments failed") from error
+
+    def wait(self) -> None:
+        """Until no merge is running (the layout is then the one merging in place would give)."""
+        while self._merging:
+            time.sleep(0.005)
+        self._raise()
 
     def lookup(self, keys: np.ndarray, max_hits: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """All (query position, document number) with equal keys, at most the `max_hits` lowest document
         numbers per query key (the same hits whatever the segment layout), by query position then document."""
+        self._raise()
         keys = np.ascontiguousarray(keys, dtype=np.uint64).ravel()
         masks = _bloom_mask(keys)
         qs, ds = [], []
-        for seg in self.segments:
+        with self._lock:
+            segments = list(self.segments)
+        for seg in segments:
             maybe = np.flatnonzero(seg.may_hold(keys, masks))
             if not len(maybe):
                 continue
@@ -213,19 +277,22 @@ class KeyIndex:
 
     # persistence: keys, docs, filter and fences .npy per segment, listed in the caller's manifest
     def save(self, folder: Path, prefix: str, counter: list[int]) -> list[str]:
+        """Write the segments not yet on disk; the stems of the layout saved (a merge waits meanwhile)."""
+        self._raise()
         folder.mkdir(parents=True, exist_ok=True)
-        for seg in self.segments:
-            if seg.stem is None:
-                counter[0] += 1
-                stem = f"{prefix}-{counter[0]:08d}"
-                for part, a in (("keys", seg.keys), ("docs", seg.docs), ("bloom", seg.bloom), ("fences", seg.fences)):
-                    np.save(folder / f"{stem}.{part}.npy", a)
-                seg.place(folder, stem)  # read from disk from now on: the run's memory stays bounded
-        return [s.stem for s in self.segments]
+        with self._lock:
+            for seg in self.segments:
+                if seg.stem is None:
+                    counter[0] += 1
+                    stem = f"{prefix}-{counter[0]:08d}"
+                    for part, a in (("keys", seg.keys), ("docs", seg.docs), ("bloom", seg.bloom), ("fences", seg.fences)):
+                        np.save(folder / f"{stem}.{part}.npy", a)
+                    seg.place(folder, stem)  # read from disk from now on: the run's memory stays bounded
+            return [s.stem for s in self.segments]
 
     @classmethod
-    def load(cls, folder: Path, stems: list[str]) -> KeyIndex:
-        index = cls()
+    def load(cls, folder: Path, stems: list[str], background: bool = False) -> KeyIndex:
+        index = cls(background=background)
         for stem in stems:
             keys = np.load(folder / f"{stem}.keys.npy", mmap_mode="r")
             seg = Segment(len(keys), np.load(folder / f"{stem}.bloom.npy"), np.load(folder / f"{stem}.fences.npy"))
