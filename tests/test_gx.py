@@ -63,3 +63,28 @@ def test_large_tables_skip_only_the_fingerprint(tmp_path: Path, monkeypatch) -> 
     assert [e.name for e in failed] == ["doc_ids_unique"] and failed[0].observed["unexpected"] == 2  # same checks
     assert fingerprints() == [True, False]
     assert pandas_execution_engine.HASH_THRESHOLD == 1e9  # GE's own setting is back after the gate
+
+
+def test_the_gate_process_validates_as_the_stage_would_and_a_dead_one_falls_back(tmp_path: Path, caplog) -> None:
+    """The gate runs in a process started with the stage (it imports GE meanwhile); its verdict is the one
+    validating in the stage's own process gives, and a gate process that died leaves the gate to the stage."""
+    import os
+
+    from vertical_dag.quality.gate_process import GateProcess
+
+    write_stage(tmp_path, "data/ingested", [*ids(9), "d000"], TEXTS[:10])  # a duplicated id: fails
+    here = validate_stage("ingest", Project(tmp_path), Params(), INGEST_METRICS)
+    process = GateProcess()
+    try:
+        there = process.validate("ingest", Project(tmp_path), Params(), INGEST_METRICS)
+        (child,) = process._pool._processes  # the pool's one process: a separate interpreter
+        assert child != os.getpid()
+        assert [(e.name, e.success, e.observed) for e in there.expectations] == \
+            [(e.name, e.success, e.observed) for e in here.expectations]
+        assert "doc_ids_unique" in {e.name for e in there.failed()}
+        os.kill(child, 9)
+        again = process.validate("ingest", Project(tmp_path), Params(), INGEST_METRICS)
+    finally:
+        process.close()
+    assert [(e.name, e.success) for e in again.expectations] == [(e.name, e.success) for e in here.expectations]
+    assert "gate process failed" in caplog.text

@@ -12,6 +12,9 @@ import os
 import random
 import shutil
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,7 +28,7 @@ from vertical_dag.stages.context import ParamsView, UndeclaredParam, declared_ke
 from vertical_dag.stages.executor import WORKER_NICE, LocalPool
 from vertical_dag.stages.lock import stage_lock
 
-from .conftest import BIN, run_cli
+from .conftest import BIN, REPO, run_cli
 
 WORDS = ("party shall agree terms payment notice court section clause liability damages goods seller buyer "
          "delivery warranty invoice termination breach remedy").split()
@@ -297,6 +300,42 @@ def test_pool_workers_leave_the_stage_process_a_core():
         pool.close()
     assert niceness == [max(own, WORKER_NICE)] * 4
     assert os.getpriority(os.PRIO_PROCESS, 0) == own  # the stage's process keeps its priority
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended; only its entry waits for whoever adopted it
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_a_killed_stage_leaves_no_pool_or_gate_process_behind(tmp_path: Path):
+    # SIGKILL runs no cleanup: the pool's workers and the gate process must end with the stage's process
+    script = tmp_path / "stage.py"
+    script.write_text(textwrap.dedent("""
+        import os, time
+        from vertical_dag.quality.gate_process import GateProcess
+        from vertical_dag.stages.executor import LocalPool
+
+        if __name__ == "__main__":
+            pool, gate = LocalPool(2), GateProcess()
+            list(pool.map(abs, range(8)))  # the workers are up
+            gate._pool.submit(abs, 1).result()  # the gate process is up
+            print(" ".join(str(p) for p in [*pool._pool._processes, *gate._pool._processes]), flush=True)
+            time.sleep(600)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    children = [int(p) for p in proc.stdout.readline().split()]
+    assert len(children) == 3 and all(_alive(p) for p in children)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in children if _alive(p)]
 
 
 def _free_port() -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,10 +240,11 @@ def validate_stage(stage: str, project: Project, params: Params, metrics: dict[s
     return result
 
 
-def run_gate(ctx: Any, metrics: dict[str, Any]) -> GateResult:
+def run_gate(ctx: Any, metrics: dict[str, Any], validate: Callable[..., GateResult] | None = None) -> GateResult:
     """Validate the stage's outputs and always write the gate files (an empty passing gate for a stage
-    without a suite, since every DVC stage declares data/gates/<stage>.json as an output)."""
-    result = validate_stage(ctx.spec.name, ctx.project, ctx.params, metrics)
+    without a suite, since every DVC stage declares data/gates/<stage>.json as an output). validate:
+    validate_stage or a stand-in with its signature (gate_process.GateProcess.validate)."""
+    result = (validate or validate_stage)(ctx.spec.name, ctx.project, ctx.params, metrics)
     write_gate(result, ctx.project.gates_dir)
     level = logging.INFO if result.success else logging.ERROR
     ctx.log.log(level, "gate %s: %s (%d expectations, %.1f s); report in %s", result.stage,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,11 +29,11 @@ DATA_SOURCE = "vertical_dag"  # one pandas data source; one dataframe asset per 
 DATA_DOCS_INDEX = "gx/uncommitted/data_docs/local_site/index.html"
 
 
-def import_early() -> None:
-    """Import Great Expectations (several seconds) on a thread while a stage works, instead of when its gate
-    starts: a stage whose work runs on other cores mostly waits, and its gate then starts at once."""
+def import_gx() -> None:
+    """Import Great Expectations (seconds) with its loggers quiet: what the gate process does first, while
+    the stage works (quality/gate_process.py)."""
     _quiet("great_expectations")
-    threading.Thread(target=importlib.import_module, args=("great_expectations",), name="import-gx", daemon=True).start()
+    importlib.import_module("great_expectations")
 
 
 def gx_context(root: Path) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,15 @@ def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, An
     params = load_params(project.params_file)  # raises ParamsError before any output is touched
     check_paths(params, project.root, STAGES[name].path_params)
     ctx = make_context(name, project, params)
-    with stage_lock(project, name):
-        if gate and params.gates.enabled:
-            from ..quality.validate import import_early
+    with stage_lock(project, name), ExitStack() as stack:
+        from ..quality.suites import checks_for
 
-            import_early()
+        gate_process = None
+        if gate and params.gates.enabled and checks_for(name, params):
+            from ..quality.gate_process import GateProcess
+
+            gate_process = GateProcess()  # imports Great Expectations while the stage works
+            stack.callback(gate_process.close)
         remove_temporaries(ctx.out)  # a killed run's half-written files (the lock: nobody else is writing)
         module = importlib.import_module(f"vertical_dag.stages.{name}")
         started = time.perf_counter()
@@ -124,7 +129,7 @@ def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, An
         elif not gate:
             result = quality_gate.skip_gate(ctx, "run with --no-gate")
         else:
-            result = quality_gate.run_gate(ctx, metrics)
+            result = quality_gate.run_gate(ctx, metrics, gate_process.validate if gate_process else None)
         after = getattr(module, "after_gate", None)
         if after is not None:  # e.g. a report or model card that shows the gate's verdict
             after(ctx, metrics, result)

@@ -10,7 +10,10 @@ module-level function, or a functools.partial of one with plain data).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -52,7 +55,7 @@ class LocalPool:
 
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_lower_priority)
+                                             initializer=_start_worker, initargs=(os.getpid(),))
         pending: deque[Future] = deque()
         for item in items:
             pending.append(self._pool.submit(fn, item))
@@ -99,11 +102,29 @@ class RayTasks:
 
 
 WORKER_NICE = 10
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _lower_priority() -> None:
-    """Workers yield the CPU to the stage's own process: its in-order decisions and writes are the critical
-    path, and with as many workers as cores it would otherwise get a share of a core, not a core."""
+def die_with_parent(parent: int) -> None:
+    """End this helper process when the stage's process `parent` ends, killed included: a killed stage runs
+    no cleanup, and its pool's processes would otherwise wait on their queue for ever (Linux: the parent-death
+    signal; elsewhere nothing). The signal comes when the thread that started this process ends: pools start
+    their processes from the stage's main thread."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the signal was asked for
+        os._exit(1)
+
+
+def _start_worker(parent: int) -> None:
+    """Workers end with the stage (die_with_parent) and yield the CPU to it: its in-order decisions and
+    writes are the critical path, and with as many workers as cores it would otherwise get a share of a
+    core, not a core."""
+    die_with_parent(parent)
     try:
         os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), WORKER_NICE))
     except (AttributeError, OSError):
