@@ -202,8 +202,9 @@ def test_decontamination_presets_follow_the_domain_and_params_win(tmp_path):
     assert m["decontamination"]["settings"] == {"preset": "legal", **PRESETS["legal"], "max_ngram_families": 3}
 
 
-def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path):
-    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
+@pytest.mark.parametrize("workers", [1, 2])  # 2: the old training texts are hashed on a process pool
+def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path, workers):
+    proj = make_project(tmp_path / "p", {**params(decontaminate=DECON), "execution": {"workers": workers}})
     shared = "任何单位和个人不得侵占、挪用、截留或者私分依照本法规定应当用于公共事业的专项资金和物资"
     old = doc_rows([f"第十条　{shared}，并追究责任。"], "a", ids=["old-train"], clusters=[key_in("train", "r")])
     write_norm_part(proj.root, "a", old + doc_rows([article(i) for i in range(40)], "a"))
@@ -215,6 +216,7 @@ def test_a_new_test_document_never_evicts_an_old_train_document(tmp_path):
     m = run_stage("split", proj, gate=False)
     assert split_map(proj.root)["old-train"] == "train" and "new-test" not in split_map(proj.root)
     assert m["dropped"] == 1 and m["contaminated_eval_documents"] == 1 and m["contaminated_train_documents"] == 0
+    assert m["workers"] == workers
     row = next(r for r in read_ledger(proj.root / "data/splits/ledger").to_pylist() if r["action"] == "dropped")
     assert (row["doc_id"], row["ref_doc_id"]) == ("new-test", "old-train")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,14 @@ from ..text.decontaminate import (
     DROPPED,
     FLAGGED,
     Contamination,
+    Protected,
     decontaminate,
+    protected_rows,
     resolve_settings,
     spec_and_rule,
 )
 from ..text.hash_spill import HashSpill, bucket_of, distinct
+from ..text.ngrams import NgramSpec
 from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
 from . import STAGES
 from .context import StageContext
@@ -110,21 +114,46 @@ def decontamination_settings(params: Any) -> dict[str, Any]:
     return {"preset": preset, **resolve_settings(preset, dc.model_dump())}
 
 
-def _protected(ctx: StageContext, ids: pa.Array, trains: np.ndarray, same_settings: bool) -> Any:
-    """(index, text as trained on) of the current training documents that the last run's train.parquet
-    held (settings unchanged only), streamed."""
+def _protected(ctx: StageContext, ids: pa.Array, trains: np.ndarray, same_settings: bool, spec: NgramSpec,
+               spill: HashSpill, executor: Executor) -> Protected:
+    """The current training documents that the last run's train.parquet held (settings unchanged only), as
+    decontaminate's `protected`: each row group of that file hashed on the executor's workers."""
     old = ctx.out / "train.parquet"
 
-    def stream() -> Any:
+    def rows(wanted: np.ndarray, common: np.ndarray) -> Any:
         if not same_settings or not old.exists():
-            return
-        for batch in pq.ParquetFile(old).iter_batches(batch_size=8192, columns=["doc_id", "text"]):
-            pos = pc.fill_null(pc.index_in(batch.column("doc_id"), value_set=ids), -1).to_numpy()
-            for p, text in zip(pos.tolist(), batch.column("text").to_pylist(), strict=True):
-                if p >= 0 and trains[p]:
-                    yield p, text
+            return iter(())
+        f, tasks = pq.ParquetFile(old), []
+        # one lookup for the whole file: index_in builds its hash table of `ids` on every call
+        everyone = pc.fill_null(pc.index_in(f.read(columns=["doc_id"]).column("doc_id"), value_set=ids), -1).to_numpy()
+        start = 0
+        for g in range(f.num_row_groups):
+            pos = everyone[start : start + f.metadata.row_group(g).num_rows]
+            start += len(pos)
+            keep = np.flatnonzero(pos >= 0)
+            keep = keep[trains[pos[keep]]]
+            if len(keep):
+                tasks.append((old, g, keep, pos[keep]))
+        return executor.map(_ProtectedGroup(spec, spill.share("protect-wanted", wanted),
+                                            spill.share("protect-common", common)), tasks)
 
-    return stream
+    return rows
+
+
+@dataclass(frozen=True)
+class _ProtectedGroup:
+    """protected_rows of one row group of the last train.parquet (rows `keep`, documents `idx`), read by the
+    worker itself; the n-grams wanted and the boilerplate ones memory-mapped from the spill's folder."""
+
+    spec: NgramSpec
+    wanted: Path
+    common: Path
+
+    def __call__(self, task: tuple[Path, int, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        path, group, keep, idx = task
+        texts = pq.ParquetFile(path).read_row_group(group, columns=["text"]).column("text").take(pa.array(keep))
+        return protected_rows(self.spec, idx, texts.to_pylist(), np.load(self.wanted, mmap_mode="r"),
+                              np.load(self.common, mmap_mode="r"))
 
 
 def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.ndarray, families: pa.Array,
@@ -141,8 +170,9 @@ def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.nda
     selected = np.ones(len(ids), bool) if dc.internal else ~is_eval  # else evaluation splits: measured by the gate only
     item_ids = pa.array([ident for ident, _ in eval_items], pa.string())
     groups = pc.dictionary_encode(pa.concat_arrays([families, item_ids])).indices.to_numpy()
+    protected = _protected(ctx, ids, selected & ~is_eval, same_settings, spec, spill, executor)
     found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
-                          rule, _protected(ctx, ids, selected & ~is_eval, same_settings),
+                          rule, protected,
                           parts.hashed(spec, selected, is_eval, executor), executor.map)
     return found, eval_items, problems
 

@@ -63,6 +63,23 @@ Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 TextSource = Callable[[np.ndarray | None], Iterator[tuple[np.ndarray, list[str]]]]
 
 
+# protected(wanted, common) -> (hashes, documents) rows: protected_rows of every protected document, by batch
+Protected = Callable[[np.ndarray, np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]]
+
+
+def protected_rows(spec: NgramSpec, idx: np.ndarray, texts: list[str], wanted: np.ndarray, common: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(hash, document) of the distinct n-grams of protected documents idx that are in `wanted` and not in
+    `common` (both sorted), hashed a batch at once: pure, so any worker can (a text at a time, protecting the
+    training side took 4x the whole split)."""
+    h, counts = distinct_per_doc(*spec.hashes_batch(texts))
+    d = np.repeat(np.asarray(idx, np.int64), counts)
+    keep = member(h, wanted)
+    if len(common):
+        keep &= ~member(h, common)
+    return h[keep], d[keep]
+
+
 @dataclass
 class HashedBatch:
     """The distinct n-grams of a batch's selected documents as spill rows (hash_spill.bucketed), and the texts
@@ -280,19 +297,17 @@ class _Pass:
     def rare(self, h: np.ndarray) -> np.ndarray:
         return _rare(distinct(h), self.common)
 
-    def protect(self, protected: Iterable[tuple[int, str]]) -> None:
+    def protect(self, protected: Protected) -> None:
         """Cut or drop evaluation documents overlapping protected (earlier train) documents."""
         evals = sorted(self.eval_text)
         if not evals:
             return
         windows = dict(zip(evals, hash_each(self.spec, [self.eval_text[i] for i in evals]), strict=True))
-        c0 = distinct(np.concatenate(list(windows.values())))
+        c0 = distinct(np.concatenate(list(windows.values())))  # only these can meet an evaluation document's
         hashes, owners = [], []
-        for i, text in protected:
-            r = self.rare(self.spec.hashes(text))
-            r = r[member(r, c0)]  # only these can meet an evaluation document's n-grams
-            hashes.append(r)
-            owners.append(np.full(len(r), i, np.int64))
+        for h, d in protected(c0, self.common):
+            hashes.append(h)
+            owners.append(d)
         if not hashes:
             return
         prot = _Side(np.concatenate(hashes), np.concatenate(owners), self.name)
@@ -348,7 +363,7 @@ class _Pass:
 def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
                   groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, spill: HashSpill,
                   rule: DecontaminationRule = DecontaminationRule(),
-                  protected: Callable[[], Iterable[tuple[int, str]]] | None = None,
+                  protected: Protected | None = None,
                   hashed: Iterable[HashedBatch] | None = None, map_: Mapper = map) -> Contamination:
     """Decontaminate the selected training documents against the selected evaluation ones and the
     evaluation files' items.
@@ -356,8 +371,8 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
     texts: the corpus's texts by batch (TextSource); name(i): document i's id; is_eval / selected: per
     document; groups: an integer group (template family) per document, then one per evaluation item;
     spill: an empty HashSpill, left holding every selected document's distinct n-grams (original texts);
-    protected(): (document index, text as trained on) of the current training documents an earlier run
-    already trained on; hashed: the first pass's batches (hash_batch) computed elsewhere, e.g. on every core,
+    protected(wanted, common): the current training documents an earlier run already trained on, as
+    protected_rows of their texts as trained on (on every core, or here); hashed: the first pass's batches (hash_batch) computed elsewhere, e.g. on every core,
     in document order (default: hashed here from `texts`); map_: runs the passes over the spill's hash ranges
     (default: here, one after another)."""
     run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
@@ -365,7 +380,7 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
     run.hash_all(hashed)
     run.find_common()
     if protected is not None:
-        run.protect(protected())
+        run.protect(protected)
     run.eval_shares(run.check_train())
     return run.out
 
