@@ -9,23 +9,22 @@ by many forms, not leakage (vertical_dag.text.decontaminate); the clauses of one
 variants of it there are.
 
 `measure` works on (document, distinct n-gram hash) rows spilled to disk by hash range
-(vertical_dag/text/hash_spill.py) and settles one hash range at a time, so memory does not grow with the
-corpus. The rows come from the split files' texts (`spill_texts`), or from the split stage, which hashed
+(vertical_dag/text/hash_spill.py) and settles one hash range at a time (`measure_bucket`, on any core), so
+memory does not grow with the corpus. The rows come from the split files' texts (`spill_texts`), or from the split stage, which hashed
 every text already and records the result as a profile while it writes (split_profile.py), so the gate
 does not hash the corpus a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from ..text.hash_spill import HashSpill, bucketed, distinct, distinct_per_doc, member
+from ..text.lsh import unique
 from ..text.ngrams import NgramSpec
-
-Rows = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]  # (hashes, document indices), distinct per document
 
 
 def _settings(params: Any) -> dict[str, Any]:
@@ -44,23 +43,32 @@ def max_families(params: Any) -> int:
     return int(_settings(params)["max_ngram_families"])
 
 
-def measure(buckets: Rows, is_eval: np.ndarray, families: np.ndarray, max_groups: int) -> list[float]:
-    """Per document: for evaluation ones the share of their distinct rare n-grams found in train, 0.0 for
-    train ones. buckets(): (hash, document) rows in chunks that share no hash (HashSpill buckets), so each
-    chunk is settled alone; families: an integer template family per document."""
+def measure_bucket(h: np.ndarray, d: np.ndarray, is_eval: np.ndarray, families: np.ndarray, max_groups: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One bucket's part of `measure`: (evaluation documents, their distinct rare n-grams in the bucket, how
+    many of those are in train). Pure, so buckets can be settled on any core."""
     from ..text.decontaminate import common_hashes
 
-    n = len(is_eval)
-    total, found = np.zeros(n, np.int64), np.zeros(n, np.float64)
-    for h, d in buckets():
-        wanted = distinct(h[is_eval[d]])
-        m = member(h, wanted)  # every document's occurrences of the evaluation side's n-grams
-        h, d = h[m], d[m]
-        common = common_hashes(h, families[d], max_groups) if max_groups > 0 else np.empty(0, np.uint64)
-        in_train = distinct(h[~is_eval[d]])
-        own = is_eval[d] & ~member(h, common)
-        total += np.bincount(d[own], minlength=n)
-        found += np.bincount(d[own], weights=member(h[own], in_train), minlength=n)
+    wanted = distinct(h[is_eval[d]])
+    m = member(h, wanted)  # every document's occurrences of the evaluation side's n-grams
+    h, d = h[m], d[m]
+    common = common_hashes(h, families[d], max_groups) if max_groups > 0 else np.empty(0, np.uint64)
+    in_train = distinct(h[~is_eval[d]])
+    own = is_eval[d] & ~member(h, common)
+    docs, at = unique(d[own], return_inverse=True)
+    total = np.bincount(at, minlength=len(docs))
+    found = np.bincount(at, weights=member(h[own], in_train), minlength=len(docs)).astype(np.int64)
+    return docs, total, found
+
+
+def measure(buckets: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> list[float]:
+    """Per document: for evaluation ones the share of their distinct rare n-grams found in train, 0.0 for
+    train ones; buckets: measure_bucket of every chunk of (hash, document) rows that shares no hash with
+    another (HashSpill buckets), so each chunk is settled alone; n: documents."""
+    total, found = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for docs, t, f in buckets:
+        total[docs] += t
+        found[docs] += f
     out = [0.0] * n
     for i in np.flatnonzero(total).tolist():
         out[i] = round(float(found[i] / total[i]), 6)

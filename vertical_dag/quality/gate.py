@@ -22,7 +22,7 @@ from ..records import read_json, write_json, write_text
 from ..stages import DATA_STAGES, STAGES
 from ..text.hash_spill import HashSpill
 from . import part_profile, profile
-from .contamination import max_families, measure, ngram_spec, spill_texts
+from .contamination import max_families, measure, measure_bucket, ngram_spec, spill_texts
 from .split_profile import read_profile
 from .suites import checks_for, expected_fractions, gate_check_names
 
@@ -169,7 +169,8 @@ def _measure_from_texts(out: Path, docs: Any, params: Params) -> list[float]:
     families = pd.factorize(docs["family_id"])[0].astype("int64")
     with HashSpill(out.parent) as spill:
         spill_texts(spill, profile.texts(out), ngram_spec(params))
-        return measure(spill.buckets, is_eval, families, max_families(params))
+        mf = max_families(params)
+        return measure((measure_bucket(h, d, is_eval, families, mf) for h, d in spill.buckets()), len(is_eval))
 
 
 def _model_conservation(stage: str, project: Project, metrics: dict[str, Any]) -> dict[str, Any]:

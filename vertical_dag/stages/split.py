@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..quality.contamination import measure
+from ..quality.contamination import measure, measure_bucket
 from ..quality.split_profile import write_profile
 from ..records import LEDGER_SCHEMA, LedgerEntry, ledger_table, read_json, write_json, write_parquet
 from ..text.decontaminate import (
@@ -52,7 +53,7 @@ from ..text.decontaminate import (
     resolve_settings,
     spec_and_rule,
 )
-from ..text.hash_spill import HashSpill, bucket_of, distinct
+from ..text.hash_spill import HashSpill, bucket_of, distinct, read_bucket
 from ..text.ngrams import NgramSpec
 from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
 from . import STAGES
@@ -115,14 +116,15 @@ def decontamination_settings(params: Any) -> dict[str, Any]:
 
 
 def _protected(ctx: StageContext, ids: pa.Array, trains: np.ndarray, same_settings: bool, spec: NgramSpec,
-               spill: HashSpill, executor: Executor) -> Protected:
+               spill: HashSpill, executor: Executor) -> Protected | None:
     """The current training documents that the last run's train.parquet held (settings unchanged only), as
-    decontaminate's `protected`: each row group of that file hashed on the executor's workers."""
+    decontaminate's `protected`: each row group of that file hashed on the executor's workers. None when
+    there is no such file (a first run): nothing is protected."""
     old = ctx.out / "train.parquet"
+    if not same_settings or not old.exists():
+        return None
 
     def rows(wanted: np.ndarray, common: np.ndarray) -> Any:
-        if not same_settings or not old.exists():
-            return iter(())
         f, tasks = pq.ParquetFile(old), []
         # one lookup for the whole file: index_in builds its hash table of `ids` on every call
         everyone = pc.fill_null(pc.index_in(f.read(columns=["doc_id"]).column("doc_id"), value_set=ids), -1).to_numpy()
@@ -205,9 +207,11 @@ def _ledger(ids: pa.Array, split: np.ndarray, keys: pa.Array, found: Contaminati
 
 
 def _gate_measure(ctx: StageContext, found: Contamination | None, spill: HashSpill, split: np.ndarray,
-                  keep: np.ndarray, ids: pa.Array, cols: dict[str, Any], settings: dict[str, Any]) -> list[float] | None:
+                  keep: np.ndarray, ids: pa.Array, cols: dict[str, Any], settings: dict[str, Any],
+                  executor: Executor) -> list[float] | None:
     """The split gate's contamination measure of the documents written, from the n-grams decontamination
-    spilled (every document's, when it checked validation/test too); None when there are none to use."""
+    spilled (every document's, when it checked validation/test too), a spill bucket per task on the
+    executor's workers; None when there are none to use."""
     if found is None or not ctx.params.split.decontaminate.internal:
         return None
     spec, _ = spec_and_rule(settings)
@@ -217,15 +221,31 @@ def _gate_measure(ctx: StageContext, found: Contamination | None, spill: HashSpi
     cut_h = np.concatenate([np.empty(0, np.uint64), *(h for _, h in cut)])
     cut_d = np.concatenate([np.empty(0, np.int64), *(np.full(len(h), i, np.int64) for i, h in cut)])
     cut_b = bucket_of(cut_h)
-
-    def buckets() -> Any:
-        for k, (h, d) in enumerate(spill.buckets()):
-            m = uncut[d]
-            yield np.concatenate([h[m], cut_h[cut_b == k]]), np.concatenate([d[m], cut_d[cut_b == k]])
-
     family = pc.coalesce(*(c for c in (cols["family_id"], cols["cluster_id"]) if c is not None), ids)
-    codes = pc.dictionary_encode(family).indices.to_numpy()
-    return measure(buckets, split != 0, codes, int(settings["max_ngram_families"]))
+    task = _MeasureBucket(spill.share("measure-uncut", uncut), spill.share("measure-eval", split != 0),
+                          spill.share("measure-families", pc.dictionary_encode(family).indices.to_numpy()),
+                          int(settings["max_ngram_families"]))
+    tasks = [(path, cut_h[cut_b == k], cut_d[cut_b == k]) for k, path in enumerate(spill.paths())]
+    return measure(executor.map(task, tasks), len(split))
+
+
+@dataclass(frozen=True)
+class _MeasureBucket:
+    """contamination.measure_bucket of one spill bucket: its rows of documents written uncut, plus the rows
+    of the cut texts in its hash range; the per-document arrays memory-mapped from the spill's folder."""
+
+    uncut: Path
+    is_eval: Path
+    families: Path
+    max_groups: int
+
+    def __call__(self, task: tuple[Path, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        path, cut_h, cut_d = task
+        h, d = read_bucket(path)
+        m = np.load(self.uncut, mmap_mode="r")[d]
+        return measure_bucket(np.concatenate([h[m], cut_h]), np.concatenate([d[m], cut_d]),
+                              np.load(self.is_eval, mmap_mode="r"), np.load(self.families, mmap_mode="r"),
+                              self.max_groups)
 
 
 def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contamination | None) -> np.ndarray:
@@ -289,15 +309,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     split = assign_column(seed, keys, fractions)
     families = family_column(ids, cols["cluster_id"], cols["family_id"])
     executor = make_executor(ctx.params.execution, None, parts.bytes)
-    with HashSpill(ctx.out.parent) as spill:
+    with HashSpill(ctx.out.parent) as spill, ThreadPoolExecutor(1) as writer:
         try:
             found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
                                                               dc_settings, spill, executor)
+            # with workers, the files are written on a thread while they measure for the gate (one worker:
+            # one after the other, on one core)
+            written = writer.submit(_write, ctx, parts, split, found) if executor.workers > 1 else None
+            dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
+            measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings, executor)
+            n_chars = written.result() if written else _write(ctx, parts, split, found)
         finally:
             executor.close()
-        n_chars = _write(ctx, parts, split, found)
-        dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
-        measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings)
     write_profile(ctx.out, SPLITS, split, ~dropped, ids, n_chars, measured, dc_settings)
     counts = {name: int(((split == k) & ~dropped).sum()) for k, name in enumerate(SPLITS)}
     source = cols["source"] if cols["source"] is not None else pa.nulls(n_in, pa.string())
