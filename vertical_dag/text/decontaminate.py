@@ -100,10 +100,15 @@ def hash_batch(spec: NgramSpec, idx: np.ndarray, texts: list[str], selected: np.
     return HashedBatch(*bucketed(idx[keep], h, c), {int(idx[k]): texts[k] for k in evals.tolist()})
 
 
-def hash_each(spec: NgramSpec, texts: Sequence[str]) -> list[np.ndarray]:
-    """Every text's n-gram hashes (spec.hashes), hashed a batch at a time."""
-    h, w = spec.hashes_batch(list(texts))
-    return np.split(h, np.cumsum(w)[:-1]) if len(w) else []
+HASH_CHUNK = 8192  # texts hashed at once: the evaluation side of 100x the example is 260k texts
+
+
+def hash_each(spec: NgramSpec, texts: Sequence[str]) -> Iterator[np.ndarray]:
+    """Every text's n-gram hashes (spec.hashes), hashed HASH_CHUNK texts at a time: a consumer that keeps
+    what it derives from them (distinct rare n-grams) holds one chunk's hashes at a time, not the corpus's."""
+    for a in range(0, len(texts), HASH_CHUNK):
+        h, w = spec.hashes_batch(list(texts[a : a + HASH_CHUNK]))
+        yield from (np.split(h, np.cumsum(w)[:-1]) if len(w) else [])
 
 
 @dataclass(frozen=True)
@@ -142,18 +147,21 @@ class Contamination:
 class _Side:
     """Sorted distinct n-gram hashes of one side, each with the first document (name) that had it."""
 
-    def __init__(self, hashes: np.ndarray, owner: np.ndarray, name: Callable[[int], str | None]):
-        order = np.lexsort((owner, hashes))
-        h, o = hashes[order], owner[order]
+    def __init__(self, hashes: np.ndarray, owner: np.ndarray, name: Callable[[int], str | None],
+                 owner_ascending: bool = False):
+        # owners already in ascending order: a stable sort by hash alone keeps them so, with less memory
+        order = np.argsort(hashes, kind="stable") if owner_ascending else np.lexsort((owner, hashes))
+        h = hashes[order]
         first = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
-        self.hashes, self.owner, self.name = h[first], o[first], name
+        # only the first owners are gathered: the evaluation side of 100x the example is 50M rows
+        self.hashes, self.owner, self.name = h[first], owner[order[first]], name
 
     @classmethod
     def of(cls, arrays: Sequence[np.ndarray], names: Sequence[str]) -> _Side:
         if not arrays:
-            return cls(np.empty(0, np.uint64), np.empty(0, np.int64), names.__getitem__)
-        o = np.concatenate([np.full(len(a), k, np.int64) for k, a in enumerate(arrays)])
-        return cls(np.concatenate(arrays).astype(np.uint64, copy=False), o, names.__getitem__)
+            return cls(np.empty(0, np.uint64), np.empty(0, np.int32), names.__getitem__)
+        o = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(a) for a in arrays])
+        return cls(np.concatenate(arrays).astype(np.uint64, copy=False), o, names.__getitem__, owner_ascending=True)
 
     def hits(self, h: np.ndarray) -> np.ndarray:
         return member(h, self.hashes)
@@ -350,7 +358,8 @@ class _Pass:
         out = self.out
         if not self.eval_text:
             return
-        wanted = distinct(np.concatenate(list(self.eval_rare.values())))
+        # sorted in place: a sorted copy of every evaluation n-gram would double what this step holds
+        wanted = distinct(np.concatenate(list(self.eval_rare.values())), in_place=True)
         uncut = self.selected & ~self.is_eval & ((out.outcome == _CODE[CLEAN]) | (out.outcome == _CODE[FLAGGED]))
         h, _ = self.spill_rows(wanted, uncut)
         train = distinct(np.concatenate([h, *(r[member(r, wanted)] for r in cut_rare.values())]))

@@ -20,9 +20,13 @@ BUCKET_BITS = 5
 BUCKETS = 1 << BUCKET_BITS
 
 
-def distinct(a: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (a sort beats np.unique's hash path on uint64 here)."""
-    a = np.sort(a)
+def distinct(a: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Sorted distinct values (a sort beats np.unique's hash path on uint64 here); in_place: sorts `a` itself
+    instead of a copy (for an array as large as the memory it may take)."""
+    if in_place:
+        a.sort()
+    else:
+        a = np.sort(a)
     return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
 
 
