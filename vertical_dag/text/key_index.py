@@ -226,8 +226,8 @@ class KeyIndex:
                     i = next(k for k, s in enumerate(self.segments) if s is older)
                     self.segments[i : i + 2] = [merged]
         except BaseException as e:
-            with self._lock:
-                self._error, self._merging = e, False
+            with self._lock:  # in place, the caller gets the error now; on the thread, at its next call
+                self._error, self._merging = (e if self.background else None), False
             if not self.background:
                 raise
 
