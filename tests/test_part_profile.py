@@ -1,4 +1,4 @@
-"""The gate profiles ingest and normalize write beside each part: the gate reads them instead of the texts
+"""The gate profiles ingest, dedup and normalize write beside each part: the gate reads them instead of the texts
 while they describe their part, measures from the texts when they do not, and still fails on bad data."""
 
 from __future__ import annotations
@@ -92,6 +92,30 @@ def test_ingest_gate_reads_the_profile_and_measures_a_part_rewritten_by_hand(tmp
     pq.write_table(pq.read_table(part).set_column(table.schema.get_field_index("text"), table.schema.field("text"),
                                                   pa.array(texts, pa.large_string())), part)
     assert not gate("ingest", proj)  # the real texts again: nothing to fail
+
+
+def test_dedup_profiles_the_documents_it_kept_batch_by_batch(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "p", {"project": {"domain": "legal"}, "dedup": {"batch_size": 2}})
+    raw_file(proj, "a.jsonl", [*ARTICLES, ARTICLES[0], ARTICLES[2]])  # two exact copies, dropped
+    raw_file(proj, "b.jsonl", [ARTICLES[1], "第九条　本法自公布之日起施行，原有规定同时废止。"])  # a copy, a new one
+    run_stage("ingest", proj, gate=False)
+    run_stage("dedup", proj, gate=False)
+    out = proj.root / "data/deduplicated"
+    kept = 0
+    for part in sorted((out / "parts").glob("*.parquet")):
+        side = part_profile.read_sidecar(out, part, part_profile.settings(None))
+        table = pq.read_table(part, columns=["doc_id", "text"])
+        assert side is not None and side.column("doc_id").to_pylist() == table.column("doc_id").to_pylist()
+        assert side.column("n_chars").to_pylist() == [len(t) for t in table.column("text").to_pylist()]
+        kept += table.num_rows
+    assert kept == 5 and read_json(proj.metrics_file("dedup"))["documents_out"] == 5  # 3 exact copies dropped
+    assert not gate("dedup", proj)
+
+    part = sorted((out / "parts").glob("*.parquet"))[-1]
+    side = pq.read_table(part_profile.sidecar_path(out, part))
+    zeroed = side.set_column(1, "n_chars", pa.array([0] * side.num_rows, pa.int64()))
+    part_profile.write_sidecar(part_profile.sidecar_path(out, part), zeroed, part, part_profile.settings(None))
+    assert list(gate("dedup", proj)) == ["text_not_empty"]  # the gate read the profile, not the texts
 
 
 def test_normalize_profile_carries_the_pii_verdict_and_the_gate_fails_on_it(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
 
 
 # stages whose workers write a profile sidecar beside each part (part_profile.py)
-PART_PROFILED = ("ingest", "normalize")
+PART_PROFILED = ("ingest", "dedup", "normalize")
 
 
 def _sidecars(stage: str, out: Path, params: Params, pii: Any) -> dict[Path, Any] | None:

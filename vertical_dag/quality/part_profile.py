@@ -1,6 +1,6 @@
-"""The gate profile of a part stage (ingest, normalize): per part, what its gate needs from each document's
-text, measured by the worker that writes the part while it writes it, so the gate reads small columns
-instead of re-reading every text.
+"""The gate profile of a part stage (ingest, dedup, normalize): per part, what its gate needs from each document's
+text, measured while the part is written (by the worker that writes it; for dedup, by the worker that hashes
+its texts), so the gate reads small columns instead of re-reading every text.
 
 <out>/profile/<part>.parquet holds, row by row with <out>/parts/<part>.parquet, doc_id and n_chars and, for
 normalize, pii_found (the PII kinds the gate's own detector, profile.pii_detector, finds in the text as
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..records import write_parquet
+from ..records import read_many, write_parquet
 
 FOLDER = "profile"
 VERSION = 1
@@ -53,6 +53,11 @@ def part_signature(path: Path) -> dict[str, Any]:
     return {"bytes": size, "footer": hashlib.blake2b(footer, digest_size=16).hexdigest()}
 
 
+def lengths(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """n_chars of each text (0 for a null one), as the profile holds it."""
+    return pc.cast(pc.fill_null(pc.utf8_length(texts), 0), pa.int64()) if len(texts) else pa.array([], pa.int64())
+
+
 def measure(doc_ids: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArray, detect: Detect | None = None,
             values: list[str | None] | None = None, copy: dict[str, Any] | None = None) -> pa.Table:
     """Profile rows of some documents: doc_id, n_chars (0 for a null text), the `copy` columns as they are
@@ -62,7 +67,7 @@ def measure(doc_ids: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArr
     n = len(doc_ids)
     cols: dict[str, Any] = {
         "doc_id": pc.cast(doc_ids, pa.string()),
-        "n_chars": pc.cast(pc.fill_null(pc.utf8_length(texts), 0), pa.int64()) if n else pa.array([], pa.int64()),
+        "n_chars": lengths(texts),
         **(copy or {}),
     }
     if detect is not None:
@@ -101,8 +106,6 @@ def read_sidecar(out: Path, part: Path, settings: dict[str, Any]) -> pa.Table | 
 
 def read_sidecars(out: Path, parts: list[Path], settings: dict[str, Any]) -> dict[Path, pa.Table]:
     """The sidecars that still describe their parts, by part path (the others are left out)."""
-    tables = {}
-    for part in parts:
-        if part.is_relative_to(out / "parts") and (t := read_sidecar(out, part, settings)) is not None:
-            tables[part] = t
-    return tables
+    parts = [p for p in parts if p.is_relative_to(out / "parts")]
+    found = read_many(lambda part: read_sidecar(out, part, settings), parts)
+    return {part: t for part, t in zip(parts, found, strict=True) if t is not None}

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..records import list_parts, read_json
+from ..records import list_parts, read_json, read_many
 from . import part_profile
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -149,7 +149,9 @@ def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: 
                              pc.coalesce(table.column("family_id"), table.column("cluster_id")))
     if columns is not None:
         table = table.select([c for c in table.column_names if c in columns])
-    return table.to_pandas()
+    # one chunk per column, not one per file: pandas' duplicated() on an Arrow-backed string column of 700
+    # chunks took 1.2 s for 2.6 M doc_ids, 0.5 s on one chunk
+    return table.combine_chunks().to_pandas()
 
 
 def texts(out: Path, batch_size: int = 8192) -> Iterator[tuple[np.ndarray, list[str | None]]]:
@@ -172,8 +174,12 @@ def texts(out: Path, batch_size: int = 8192) -> Iterator[tuple[np.ndarray, list[
 
 def ledger_counts(out: Path) -> dict[str, int]:
     counts = {a: 0 for a in REMOVING_ACTIONS}
-    for path in list_parts(out / "ledger"):  # the action column only: details can be long
-        for row in pc.value_counts(pq.read_table(path, columns=["action"]).column("action")).to_pylist():
+
+    def actions(path: Path) -> list[dict[str, Any]]:  # the action column only: details can be long
+        return pc.value_counts(pq.ParquetFile(path).read(columns=["action"]).column("action")).to_pylist()
+
+    for rows in read_many(actions, list_parts(out / "ledger")):
+        for row in rows:
             if row["values"] in counts:
                 counts[row["values"]] += int(row["counts"])
     return counts

@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..params import DedupParams
+from ..quality import part_profile
 from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, read_json, row_slices, write_parquet
 from ..text.canonical import hash_hex
 from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex, Prepared, prepare_batch
@@ -131,15 +133,17 @@ class _Prepare:
 
     config: DedupConfig
 
-    def __call__(self, s: tuple[Path, int, int, int]) -> Prepared:
+    def __call__(self, s: tuple[Path, int, int, int]) -> tuple[Prepared, pa.Array]:
+        """The batch's hashes, and its texts' lengths for the gate's profile (quality/part_profile.py)."""
         path, g, start, n = s
-        texts = pq.ParquetFile(path).read_row_group(g, columns=["text"]).slice(start, n)
-        return prepare_batch(texts.column("text").to_pylist(), self.config)
+        texts = pq.ParquetFile(path).read_row_group(g, columns=["text"]).slice(start, n).column("text")
+        return prepare_batch(texts.to_pylist(), self.config), part_profile.lengths(texts)
 
 
 def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[int, Path], config: DedupConfig,
-                 store: PartStore, prepared: Iterator[Prepared]) -> PartResult:
-    """Decide one part's batches in order; `prepared` yields their hashes (the stream over every part)."""
+                 store: PartStore, prepared: Iterator[tuple[Prepared, pa.Array]]) -> PartResult:
+    """Decide one part's batches in order; `prepared` yields their hashes and lengths (the stream over every
+    part). The part is written with the gate's profile of it (doc_id, n_chars) beside it."""
     src = pq.ParquetFile(unit.path)
     index.begin_part(unit.key, src.metadata.num_rows)
 
@@ -147,13 +151,14 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
         return read_rows(paths[part], rows)
 
     entries: list[LedgerEntry] = []
+    measured: list[pa.Table] = []
     res = PartResult(extra={"by_source": {}})
     schema = src.schema_arrow.append(pa.field("cluster_id", pa.string())).append(pa.field("canonical_hash", pa.string()))
     schema = schema.append(pa.field("family_id", pa.string()))
     with atomic_path(store.part_path(unit.part)) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for g, start, n in row_slices(src, ctx.params.dedup.batch_size):
-                prep = next(prepared)
+                prep, n_chars = next(prepared)
                 rb = src.read_row_group(g).slice(start, n)
                 ids = rb.column("doc_id").to_pylist()
                 dec = index.add_batch([], ids, fetch, prepared=prep)
@@ -161,7 +166,10 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
                 t = rb.append_column("cluster_id", pa.array(dec.root_id, pa.string()))
                 t = t.append_column("canonical_hash", pa.array([hash_hex(h) for h in dec.canonical_hash]))
                 t = t.append_column("family_id", pa.array(dec.family_id, pa.string()))
-                writer.write_table(t.filter(pa.array(keep)))
+                kept = pa.array(keep)
+                writer.write_table(t.filter(kept))
+                measured.append(pa.table({"doc_id": pc.cast(rb.column("doc_id").filter(kept), pa.string()),
+                                          "n_chars": n_chars.filter(kept)}))
                 for j in np.flatnonzero(~keep).tolist():
                     entries.append(ledger_entry(dec, j, ids[j], config))
                     res.dropped.add(REASONS[int(dec.action[j])], ids[j])
@@ -173,6 +181,9 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
                 res.documents_out += int(keep.sum())
     index.end_part()
     write_parquet(ledger_table(entries), store.ledger_path(unit.part))
+    empty = part_profile.measure(pa.array([], pa.string()), pa.array([], pa.string()))
+    part_profile.write_sidecar(store.profile_path(unit.part), part_profile.concat(measured, empty),
+                               store.part_path(unit.part), part_profile.settings(None))
     return res
 
 
