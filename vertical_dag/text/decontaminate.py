@@ -276,6 +276,8 @@ class _Pass:
         self.eval_text: dict[int, str] = {}  # the evaluation side's texts (n-grams are hashed again when needed)
         self.item_distinct = [distinct(h) for h in hash_each(spec, [t for _, t in eval_items])]
         self.common = np.empty(0, np.uint64)
+        self.side_hashes = np.empty(0, np.uint64)  # check_train: the evaluation side's rare n-grams ...
+        self.train_rows = (np.empty(0, np.uint64), np.empty(0, np.int64))  # ... and the training rows holding them
 
     def hash_all(self, hashed: Iterable[HashedBatch] | None) -> None:
         """Every selected document's distinct n-grams to the spill; the evaluation side's texts kept. `hashed`:
@@ -342,7 +344,10 @@ class _Pass:
         kept = [i for i in evals if out.outcome[i] != dropped]
         side = _Side.of([self.eval_rare[i] for i in kept] + [_rare(d, self.common) for d in self.item_distinct],
                         [self.name(i) for i in kept] + [ident for ident, _ in self.items])
-        _, docs = self.spill_rows(side.hashes, self.selected & ~self.is_eval)
+        # kept for eval_shares, which wants nearly the same rows: a pass over the spill is a search per row
+        self.side_hashes = side.hashes
+        self.train_rows = self.spill_rows(side.hashes, self.selected & ~self.is_eval)
+        docs = self.train_rows[1]
         cut_rare: dict[int, np.ndarray] = {}
         for idx, texts in self.texts(np.unique(docs)):
             for i, t, h in zip(idx.tolist(), texts, hash_each(self.spec, texts), strict=True):
@@ -361,8 +366,14 @@ class _Pass:
         # sorted in place: a sorted copy of every evaluation n-gram would double what this step holds
         wanted = distinct(np.concatenate(list(self.eval_rare.values())), in_place=True)
         uncut = self.selected & ~self.is_eval & ((out.outcome == _CODE[CLEAN]) | (out.outcome == _CODE[FLAGGED]))
-        h, _ = self.spill_rows(wanted, uncut)
-        train = distinct(np.concatenate([h, *(r[member(r, wanted)] for r in cut_rare.values())]))
+        # the training rows of the n-grams check_train looked for (every one kept by an evaluation document)
+        # are at hand; only those of the evaluation documents it dropped need another pass over the spill
+        h1, d1 = self.train_rows
+        found = [h1[member(h1, wanted) & uncut[d1]]]
+        others = wanted[~member(wanted, self.side_hashes)]
+        if len(others):
+            found.append(self.spill_rows(others, uncut)[0])
+        train = distinct(np.concatenate([*found, *(r[member(r, wanted)] for r in cut_rare.values())]))
         for i, own in self.eval_rare.items():
             out.share[i] = _share(own, train)
             if out.outcome[i] != _CODE[DROPPED] and out.share[i] > 0:
