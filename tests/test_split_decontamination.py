@@ -238,3 +238,26 @@ def test_splits_folder_loads_as_a_hugging_face_dataset(tmp_path):
     assert configs == [{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.parquet"} for s in SPLITS]}]
     assert f"| train | {m['splits']['train']['documents']} |" in card.text
     assert "dropped 1 documents" in card.text and "out of 1 and flagged 0" in card.text
+
+
+def test_membership_through_the_filter_table_is_exact() -> None:
+    """hash_spill.member answers large queries through a filter table first: the same mask as np.isin, for
+    keys at the ends of the range, keys differing only in low or high bits, and sets of every size."""
+    import numpy as np
+
+    from vertical_dag.text.hash_spill import PREFILTER_MIN, member
+
+    rng = np.random.default_rng(7)
+    for set_size in (1, 100, 30_000, 200_000):
+        keys = rng.integers(0, 2**64 - 1, set_size, dtype=np.uint64, endpoint=True)
+        keys[:1] = [np.uint64(2**64 - 1)]
+        present = rng.choice(keys, PREFILTER_MIN)
+        near = keys[: min(set_size, 1000)] ^ np.uint64(1)  # one low bit off
+        far = keys[: min(set_size, 1000)] ^ np.uint64(1 << 63)  # the top bit off
+        queries = np.concatenate([present, near, far, np.zeros(5, np.uint64),
+                                  rng.integers(0, 2**64 - 1, 2 * set_size + PREFILTER_MIN, dtype=np.uint64)])
+        rng.shuffle(queries)
+        sorted_set = np.unique(keys)
+        got = member(queries, sorted_set)
+        assert len(queries) >= PREFILTER_MIN and got.sum() >= PREFILTER_MIN
+        assert np.array_equal(got, np.isin(queries, sorted_set))

