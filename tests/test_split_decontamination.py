@@ -241,21 +241,22 @@ def test_splits_folder_loads_as_a_hugging_face_dataset(tmp_path):
 
 
 def test_membership_through_the_filter_table_is_exact() -> None:
-    """hash_spill.member answers large queries through a filter table first: the same mask as np.isin, for
-    keys at the ends of the range, keys differing only in low or high bits, and sets of every size."""
+    """hash_spill.member answers many queries through a filter table first, or (a set too large for one) in
+    sorted order: the same mask as np.isin, for keys at the ends of the range, keys differing only in low
+    or high bits, and sets of every size."""
     import numpy as np
 
     from vertical_dag.text.hash_spill import PREFILTER_MIN, member
 
     rng = np.random.default_rng(7)
-    for set_size in (1, 100, 30_000, 200_000):
+    for set_size, extra in [(1, 0), (100, 0), (30_000, 2 * 30_000), (200_000, 0), (200_000, 2 * 200_000)]:
         keys = rng.integers(0, 2**64 - 1, set_size, dtype=np.uint64, endpoint=True)
         keys[:1] = [np.uint64(2**64 - 1)]
         present = rng.choice(keys, PREFILTER_MIN)
         near = keys[: min(set_size, 1000)] ^ np.uint64(1)  # one low bit off
         far = keys[: min(set_size, 1000)] ^ np.uint64(1 << 63)  # the top bit off
         queries = np.concatenate([present, near, far, np.zeros(5, np.uint64),
-                                  rng.integers(0, 2**64 - 1, 2 * set_size + PREFILTER_MIN, dtype=np.uint64)])
+                                  rng.integers(0, 2**64 - 1, extra, dtype=np.uint64)])
         rng.shuffle(queries)
         sorted_set = np.unique(keys)
         got = member(queries, sorted_set)
