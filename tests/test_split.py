@@ -14,7 +14,7 @@ import pytest
 
 from vertical_dag.records import DOC_SCHEMA, read_ledger, write_parquet
 from vertical_dag.stages.context import run_stage
-from vertical_dag.text.splitting import SPLITS, assign, group_keys
+from vertical_dag.text.splitting import SPLITS, assign, assign_column, group_keys
 
 from .test_normalize import doc_rows, make_project
 
@@ -68,6 +68,14 @@ def test_assignment_is_stable_and_follows_fractions():
     assert [assign(SEED, k, FRACTIONS) for k in keys[:100]] == [assign(SEED, k, FRACTIONS) for k in keys[:100]]
     assert Counter(assign(SEED + 1, k, FRACTIONS) for k in keys[:1000]) != Counter(assign(SEED, k, FRACTIONS) for k in keys[:1000])
     assert {assign(SEED, k, (1.0, 0.0, 0.0)) for k in keys[:500]} == {"train"}
+
+
+@pytest.mark.parametrize("fractions", [FRACTIONS, (0.0, 0.5, 0.5), (0.5, 0.5, 0.0), (0.3, 0.0, 0.3), (0.5, 0.2, 0.0)])
+def test_assign_column_is_assign_for_every_key(fractions):
+    # keys repeated, non-ASCII keys, zero fractions, and fractions summing below 1 (assign's fallback split)
+    keys = [f"k{i}" for i in range(5000)] + ["law_name=民法典", "k7", "family=é"] * 3
+    got = assign_column(SEED, pa.chunked_array([pa.array(keys[:2000]), pa.array(keys[2000:])]), fractions)
+    assert [SPLITS[c] for c in got.tolist()] == [assign(SEED, k, fractions) for k in keys]
 
 
 def test_meta_grouping_keeps_a_cluster_with_its_canonical_document():

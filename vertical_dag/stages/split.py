@@ -175,7 +175,7 @@ def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.nda
     protected = _protected(ctx, ids, selected & ~is_eval, same_settings, spec, spill, executor)
     found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
                           rule, protected,
-                          parts.hashed(spec, selected, is_eval, executor), executor.map)
+                          parts.hashed(spec, selected, is_eval, executor), executor.map, parts.map_texts(executor))
     return found, eval_items, problems
 
 

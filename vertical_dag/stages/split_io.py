@@ -7,7 +7,8 @@ first document, so small per-document columns (numpy) line up with the texts str
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..records import atomic_path, empty_docs, list_parts, row_slices
-from ..text.decontaminate import HashedBatch, hash_batch
+from ..records import atomic_path, empty_docs, list_parts
+from ..text.decontaminate import HashedBatch, TextMapper, hash_batch
 from ..text.ngrams import NgramSpec
 
 BATCH = 8192
+READERS = 4  # threads reading parts' footers and small columns
 
 
 class Parts:
@@ -29,9 +31,13 @@ class Parts:
 
     def __init__(self, folder: Path):
         self.files = list_parts(folder)
-        schemas = [pq.read_schema(p) for p in self.files]
+        with ThreadPoolExecutor(READERS) as pool:  # some 700 footers at 100x the example: reading waits on I/O
+            metas = list(pool.map(pq.read_metadata, self.files))
+        self._names = [set(m.schema.to_arrow_schema().names) for m in metas]
+        schemas = [m.schema.to_arrow_schema() for m in metas]
         self.schema = pa.unify_schemas(schemas) if schemas else empty_docs().schema
-        self.rows = [pq.ParquetFile(p).metadata.num_rows for p in self.files]
+        self._groups = [[m.row_group(g).num_rows for g in range(m.num_row_groups)] for m in metas]
+        self.rows = [m.num_rows for m in metas]
         self.n = int(sum(self.rows))
         self.bytes = sum(p.stat().st_size for p in self.files)
 
@@ -39,8 +45,12 @@ class Parts:
         """Whole columns (small ones: ids, keys); None for a column no part has."""
         have = [c for c in names if c in self.schema.names]
         fields = pa.schema([self.schema.field(c) for c in have])
-        tables = [_conform(pq.read_table(p, columns=[c for c in have if c in pq.read_schema(p).names]), fields)
-                  for p in self.files]
+
+        def read(k: int) -> pa.Table:
+            return _conform(pq.read_table(self.files[k], columns=[c for c in have if c in self._names[k]]), fields)
+
+        with ThreadPoolExecutor(READERS) as pool:  # pyarrow decodes without the GIL: the cores share the files
+            tables = list(pool.map(read, range(len(self.files))))
         t = pa.concat_tables(tables) if tables else fields.empty_table()
         return {c: (t.column(c).combine_chunks() if c in have else None) for c in names}
 
@@ -68,18 +78,22 @@ class Parts:
                     yield idx, table
             offset += n
 
+    def slices(self) -> Iterator[tuple[Path, int, int, int, int]]:
+        """(part, row group, first row in it, rows, global index of that row) of every batch of at most BATCH
+        rows that a worker can read on its own."""
+        offset = 0
+        for path, groups in zip(self.files, self._groups, strict=True):
+            for g, n in enumerate(groups):
+                for start in range(0, n, BATCH):
+                    yield path, g, start, min(BATCH, n - start), offset + start
+                offset += n
+
     def hashed(self, spec: NgramSpec, selected: np.ndarray, is_eval: np.ndarray, executor: Any
                ) -> Iterator[HashedBatch]:
         """Decontamination's first pass (text.decontaminate.hash_batch) over every batch, on the executor's
         workers, in document order."""
-        tasks, offset = [], 0
-        for path in self.files:
-            f = pq.ParquetFile(path)
-            group_start = np.cumsum([0] + [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)])
-            for g, start, rows in row_slices(f, BATCH):
-                lo = offset + int(group_start[g]) + start
-                tasks.append((path, g, start, rows, lo, selected[lo:lo + rows], is_eval[lo:lo + rows]))
-            offset += int(group_start[-1])
+        tasks = [(path, g, start, rows, lo, selected[lo:lo + rows], is_eval[lo:lo + rows])
+                 for path, g, start, rows, lo in self.slices()]
         return executor.map(_HashSlice(spec), tasks)
 
     def texts(self, rows: np.ndarray | None) -> Iterator[tuple[np.ndarray, list[str]]]:
@@ -88,6 +102,21 @@ class Parts:
             return
         for idx, table in self.batches(["text"], rows):
             yield idx, table.column("text").to_pylist()
+
+    def map_texts(self, executor: Any) -> TextMapper:
+        """The TextMapper decontamination checks training documents with: each batch holding some of the rows
+        read, and fn run, by one of the executor's workers."""
+
+        def run(fn: Callable[[np.ndarray, list[str]], Any], rows: np.ndarray) -> Iterator[Any]:
+            tasks = []
+            for path, g, start, n, first in self.slices():
+                lo, hi = np.searchsorted(rows, [first, first + n])
+                if hi > lo:
+                    tasks.append((path, g, start, n, first, rows[lo:hi]))
+            # results are a few numbers per document: more in flight keeps the workers busy
+            return executor.map(_TextsOf(fn), tasks, window=8 * executor.workers)
+
+        return run
 
 
 @dataclass(frozen=True)
@@ -100,6 +129,18 @@ class _HashSlice:
         path, group, start, rows, first, selected, is_eval = task
         texts = pq.ParquetFile(path).read_row_group(group, columns=["text"]).slice(start, rows)
         return hash_batch(self.spec, np.arange(first, first + rows), texts.column("text").to_pylist(), selected, is_eval)
+
+
+@dataclass(frozen=True)
+class _TextsOf:
+    """fn(indices, texts) of the documents `wanted` (global indices) in one slice, read by the worker itself."""
+
+    fn: Callable[[np.ndarray, list[str]], Any]
+
+    def __call__(self, task: tuple[Path, int, int, int, int, np.ndarray]) -> Any:
+        path, group, start, rows, first, wanted = task
+        texts = pq.ParquetFile(path).read_row_group(group, columns=["text"]).column("text").slice(start, rows)
+        return self.fn(wanted, texts.take(pa.array(wanted - first)).to_pylist())
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

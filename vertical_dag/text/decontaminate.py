@@ -62,6 +62,15 @@ Mapper = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 # the sorted indices of the few documents whose text is needed again
 TextSource = Callable[[np.ndarray | None], Iterator[tuple[np.ndarray, list[str]]]]
 
+# map_texts(fn, rows) -> fn(indices, texts) of each batch of the documents `rows` (sorted), in document order:
+# the texts read and fn run here (in_order), or each batch read and run by a worker (stages/split_io.py)
+TextMapper = Callable[[Callable[[np.ndarray, list[str]], Any], np.ndarray], Iterable[Any]]
+
+
+def in_order(texts: TextSource) -> TextMapper:
+    """The TextMapper that reads `texts` here and runs fn on each batch in turn."""
+    return lambda fn, rows: (fn(idx, batch) for idx, batch in texts(rows))
+
 
 # protected(wanted, common) -> (hashes, documents) rows: protected_rows of every protected document, by batch
 Protected = Callable[[np.ndarray, np.ndarray], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -145,30 +154,35 @@ class Contamination:
 
 
 class _Side:
-    """Sorted distinct n-gram hashes of one side, each with the first document (name) that had it."""
+    """Sorted distinct n-gram hashes of one side, each with the index of the first document that had it."""
 
-    def __init__(self, hashes: np.ndarray, owner: np.ndarray, name: Callable[[int], str | None],
-                 owner_ascending: bool = False):
+    def __init__(self, hashes: np.ndarray, owner: np.ndarray):
+        self.hashes, self.owner = hashes, owner
+
+    @classmethod
+    def built(cls, hashes: np.ndarray, owner: np.ndarray, owner_ascending: bool = False) -> _Side:
         # owners already in ascending order: a stable sort by hash alone keeps them so, with less memory
         order = np.argsort(hashes, kind="stable") if owner_ascending else np.lexsort((owner, hashes))
         h = hashes[order]
         first = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
         # only the first owners are gathered: the evaluation side of 100x the example is 50M rows
-        self.hashes, self.owner, self.name = h[first], owner[order[first]], name
+        return cls(h[first], owner[order[first]])
 
     @classmethod
-    def of(cls, arrays: Sequence[np.ndarray], names: Sequence[str]) -> _Side:
+    def of(cls, arrays: Sequence[np.ndarray]) -> _Side:
+        """The side of documents 0, 1, ... holding arrays[0], arrays[1], ..."""
         if not arrays:
-            return cls(np.empty(0, np.uint64), np.empty(0, np.int32), names.__getitem__)
+            return cls(np.empty(0, np.uint64), np.empty(0, np.int32))
         o = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(a) for a in arrays])
-        return cls(np.concatenate(arrays).astype(np.uint64, copy=False), o, names.__getitem__, owner_ascending=True)
+        return cls.built(np.concatenate(arrays).astype(np.uint64, copy=False), o, owner_ascending=True)
 
     def hits(self, h: np.ndarray) -> np.ndarray:
         return member(h, self.hashes)
 
-    def owner_of(self, h: np.ndarray) -> str | None:
+    def owner_of(self, h: np.ndarray) -> int:
+        """The owner of h[0] (h: hashes the side holds)."""
         pos = np.searchsorted(self.hashes, h[:1]).clip(max=len(self.hashes) - 1)
-        return self.name(int(self.owner[pos[0]])) if len(h) else None
+        return int(self.owner[pos[0]])
 
 
 def _covered(hit: np.ndarray, n: int) -> np.ndarray:
@@ -215,29 +229,53 @@ def _rare(h: np.ndarray, common: np.ndarray) -> np.ndarray:
     return h[~member(h, common)] if len(common) and len(h) else h
 
 
-def _check(out: Contamination, i: int, text: str, h: np.ndarray, other: _Side, spec: NgramSpec,
-           rule: DecontaminationRule, hit: np.ndarray | None = None) -> None:
-    """Coverage of document i by the other side's rare n-grams, and what the rule does about it. hit: which
-    of h the other side holds, when the caller looked up many documents' n-grams at once."""
+@dataclass
+class _Checked:
+    """What _check found in a document that shares rare n-grams with the other side: its outcome, the overlap,
+    the other side's document (an index there) owning the first shared n-gram, its text after a cut."""
+
+    outcome: int
+    hit: Hit
+    owner: int
+    text: str | None = None
+
+
+def _check(text: str, h: np.ndarray, other: _Side, spec: NgramSpec, rule: DecontaminationRule,
+           hit: np.ndarray | None = None) -> _Checked | None:
+    """Coverage of a document (text, its n-gram hashes h) by the other side's rare n-grams, and what the rule
+    does about it; None when they share none. hit: which of h the other side holds, when the caller looked up
+    many documents' n-grams at once. Pure, so any worker can."""
     hit = other.hits(h) if hit is None else hit
     if not hit.any():
-        return
+        return None
     n = spec.n_for(text)
     covered = _covered(hit, n)
     shared = distinct(h[hit])
-    found = out.hits[i] = Hit(round(float(covered.mean()), 6), len(shared), other.owner_of(shared))
-    if found.coverage >= rule.min_coverage:
-        out.outcome[i] = _CODE[FLAGGED if rule.action == FLAGGED else DROPPED]
+    found = _Checked(_CODE[CLEAN], Hit(round(float(covered.mean()), 6), len(shared), None), other.owner_of(shared))
+    if found.hit.coverage >= rule.min_coverage:
+        found.outcome = _CODE[FLAGGED if rule.action == FLAGGED else DROPPED]
     elif rule.action == CUT:
-        cut, found.cut_chars = cut_spans(text, spec, covered)
-        out.outcome[i] = _CODE[CUT]
+        cut, found.hit.cut_chars = cut_spans(text, spec, covered)
+        found.outcome = _CODE[CUT]
         for _ in range(2):  # joining the pieces can make a new shared n-gram across a cut: cut that too
             hit2 = other.hits(spec.hashes(cut))
             if not hit2.any():
                 break
             cut, more = cut_spans(cut, spec, _covered(hit2, spec.n_for(cut)))
-            found.cut_chars += more
-        out.texts[i] = cut
+            found.hit.cut_chars += more
+        found.text = cut
+    return found
+
+
+def _record(out: Contamination, i: int, found: _Checked | None, owner_name: Callable[[int], str | None]) -> None:
+    """Document i's check into out, the owner named (an index of the side it was checked against)."""
+    if found is None:
+        return
+    out.outcome[i] = found.outcome
+    found.hit.ref = owner_name(found.owner)
+    out.hits[i] = found.hit
+    if found.text is not None:
+        out.texts[i] = found.text
 
 
 def _share(own: np.ndarray, other: np.ndarray) -> float:
@@ -271,13 +309,45 @@ class _RowsIn:
         return h[m], d[m]
 
 
+@dataclass(frozen=True)
+class _TrainCheck:
+    """_check of a batch of training documents against the evaluation side (memory-mapped from the spill's
+    folder): per document (index, what _check found, its share, its rare n-grams after a cut if cut)."""
+
+    spec: NgramSpec
+    rule: DecontaminationRule
+    side_hashes: Path
+    side_owner: Path
+    common: Path
+
+    def __call__(self, idx: np.ndarray, texts: list[str]) -> list[tuple[int, _Checked | None, float, np.ndarray | None]]:
+        side = _Side(np.load(self.side_hashes, mmap_mode="r"), np.load(self.side_owner, mmap_mode="r"))
+        common = np.load(self.common, mmap_mode="r")
+        hs = list(hash_each(self.spec, texts))
+        # the batch's n-grams looked up at once: sorted, successive searches of the large side share the
+        # cache (a lookup per document missed it at every step: 7 s at 100x the example)
+        hits = np.split(side.hits(np.concatenate([np.empty(0, np.uint64), *hs])), np.cumsum([len(h) for h in hs])[:-1])
+        out = []
+        for i, t, h, hit in zip(idx.tolist(), texts, hs, hits, strict=True):
+            found = _check(t, h, side, self.spec, self.rule, hit)
+            if found is not None and found.text is not None:
+                own = _rare(distinct(self.spec.hashes(found.text)), common)
+                out.append((i, found, _share(own, side.hashes), own))
+            else:  # its rare n-grams on the other side are the ones hit: no second lookup
+                own = _rare(distinct(h), common)
+                share = round(len(_rare(distinct(h[hit]), common)) / len(own), 6) if len(own) else 0.0
+                out.append((i, found, share, None))
+        return out
+
+
 class _Pass:
     """One decontamination run over a corpus streamed from a TextSource (see decontaminate)."""
 
     def __init__(self, texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
                  groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, rule: DecontaminationRule,
-                 spill: HashSpill, map_: Mapper = map):
+                 spill: HashSpill, map_: Mapper = map, map_texts: TextMapper | None = None):
         n = len(is_eval)
+        self.map_texts = map_texts or in_order(texts)
         self.texts, self.name, self.is_eval, self.selected, self.groups = texts, name, is_eval, selected, groups
         self.items, self.spec, self.rule, self.spill, self.map = eval_items, spec, rule, spill, map_
         self.out = Contamination(np.zeros(n, np.int8), np.zeros(n, np.float64))
@@ -328,9 +398,9 @@ class _Pass:
             owners.append(d)
         if not hashes:
             return
-        prot = _Side(np.concatenate(hashes), np.concatenate(owners), self.name)
+        prot = _Side.built(np.concatenate(hashes), np.concatenate(owners))
         for i in evals:
-            _check(self.out, i, self.eval_text[i], windows[i], prot, self.spec, self.rule)
+            _record(self.out, i, _check(self.eval_text[i], windows[i], prot, self.spec, self.rule), self.name)
 
     def spill_rows(self, wanted: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, documents) of the spill rows whose hash is in `wanted` and whose document is marked in `docs`."""
@@ -343,33 +413,27 @@ class _Pass:
         return np.concatenate(hs), np.concatenate(ds)
 
     def check_train(self) -> dict[int, np.ndarray]:
-        """Check the training documents that share a rare n-gram with the evaluation side (read again);
-        their shares; the rare n-grams of those cut, after the cut."""
+        """Check the training documents that share a rare n-gram with the evaluation side (read again, on the
+        workers of `map_texts`); their shares; the rare n-grams of those cut, after the cut."""
         out, dropped = self.out, _CODE[DROPPED]
         evals = sorted(self.eval_text)
         texts = [out.texts.get(i, self.eval_text[i]) for i in evals]
         self.eval_rare = {i: self.rare(h) for i, h in zip(evals, hash_each(self.spec, texts), strict=True)}
         kept = [i for i in evals if out.outcome[i] != dropped]
-        side = _Side.of([self.eval_rare[i] for i in kept] + [_rare(d, self.common) for d in self.item_distinct],
-                        [self.name(i) for i in kept] + [ident for ident, _ in self.items])
+        side = _Side.of([self.eval_rare[i] for i in kept] + [_rare(d, self.common) for d in self.item_distinct])
+        names = [self.name(i) for i in kept] + [ident for ident, _ in self.items]
         # kept for eval_shares, which wants nearly the same rows: a pass over the spill is a search per row
         self.side_hashes = side.hashes
         self.train_rows = self.spill_rows(side.hashes, self.selected & ~self.is_eval)
-        docs = self.train_rows[1]
+        check = _TrainCheck(self.spec, self.rule, self.spill.share("side-hashes", side.hashes),
+                            self.spill.share("side-owner", side.owner), self.spill.share("common", self.common))
         cut_rare: dict[int, np.ndarray] = {}
-        for idx, texts in self.texts(np.unique(docs)):
-            hs = list(hash_each(self.spec, texts))
-            # the batch's n-grams looked up at once: sorted, successive searches of the large side share the
-            # cache (a lookup per document missed it at every step: 7 s at 100x the example)
-            hits = np.split(side.hits(np.concatenate([np.empty(0, np.uint64), *hs])), np.cumsum([len(h) for h in hs])[:-1])
-            for i, t, h, hit in zip(idx.tolist(), texts, hs, hits, strict=True):
-                _check(out, i, t, h, side, self.spec, self.rule, hit)
-                if i in out.texts:
-                    own = cut_rare[i] = self.rare(self.spec.hashes(out.texts[i]))
-                    out.share[i] = _share(own, side.hashes)
-                else:  # its rare n-grams on the other side are the ones hit: no second lookup
-                    own = self.rare(h)
-                    out.share[i] = round(len(self.rare(h[hit])) / len(own), 6) if len(own) else 0.0
+        for batch in self.map_texts(check, np.unique(self.train_rows[1])):
+            for i, found, share, own_cut in batch:
+                _record(out, i, found, names.__getitem__)
+                out.share[i] = share
+                if own_cut is not None:
+                    cut_rare[i] = own_cut
         return cut_rare
 
     def eval_shares(self, cut_rare: dict[int, np.ndarray]) -> None:
@@ -398,7 +462,8 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
                   groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, spill: HashSpill,
                   rule: DecontaminationRule = DecontaminationRule(),
                   protected: Protected | None = None,
-                  hashed: Iterable[HashedBatch] | None = None, map_: Mapper = map) -> Contamination:
+                  hashed: Iterable[HashedBatch] | None = None, map_: Mapper = map,
+                  map_texts: TextMapper | None = None) -> Contamination:
     """Decontaminate the selected training documents against the selected evaluation ones and the
     evaluation files' items.
 
@@ -408,9 +473,10 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
     protected(wanted, common): the current training documents an earlier run already trained on, as
     protected_rows of their texts as trained on (on every core, or here); hashed: the first pass's batches (hash_batch) computed elsewhere, e.g. on every core,
     in document order (default: hashed here from `texts`); map_: runs the passes over the spill's hash ranges
-    (default: here, one after another)."""
+    (default: here, one after another); map_texts: reads and checks again the training documents that share
+    rare n-grams with the evaluation side (TextMapper; default: in_order(texts))."""
     run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
-                eval_items, spec, rule, spill, map_)
+                eval_items, spec, rule, spill, map_, map_texts)
     run.hash_all(hashed)
     run.find_common()
     if protected is not None:

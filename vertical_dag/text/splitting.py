@@ -41,16 +41,30 @@ def assign(seed: int, key: str, fractions: Sequence[float]) -> str:
         acc += frac
         if u < acc:
             return name
-    return next((n for n, f in zip(reversed(SPLITS), reversed(fractions), strict=True) if f > 0), SPLITS[0])
+    return SPLITS[_fallback(fractions)]
 
 
 def assign_column(seed: int, keys: pa.Array | pa.ChunkedArray, fractions: Sequence[float]) -> np.ndarray:
-    """The split of every key as an index into SPLITS (int8), hashing each distinct key once."""
+    """The split of every key as an index into SPLITS (int8), hashing each distinct key once: the same as
+    `assign` (the digests read as big-endian integers, divided by 2**64, against the same running sums)."""
     if not len(keys):
         return np.zeros(0, np.int8)
     encoded = pc.dictionary_encode(keys).combine_chunks() if isinstance(keys, pa.ChunkedArray) else pc.dictionary_encode(keys)
-    codes = np.array([SPLITS.index(assign(seed, k, fractions)) for k in encoded.dictionary.to_pylist()], np.int8)
-    return codes[encoded.indices.to_numpy(zero_copy_only=False)]
+    prefix, blake2b = f"{seed}\x00".encode(), hashlib.blake2b
+    digests = b"".join([blake2b(prefix + k.encode(), digest_size=8).digest() for k in encoded.dictionary.to_pylist()])
+    u = np.frombuffer(digests, ">u8").astype(np.float64) / 2**64
+    bounds, acc = [], 0.0
+    for frac in fractions:
+        acc += frac
+        bounds.append(acc)
+    codes = np.searchsorted(np.array(bounds), u, side="right")  # the first split whose running sum exceeds u
+    codes[codes == len(SPLITS)] = _fallback(fractions)
+    return codes.astype(np.int8)[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _fallback(fractions: Sequence[float]) -> int:
+    """assign's split for a u past every running sum (fractions summing to a little under 1)."""
+    return next((k for k in reversed(range(len(SPLITS))) if fractions[k] > 0), 0)
 
 
 def _meta_value(meta: str | None, field: str) -> str | None:
