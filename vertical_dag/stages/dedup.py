@@ -104,7 +104,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # one stream of batches over every part, so workers hash the next part's batches while this process
     # decides the current one (a map per part left them idle at each part's end: 700 parts at 100x)
     slices = [(u.path, *s) for u in plan.todo for s in row_slices(pq.ParquetFile(u.path), ctx.params.dedup.batch_size)]
-    prepared = executor.map(_Prepare(config), slices)
+    # a batch's hashes are a few MB: 8 in flight per worker keep the workers busy while this process is
+    # held up (an index merge, a part's write), which 2 did not
+    prepared = executor.map(_Prepare(config), slices, window=PREPARED_IN_FLIGHT * executor.workers)
 
     def work(unit: Unit) -> PartResult:
         paths[len(index.parts)] = unit.path
@@ -123,6 +125,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         executor.close()
     raise_failures(STAGE, failed)
     return metrics(store, plan, time.perf_counter() - started, config)
+
+
+PREPARED_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
