@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 DOC_SCHEMA = pa.schema(
     [
@@ -154,9 +155,9 @@ def file_fingerprint(path: Path | str, old: dict | None = None) -> dict[str, Any
 # ---------------------------------------------------------------- parts
 
 
-def read_many(read: Callable[[Path], T], paths: list[Path]) -> list[T]:
-    """read(path) for every path, in order, on a few threads: a gate reads hundreds of small Parquet files
-    (a profile or ledger per part), and Arrow's reads release the GIL."""
+def read_many(read: Callable[[P], T], paths: list[P]) -> list[T]:
+    """read(path) for every path (or other item), in order, on a few threads: a gate reads hundreds of small
+    Parquet files (a profile or ledger per part), and Arrow's reads and hashlib release the GIL."""
     if len(paths) < 8:
         return [read(p) for p in paths]
     with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2), thread_name_prefix="read-many") as pool:

@@ -8,7 +8,6 @@ first document, so small per-document columns (numpy) line up with the texts str
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..records import atomic_path, empty_docs, list_parts
+from ..records import atomic_path, empty_docs, list_parts, read_many
 from ..text.decontaminate import HashedBatch, TextMapper, hash_batch
 from ..text.ngrams import NgramSpec
 
 BATCH = 8192
-READERS = 4  # threads reading parts' footers and small columns
 
 
 class Parts:
@@ -31,8 +29,7 @@ class Parts:
 
     def __init__(self, folder: Path):
         self.files = list_parts(folder)
-        with ThreadPoolExecutor(READERS) as pool:  # some 700 footers at 100x the example: reading waits on I/O
-            metas = list(pool.map(pq.read_metadata, self.files))
+        metas = read_many(pq.read_metadata, self.files)  # some 700 footers at 100x the example
         self._names = [set(m.schema.to_arrow_schema().names) for m in metas]
         schemas = [m.schema.to_arrow_schema() for m in metas]
         self.schema = pa.unify_schemas(schemas) if schemas else empty_docs().schema
@@ -49,8 +46,7 @@ class Parts:
         def read(k: int) -> pa.Table:
             return _conform(pq.read_table(self.files[k], columns=[c for c in have if c in self._names[k]]), fields)
 
-        with ThreadPoolExecutor(READERS) as pool:  # pyarrow decodes without the GIL: the cores share the files
-            tables = list(pool.map(read, range(len(self.files))))
+        tables = read_many(read, list(range(len(self.files))))
         t = pa.concat_tables(tables) if tables else fields.empty_table()
         return {c: (t.column(c).combine_chunks() if c in have else None) for c in names}
 
