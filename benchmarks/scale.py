@@ -3,7 +3,8 @@
 The corpus is the Chinese-law example repeated SCALE times; each copy maps every Han character through its
 own bijection of the Han block, so copies share no n-gram (they are not duplicates of each other) while
 keeping the example's lengths, scripts and structure. For each scale and executor the script runs ingest ->
-dedup -> normalize -> split (gates included, as a user runs them) in a fresh project and prints wall time,
+dedup -> normalize -> split (gates included, as a user runs them) in a fresh project, each stage for every
+executor in turn before the next stage, and prints wall time,
 CPU time and peak RSS per stage, the gate's time as a share of the stage's own, the speed-up per stage and
 in all over the first executor listed, and whether the outputs are identical.
 
@@ -138,24 +139,29 @@ def main() -> None:
             if not raw.exists():
                 mb = build_raw(example / "data/raw/china_law", raw / "china_law", scale) / 2**20
                 print(f"# scale {scale}: {mb:.0f} MB of raw JSONL")
-            base_total, base_stage = None, {}
-            for executor in args.executors:
-                project = project_for(work, raw, executor, ray_address)
-                cells, total, record = [], 0.0, {"scale": scale, "executor": executor}
+            projects = {e: project_for(work, raw, e, ray_address) for e in args.executors}
+            records = {e: {"scale": scale, "executor": e} for e in args.executors}
+            # stage by stage, each executor in turn: on a shared machine whose speed drifts by tens of percent
+            # over minutes, runs minutes apart compare the machine's moods, not the executors
+            for stage in STAGES:
+                for executor in args.executors:
+                    seconds, cpu, rss = run_stage(projects[executor], stage, env)
+                    own, gate = gate_share(projects[executor], stage)
+                    records[executor][stage] = {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2),
+                                                "peak_rss_mb": round(rss), "stage_s": own, "gate_s": gate}
+            first = records[args.executors[0]]
+            base_total = sum(first[s]["wall_s"] for s in STAGES)
+            for executor, record in records.items():
+                total = sum(record[s]["wall_s"] for s in STAGES)
                 for stage in STAGES:
-                    seconds, cpu, rss = run_stage(project, stage, env)
-                    own, gate = gate_share(project, stage)
-                    total += seconds
-                    base_stage.setdefault(stage, seconds)
-                    record[stage] = {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(rss),
-                                     "stage_s": own, "gate_s": gate, "speedup": round(base_stage[stage] / seconds, 3)}
-                    cells.append(f"{seconds:7.1f}s {cpu:6.1f}s {rss:6.0f}MB {100 * gate / own:4.0f}%")
-                base_total = base_total or total
-                record["outputs"] = outputs_digest(project)
+                    record[stage]["speedup"] = round(first[stage]["wall_s"] / record[stage]["wall_s"], 3)
+                record["outputs"] = outputs_digest(projects[executor])
                 record["speedup"] = round(base_total / total, 3)
+                cells = [f"{r['wall_s']:7.1f}s {r['cpu_s']:6.1f}s {r['peak_rss_mb']:6.0f}MB "
+                         f"{100 * r['gate_s'] / r['stage_s']:4.0f}%" for r in (record[s] for s in STAGES)]
                 print(f"{scale:>5} {executor:>8} " + " ".join(cells) + f" {total:7.1f}s {base_total / total:7.2f}x"
                       f"  {record['outputs']}", flush=True)
-                print(f"{'':>5} {'':>8} " + " ".join(f"{'x' + format(base_stage[s] / record[s]['wall_s'], '.2f'):>30}"
+                print(f"{'':>5} {'':>8} " + " ".join(f"{'x' + format(record[s]['speedup'], '.2f'):>30}"
                                                      for s in STAGES), flush=True)
                 if args.json:
                     with open(args.json, "a", encoding="utf-8") as f:
