@@ -43,9 +43,6 @@ from ..quality.contamination import measure, measure_bucket
 from ..quality.split_profile import write_profile
 from ..records import LEDGER_SCHEMA, LedgerEntry, ledger_table, read_json, write_json, write_parquet
 from ..text.decontaminate import (
-    CUT,
-    DROPPED,
-    FLAGGED,
     Contamination,
     Protected,
     decontaminate,
@@ -55,6 +52,7 @@ from ..text.decontaminate import (
 )
 from ..text.hash_spill import HashSpill, bucket_of, distinct, read_bucket
 from ..text.ngrams import NgramSpec
+from ..text.overlap import CUT, DROPPED, FLAGGED
 from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
 from . import STAGES
 from .context import StageContext

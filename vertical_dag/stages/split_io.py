@@ -30,8 +30,8 @@ class Parts:
     def __init__(self, folder: Path):
         self.files = list_parts(folder)
         metas = read_many(pq.read_metadata, self.files)  # some 700 footers at 100x the example
-        self._names = [set(m.schema.to_arrow_schema().names) for m in metas]
         schemas = [m.schema.to_arrow_schema() for m in metas]
+        self._names = [set(schema.names) for schema in schemas]
         self.schema = pa.unify_schemas(schemas) if schemas else empty_docs().schema
         self._groups = [[m.row_group(g).num_rows for g in range(m.num_row_groups)] for m in metas]
         self.rows = [m.num_rows for m in metas]
@@ -56,11 +56,11 @@ class Parts:
         names = columns or self.schema.names
         fields = pa.schema([self.schema.field(c) for c in names])
         offset = 0
-        for path, n in zip(self.files, self.rows, strict=True):
+        for path, n, present in zip(self.files, self.rows, self._names, strict=True):
             lo, hi = (np.searchsorted(rows, [offset, offset + n]) if rows is not None else (0, 1))
             if hi > lo:
                 f = pq.ParquetFile(path)
-                have = [c for c in names if c in f.schema_arrow.names]
+                have = [c for c in names if c in present]
                 start = offset
                 for batch in f.iter_batches(batch_size=BATCH, columns=have):
                     idx = np.arange(start, start + batch.num_rows)

@@ -49,10 +49,23 @@ from .hash_spill import (
     read_bucket,
 )
 from .ngrams import NgramSpec
-
-CLEAN, CUT, DROPPED, FLAGGED = "clean", "cut", "dropped", "flagged"
-OUTCOMES = (CLEAN, CUT, DROPPED, FLAGGED)  # Contamination.outcome holds indices into this
-_CODE = {o: k for k, o in enumerate(OUTCOMES)}
+from .overlap import (
+    CLEAN,
+    CODE,
+    CUT,
+    DROPPED,
+    FLAGGED,
+    OUTCOMES,
+    Checked,
+    DecontaminationRule,
+    Hit,
+    Side,
+    TrainCheck,
+    check,
+    hash_each,
+    shared_fraction,
+    without_common,
+)
 
 # map(fn, items) -> fn(item) for each item in order: the builtin, or an executor's (stages/executor.py) to run
 # the passes over the spill's hash ranges on every core
@@ -109,34 +122,6 @@ def hash_batch(spec: NgramSpec, idx: np.ndarray, texts: list[str], selected: np.
     return HashedBatch(*bucketed(idx[keep], h, c), {int(idx[k]): texts[k] for k in evals.tolist()})
 
 
-HASH_CHUNK = 8192  # texts hashed at once: the evaluation side of 100x the example is 260k texts
-
-
-def hash_each(spec: NgramSpec, texts: Sequence[str]) -> Iterator[np.ndarray]:
-    """Every text's n-gram hashes (spec.hashes), hashed HASH_CHUNK texts at a time: a consumer that keeps
-    what it derives from them (distinct rare n-grams) holds one chunk's hashes at a time, not the corpus's."""
-    for a in range(0, len(texts), HASH_CHUNK):
-        h, w = spec.hashes_batch(list(texts[a : a + HASH_CHUNK]))
-        yield from (np.split(h, np.cumsum(w)[:-1]) if len(w) else [])
-
-
-@dataclass(frozen=True)
-class DecontaminationRule:
-    max_ngram_families: int = 10  # n-grams in more families than this are boilerplate; 0: every n-gram counts
-    min_coverage: float = 0.5  # share of a document's tokens under rare shared n-grams that contaminates it
-    action: str = CUT  # cut | dropped | flagged
-
-
-@dataclass
-class Hit:
-    """A document that shares rare n-grams with the other side."""
-
-    coverage: float  # share of tokens covered by rare n-grams shared with the other side
-    shared: int  # distinct rare n-grams shared with the other side
-    ref: str | None  # the document on the other side owning the first shared n-gram
-    cut_chars: int = 0
-
-
 @dataclass
 class Contamination:
     outcome: np.ndarray  # per document: index into OUTCOMES
@@ -147,66 +132,10 @@ class Contamination:
     eval_docs_sharing_rare: int = 0  # evaluation documents still sharing a rare n-gram with train afterwards
 
     def is_(self, outcome: str) -> np.ndarray:
-        return self.outcome == _CODE[outcome]
+        return self.outcome == CODE[outcome]
 
     def outcome_of(self, i: int) -> str:
         return OUTCOMES[int(self.outcome[i])]
-
-
-class _Side:
-    """Sorted distinct n-gram hashes of one side, each with the index of the first document that had it."""
-
-    def __init__(self, hashes: np.ndarray, owner: np.ndarray):
-        self.hashes, self.owner = hashes, owner
-
-    @classmethod
-    def built(cls, hashes: np.ndarray, owner: np.ndarray, owner_ascending: bool = False) -> _Side:
-        # owners already in ascending order: a stable sort by hash alone keeps them so, with less memory
-        order = np.argsort(hashes, kind="stable") if owner_ascending else np.lexsort((owner, hashes))
-        h = hashes[order]
-        first = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
-        # only the first owners are gathered: the evaluation side of 100x the example is 50M rows
-        return cls(h[first], owner[order[first]])
-
-    @classmethod
-    def of(cls, arrays: Sequence[np.ndarray]) -> _Side:
-        """The side of documents 0, 1, ... holding arrays[0], arrays[1], ..."""
-        if not arrays:
-            return cls(np.empty(0, np.uint64), np.empty(0, np.int32))
-        o = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(a) for a in arrays])
-        return cls.built(np.concatenate(arrays).astype(np.uint64, copy=False), o, owner_ascending=True)
-
-    def hits(self, h: np.ndarray) -> np.ndarray:
-        return member(h, self.hashes)
-
-    def owner_of(self, h: np.ndarray) -> int:
-        """The owner of h[0] (h: hashes the side holds)."""
-        pos = np.searchsorted(self.hashes, h[:1]).clip(max=len(self.hashes) - 1)
-        return int(self.owner[pos[0]])
-
-
-def _covered(hit: np.ndarray, n: int) -> np.ndarray:
-    """Token mask covered by the windows marked in `hit` (window k covers tokens k .. k+n-1)."""
-    m = len(hit) + n - 1 if len(hit) else 0
-    delta = np.zeros(m + 1, np.int32)
-    starts = np.flatnonzero(hit)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, starts + n, -1)
-    return np.cumsum(delta[:-1]) > 0
-
-
-def cut_spans(text: str, spec: NgramSpec, covered: np.ndarray) -> tuple[str, int]:
-    """The text without the characters of covered tokens (each run of them becomes one line break)."""
-    starts, ends = spec.token_spans(text)
-    edges = np.diff(np.r_[0, covered.astype(np.int8), 0])
-    run_start, run_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-    pieces, pos, removed = [], 0, 0
-    for a, b in zip(starts[run_start].tolist(), ends[run_end].tolist(), strict=True):
-        pieces.append(text[pos:a].rstrip())
-        removed += b - a
-        pos = b
-    pieces.append(text[pos:].lstrip())
-    return "\n".join(p for p in pieces if p), removed
 
 
 def common_hashes(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
@@ -225,49 +154,7 @@ def common_hashes(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
     return values[counts > max_groups]
 
 
-def _rare(h: np.ndarray, common: np.ndarray) -> np.ndarray:
-    return h[~member(h, common)] if len(common) and len(h) else h
-
-
-@dataclass
-class _Checked:
-    """What _check found in a document that shares rare n-grams with the other side: its outcome, the overlap,
-    the other side's document (an index there) owning the first shared n-gram, its text after a cut."""
-
-    outcome: int
-    hit: Hit
-    owner: int
-    text: str | None = None
-
-
-def _check(text: str, h: np.ndarray, other: _Side, spec: NgramSpec, rule: DecontaminationRule,
-           hit: np.ndarray | None = None) -> _Checked | None:
-    """Coverage of a document (text, its n-gram hashes h) by the other side's rare n-grams, and what the rule
-    does about it; None when they share none. hit: which of h the other side holds, when the caller looked up
-    many documents' n-grams at once. Pure, so any worker can."""
-    hit = other.hits(h) if hit is None else hit
-    if not hit.any():
-        return None
-    n = spec.n_for(text)
-    covered = _covered(hit, n)
-    shared = distinct(h[hit])
-    found = _Checked(_CODE[CLEAN], Hit(round(float(covered.mean()), 6), len(shared), None), other.owner_of(shared))
-    if found.hit.coverage >= rule.min_coverage:
-        found.outcome = _CODE[FLAGGED if rule.action == FLAGGED else DROPPED]
-    elif rule.action == CUT:
-        cut, found.hit.cut_chars = cut_spans(text, spec, covered)
-        found.outcome = _CODE[CUT]
-        for _ in range(2):  # joining the pieces can make a new shared n-gram across a cut: cut that too
-            hit2 = other.hits(spec.hashes(cut))
-            if not hit2.any():
-                break
-            cut, more = cut_spans(cut, spec, _covered(hit2, spec.n_for(cut)))
-            found.hit.cut_chars += more
-        found.text = cut
-    return found
-
-
-def _record(out: Contamination, i: int, found: _Checked | None, owner_name: Callable[[int], str | None]) -> None:
+def _record(out: Contamination, i: int, found: Checked | None, owner_name: Callable[[int], str | None]) -> None:
     """Document i's check into out, the owner named (an index of the side it was checked against)."""
     if found is None:
         return
@@ -276,10 +163,6 @@ def _record(out: Contamination, i: int, found: _Checked | None, owner_name: Call
     out.hits[i] = found.hit
     if found.text is not None:
         out.texts[i] = found.text
-
-
-def _share(own: np.ndarray, other: np.ndarray) -> float:
-    return round(float(member(own, other).mean()), 6) if len(own) else 0.0
 
 
 @dataclass(frozen=True)
@@ -307,37 +190,6 @@ class _RowsIn:
         h, d = read_bucket(path)
         m = member(h, wanted) & np.load(self.docs, mmap_mode="r")[d]
         return h[m], d[m]
-
-
-@dataclass(frozen=True)
-class _TrainCheck:
-    """_check of a batch of training documents against the evaluation side (memory-mapped from the spill's
-    folder): per document (index, what _check found, its share, its rare n-grams after a cut if cut)."""
-
-    spec: NgramSpec
-    rule: DecontaminationRule
-    side_hashes: Path
-    side_owner: Path
-    common: Path
-
-    def __call__(self, idx: np.ndarray, texts: list[str]) -> list[tuple[int, _Checked | None, float, np.ndarray | None]]:
-        side = _Side(np.load(self.side_hashes, mmap_mode="r"), np.load(self.side_owner, mmap_mode="r"))
-        common = np.load(self.common, mmap_mode="r")
-        hs = list(hash_each(self.spec, texts))
-        # the batch's n-grams looked up at once: sorted, successive searches of the large side share the
-        # cache (a lookup per document missed it at every step: 7 s at 100x the example)
-        hits = np.split(side.hits(np.concatenate([np.empty(0, np.uint64), *hs])), np.cumsum([len(h) for h in hs])[:-1])
-        out = []
-        for i, t, h, hit in zip(idx.tolist(), texts, hs, hits, strict=True):
-            found = _check(t, h, side, self.spec, self.rule, hit)
-            if found is not None and found.text is not None:
-                own = _rare(distinct(self.spec.hashes(found.text)), common)
-                out.append((i, found, _share(own, side.hashes), own))
-            else:  # its rare n-grams on the other side are the ones hit: no second lookup
-                own = _rare(distinct(h), common)
-                share = round(len(_rare(distinct(h[hit]), common)) / len(own), 6) if len(own) else 0.0
-                out.append((i, found, share, None))
-        return out
 
 
 class _Pass:
@@ -383,7 +235,7 @@ class _Pass:
         self.out.boilerplate_ngrams = len(self.common)
 
     def rare(self, h: np.ndarray) -> np.ndarray:
-        return _rare(distinct(h), self.common)
+        return without_common(distinct(h), self.common)
 
     def protect(self, protected: Protected) -> None:
         """Cut or drop evaluation documents overlapping protected (earlier train) documents."""
@@ -398,9 +250,9 @@ class _Pass:
             owners.append(d)
         if not hashes:
             return
-        prot = _Side.built(np.concatenate(hashes), np.concatenate(owners))
+        prot = Side.built(np.concatenate(hashes), np.concatenate(owners))
         for i in evals:
-            _record(self.out, i, _check(self.eval_text[i], windows[i], prot, self.spec, self.rule), self.name)
+            _record(self.out, i, check(self.eval_text[i], windows[i], prot, self.spec, self.rule), self.name)
 
     def spill_rows(self, wanted: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, documents) of the spill rows whose hash is in `wanted` and whose document is marked in `docs`."""
@@ -415,17 +267,17 @@ class _Pass:
     def check_train(self) -> dict[int, np.ndarray]:
         """Check the training documents that share a rare n-gram with the evaluation side (read again, on the
         workers of `map_texts`); their shares; the rare n-grams of those cut, after the cut."""
-        out, dropped = self.out, _CODE[DROPPED]
+        out, dropped = self.out, CODE[DROPPED]
         evals = sorted(self.eval_text)
         texts = [out.texts.get(i, self.eval_text[i]) for i in evals]
         self.eval_rare = {i: self.rare(h) for i, h in zip(evals, hash_each(self.spec, texts), strict=True)}
         kept = [i for i in evals if out.outcome[i] != dropped]
-        side = _Side.of([self.eval_rare[i] for i in kept] + [_rare(d, self.common) for d in self.item_distinct])
+        side = Side.of([self.eval_rare[i] for i in kept] + [without_common(d, self.common) for d in self.item_distinct])
         names = [self.name(i) for i in kept] + [ident for ident, _ in self.items]
         # kept for eval_shares, which wants nearly the same rows: a pass over the spill is a search per row
         self.side_hashes = side.hashes
         self.train_rows = self.spill_rows(side.hashes, self.selected & ~self.is_eval)
-        check = _TrainCheck(self.spec, self.rule, self.spill.share("side-hashes", side.hashes),
+        check = TrainCheck(self.spec, self.rule, self.spill.share("side-hashes", side.hashes),
                             self.spill.share("side-owner", side.owner), self.spill.share("common", self.common))
         cut_rare: dict[int, np.ndarray] = {}
         for batch in self.map_texts(check, np.unique(self.train_rows[1])):
@@ -443,7 +295,7 @@ class _Pass:
             return
         # sorted in place: a sorted copy of every evaluation n-gram would double what this step holds
         wanted = distinct(np.concatenate(list(self.eval_rare.values())), in_place=True)
-        uncut = self.selected & ~self.is_eval & ((out.outcome == _CODE[CLEAN]) | (out.outcome == _CODE[FLAGGED]))
+        uncut = self.selected & ~self.is_eval & ((out.outcome == CODE[CLEAN]) | (out.outcome == CODE[FLAGGED]))
         # the training rows of the n-grams check_train looked for (every one kept by an evaluation document)
         # are at hand; only those of the evaluation documents it dropped need another pass over the spill
         h1, d1 = self.train_rows
@@ -453,14 +305,17 @@ class _Pass:
             found.append(self.spill_rows(others, uncut)[0])
         train = distinct(np.concatenate([*found, *(r[member(r, wanted)] for r in cut_rare.values())]))
         for i, own in self.eval_rare.items():
-            out.share[i] = _share(own, train)
-            if out.outcome[i] != _CODE[DROPPED] and out.share[i] > 0:
+            out.share[i] = shared_fraction(own, train)
+            if out.outcome[i] != CODE[DROPPED] and out.share[i] > 0:
                 out.eval_docs_sharing_rare += 1
+
+
+DEFAULT_RULE = DecontaminationRule()
 
 
 def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
                   groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, spill: HashSpill,
-                  rule: DecontaminationRule = DecontaminationRule(),
+                  rule: DecontaminationRule = DEFAULT_RULE,
                   protected: Protected | None = None,
                   hashed: Iterable[HashedBatch] | None = None, map_: Mapper = map,
                   map_texts: TextMapper | None = None) -> Contamination:

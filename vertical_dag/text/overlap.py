@@ -1,0 +1,183 @@
+"""One document against the other side of decontamination: the share of its tokens under the other side's
+rare n-grams, what the rule does about it (cut the shared spans, drop, flag), and its share afterwards.
+
+Pure functions over a document's text and n-gram hashes and the other side's sorted hashes, so a worker can
+check a batch of documents on its own (TrainCheck: the other side memory-mapped from the spill's folder);
+decontaminate.py decides which documents meet which side and records what these find.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .hash_spill import distinct, member
+from .ngrams import NgramSpec
+
+CLEAN, CUT, DROPPED, FLAGGED = "clean", "cut", "dropped", "flagged"
+OUTCOMES = (CLEAN, CUT, DROPPED, FLAGGED)  # Contamination.outcome holds indices into this
+CODE = {o: k for k, o in enumerate(OUTCOMES)}
+
+
+@dataclass(frozen=True)
+class DecontaminationRule:
+    max_ngram_families: int = 10  # n-grams in more families than this are boilerplate; 0: every n-gram counts
+    min_coverage: float = 0.5  # share of a document's tokens under rare shared n-grams that contaminates it
+    action: str = CUT  # cut | dropped | flagged
+
+
+@dataclass
+class Hit:
+    """A document that shares rare n-grams with the other side."""
+
+    coverage: float  # share of tokens covered by rare n-grams shared with the other side
+    shared: int  # distinct rare n-grams shared with the other side
+    ref: str | None  # the document on the other side owning the first shared n-gram
+    cut_chars: int = 0
+
+
+HASH_CHUNK = 8192  # texts hashed at once: the evaluation side of 100x the example is 260k texts
+
+
+def hash_each(spec: NgramSpec, texts: Sequence[str]) -> Iterator[np.ndarray]:
+    """Every text's n-gram hashes (spec.hashes), hashed HASH_CHUNK texts at a time: a consumer that keeps
+    what it derives from them (distinct rare n-grams) holds one chunk's hashes at a time, not the corpus's."""
+    for a in range(0, len(texts), HASH_CHUNK):
+        h, w = spec.hashes_batch(list(texts[a : a + HASH_CHUNK]))
+        yield from (np.split(h, np.cumsum(w)[:-1]) if len(w) else [])
+
+
+class Side:
+    """Sorted distinct n-gram hashes of one side, each with the index of the first document that had it."""
+
+    def __init__(self, hashes: np.ndarray, owner: np.ndarray):
+        self.hashes, self.owner = hashes, owner
+
+    @classmethod
+    def built(cls, hashes: np.ndarray, owner: np.ndarray, owner_ascending: bool = False) -> Side:
+        # owners already in ascending order: a stable sort by hash alone keeps them so, with less memory
+        order = np.argsort(hashes, kind="stable") if owner_ascending else np.lexsort((owner, hashes))
+        h = hashes[order]
+        first = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
+        # only the first owners are gathered: the evaluation side of 100x the example is 50M rows
+        return cls(h[first], owner[order[first]])
+
+    @classmethod
+    def of(cls, arrays: Sequence[np.ndarray]) -> Side:
+        """The side of documents 0, 1, ... holding arrays[0], arrays[1], ..."""
+        if not arrays:
+            return cls(np.empty(0, np.uint64), np.empty(0, np.int32))
+        o = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(a) for a in arrays])
+        return cls.built(np.concatenate(arrays).astype(np.uint64, copy=False), o, owner_ascending=True)
+
+    def hits(self, h: np.ndarray) -> np.ndarray:
+        return member(h, self.hashes)
+
+    def owner_of(self, h: np.ndarray) -> int:
+        """The owner of h[0] (h: hashes the side holds)."""
+        pos = np.searchsorted(self.hashes, h[:1]).clip(max=len(self.hashes) - 1)
+        return int(self.owner[pos[0]])
+
+
+def covered_tokens(hit: np.ndarray, n: int) -> np.ndarray:
+    """Token mask covered by the windows marked in `hit` (window k covers tokens k .. k+n-1)."""
+    m = len(hit) + n - 1 if len(hit) else 0
+    delta = np.zeros(m + 1, np.int32)
+    starts = np.flatnonzero(hit)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, starts + n, -1)
+    return np.cumsum(delta[:-1]) > 0
+
+
+def cut_spans(text: str, spec: NgramSpec, covered: np.ndarray) -> tuple[str, int]:
+    """The text without the characters of covered tokens (each run of them becomes one line break)."""
+    starts, ends = spec.token_spans(text)
+    edges = np.diff(np.r_[0, covered.astype(np.int8), 0])
+    run_start, run_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    pieces, pos, removed = [], 0, 0
+    for a, b in zip(starts[run_start].tolist(), ends[run_end].tolist(), strict=True):
+        pieces.append(text[pos:a].rstrip())
+        removed += b - a
+        pos = b
+    pieces.append(text[pos:].lstrip())
+    return "\n".join(p for p in pieces if p), removed
+
+
+def without_common(h: np.ndarray, common: np.ndarray) -> np.ndarray:
+    return h[~member(h, common)] if len(common) and len(h) else h
+
+
+@dataclass
+class Checked:
+    """What check found in a document that shares rare n-grams with the other side: its outcome, the overlap,
+    the other side's document (an index there) owning the first shared n-gram, its text after a cut."""
+
+    outcome: int
+    hit: Hit
+    owner: int
+    text: str | None = None
+
+
+def check(text: str, h: np.ndarray, other: Side, spec: NgramSpec, rule: DecontaminationRule,
+           hit: np.ndarray | None = None) -> Checked | None:
+    """Coverage of a document (text, its n-gram hashes h) by the other side's rare n-grams, and what the rule
+    does about it; None when they share none. hit: which of h the other side holds, when the caller looked up
+    many documents' n-grams at once. Pure, so any worker can."""
+    hit = other.hits(h) if hit is None else hit
+    if not hit.any():
+        return None
+    n = spec.n_for(text)
+    covered = covered_tokens(hit, n)
+    shared = distinct(h[hit])
+    found = Checked(CODE[CLEAN], Hit(round(float(covered.mean()), 6), len(shared), None), other.owner_of(shared))
+    if found.hit.coverage >= rule.min_coverage:
+        found.outcome = CODE[FLAGGED if rule.action == FLAGGED else DROPPED]
+    elif rule.action == CUT:
+        cut, found.hit.cut_chars = cut_spans(text, spec, covered)
+        found.outcome = CODE[CUT]
+        for _ in range(2):  # joining the pieces can make a new shared n-gram across a cut: cut that too
+            hit2 = other.hits(spec.hashes(cut))
+            if not hit2.any():
+                break
+            cut, more = cut_spans(cut, spec, covered_tokens(hit2, spec.n_for(cut)))
+            found.hit.cut_chars += more
+        found.text = cut
+    return found
+
+
+def shared_fraction(own: np.ndarray, other: np.ndarray) -> float:
+    return round(float(member(own, other).mean()), 6) if len(own) else 0.0
+
+
+@dataclass(frozen=True)
+class TrainCheck:
+    """check of a batch of training documents against the evaluation side (memory-mapped from the spill's
+    folder): per document (index, what check found, its share, its rare n-grams after a cut if cut)."""
+
+    spec: NgramSpec
+    rule: DecontaminationRule
+    side_hashes: Path
+    side_owner: Path
+    common: Path
+
+    def __call__(self, idx: np.ndarray, texts: list[str]) -> list[tuple[int, Checked | None, float, np.ndarray | None]]:
+        side = Side(np.load(self.side_hashes, mmap_mode="r"), np.load(self.side_owner, mmap_mode="r"))
+        common = np.load(self.common, mmap_mode="r")
+        hs = list(hash_each(self.spec, texts))
+        # the batch's n-grams looked up at once: sorted, successive searches of the large side share the
+        # cache (a lookup per document missed it at every step: 7 s at 100x the example)
+        hits = np.split(side.hits(np.concatenate([np.empty(0, np.uint64), *hs])), np.cumsum([len(h) for h in hs])[:-1])
+        out = []
+        for i, t, h, hit in zip(idx.tolist(), texts, hs, hits, strict=True):
+            found = check(t, h, side, self.spec, self.rule, hit)
+            if found is not None and found.text is not None:
+                own = without_common(distinct(self.spec.hashes(found.text)), common)
+                out.append((i, found, shared_fraction(own, side.hashes), own))
+            else:  # its rare n-grams on the other side are the ones hit: no second lookup
+                own = without_common(distinct(h), common)
+                share = round(len(without_common(distinct(h[hit]), common)) / len(own), 6) if len(own) else 0.0
+                out.append((i, found, share, None))
+        return out
