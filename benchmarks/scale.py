@@ -82,6 +82,7 @@ def gate_share(project: Path, stage: str) -> tuple[float, float]:
 
 def outputs_digest(project: Path) -> str:
     """One hash over every stage's parts and ledgers (content, in name order)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     h = hashlib.sha256()
@@ -90,7 +91,13 @@ def outputs_digest(project: Path) -> str:
             if "index" in f.parts:
                 continue
             h.update(f.relative_to(project).as_posix().encode())
-            h.update(pq.read_table(f).to_pandas().to_json().encode())
+            # the table's values in one Arrow IPC stream (one chunk per column: how the file cut its row
+            # groups does not change the hash): seconds at 100x, where pandas' JSON took minutes
+            table = pq.read_table(f).combine_chunks().replace_schema_metadata(None)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            h.update(sink.getvalue())
     return h.hexdigest()[:16]
 
 
