@@ -103,13 +103,33 @@ def stage_tables(stage: str, project: Project, params: Params, metrics: dict[str
     return {}
 
 
+def _documents_args(stage: str, project: Project, params: Params) -> dict[str, Any]:
+    """What profile.documents (and part_profiles) take for the stage's gate."""
+    out = project.root / STAGES[stage].out
+    needed = _document_columns(stage, params)
+    pii = params.normalize.pii if stage == "normalize" else False
+    return {"out": out, "pii": pii, "text_hash": "canonical_hash" in needed,
+            "sidecars": _sidecars(stage, out, params, pii), "columns": needed}
+
+
+def read_files(stage: str, project: Project, params: Params) -> None:
+    """The per-file reads of a part stage's gate (sidecars, each part's profile rows, ledger actions, the
+    upstream stage's row counts) without building its tables: what the gate process does while the stage
+    works, so that the gate then reads only what changed (file_memo.py)."""
+    if stage not in PART_PROFILED:
+        return
+    spec = STAGES[stage]
+    args = _documents_args(stage, project, params)
+    profile.part_profiles(files=profile.doc_files(args["out"]), **args)
+    profile.ledger_counts(args["out"])
+    if spec.reads:
+        profile.count_docs(project.root / STAGES[spec.reads[0]].out)
+
+
 def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str, Any]) -> dict[str, Any]:
     spec = STAGES[stage]
     out = project.root / spec.out
-    needed = _document_columns(stage, params)
-    pii = params.normalize.pii if stage == "normalize" else False
-    docs = profile.documents(out, pii=pii, text_hash="canonical_hash" in needed,
-                             sidecars=_sidecars(stage, out, params, pii), columns=needed)
+    docs = profile.documents(**_documents_args(stage, project, params))
     if not spec.reads:  # reads raw files: its input count is what it reports
         rows_in = int(metrics.get("documents_in") or 0)
     else:  # the registry's lineage: the documents the upstream stage kept

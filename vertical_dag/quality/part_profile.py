@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..records import read_many, write_parquet
+from .file_memo import cached
 
 FOLDER = "profile"
 VERSION = 1
@@ -107,5 +108,7 @@ def read_sidecar(out: Path, part: Path, settings: dict[str, Any]) -> pa.Table | 
 def read_sidecars(out: Path, parts: list[Path], settings: dict[str, Any]) -> dict[Path, pa.Table]:
     """The sidecars that still describe their parts, by part path (the others are left out)."""
     parts = [p for p in parts if p.is_relative_to(out / "parts")]
-    found = read_many(lambda part: read_sidecar(out, part, settings), parts)
+    kind = ("sidecar", json.dumps(settings, sort_keys=True))
+    found = read_many(lambda part: cached(kind, lambda: read_sidecar(out, part, settings), sidecar_path(out, part), part),
+                      parts)
     return {part: t for part, t in zip(parts, found, strict=True) if t is not None}

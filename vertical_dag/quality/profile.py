@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from ..records import list_parts, read_json, read_many
 from . import part_profile
+from .file_memo import cached
 
 SPLIT_NAMES = ("train", "validation", "test")
 # Ledger actions that remove a document from a stage's output (the rest annotate kept documents).
@@ -56,7 +57,7 @@ def doc_files(out: Path) -> list[Path]:
 
 
 def count_docs(out: Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in doc_files(out))
+    return sum(read_many(lambda p: cached("rows", lambda: pq.ParquetFile(p).metadata.num_rows, p), doc_files(out)))
 
 
 def _hash_text(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -121,6 +122,35 @@ def _profile_part(path: Path, detect: Callable[[], Any] | None, text_hash: bool,
     return pa.table({c: cols[c] for c in PROFILE_FIELDS + extra if c in cols})
 
 
+def part_profiles(out: Path, files: list[Path], *, pii: Any = False, text_hash: bool = True,
+                  sidecars: dict[Path, pa.Table] | None = None, columns: set[str] | None = None) -> list[pa.Table]:
+    """_profile_part of every file, as `documents` takes them (see there), each reused while its file and
+    sidecar are unchanged (file_memo.py: the gate process reads them while the stage works)."""
+    detector: list[Any] = []  # built once, and only if some file has to be scanned
+
+    def detect() -> Any:
+        if not detector:
+            detector.append(pii_detector(pii_settings(pii)))
+        return detector[0]
+
+    sidecars = sidecars or {}
+    kind = ("profile-part", repr(pii), text_hash, tuple(sorted(columns)) if columns is not None else None)
+
+    def one(path: Path) -> pa.Table:
+        sidecar = sidecars.get(path)
+
+        def read() -> pa.Table:
+            return _profile_part(path, detect if pii is not False else None, text_hash, sidecar, columns)
+
+        if sidecar is None:  # measured from the file alone
+            return cached(kind, read, path)
+        if path.is_relative_to(out / "parts"):  # a part stage's sidecar, one file per part
+            return cached(kind + ("sidecar",), read, path, part_profile.sidecar_path(out, path))
+        return read()
+
+    return [one(p) for p in files]
+
+
 def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: dict[Path, pa.Table] | None = None,
               columns: set[str] | None = None) -> Any:
     """One row per document of a stage's output, as a pandas DataFrame (no text).
@@ -130,17 +160,8 @@ def documents(out: Path, *, pii: Any = False, text_hash: bool = True, sidecars: 
     no canonical_hash. sidecars: per file the stage's profile rows (split_profile.py, part_profile.py);
     files without one are measured from their texts. columns: only these (and the columns they are filled
     from), so millions of rows stay small in pandas."""
-    detector: list[Any] = []  # built once, and only if some file has to be scanned
-
-    def detect() -> Any:
-        if not detector:
-            detector.append(pii_detector(pii_settings(pii)))
-        return detector[0]
-
-    sidecars = sidecars or {}
     files = doc_files(out)
-    tables = [_profile_part(p, detect if pii is not False else None, text_hash, sidecars.get(p), columns)
-              for p in files]
+    tables = part_profiles(out, files, pii=pii, text_hash=text_hash, sidecars=sidecars, columns=columns)
     if not tables:
         schema = pa.schema([(c, pa.int64() if c == "n_chars" else pa.string()) for c in PROFILE_FIELDS if c != "part"])
         if pii is not False:
@@ -191,7 +212,7 @@ def ledger_counts(out: Path) -> dict[str, int]:
     def actions(path: Path) -> list[dict[str, Any]]:  # the action column only: details can be long
         return pc.value_counts(pq.ParquetFile(path).read(columns=["action"]).column("action")).to_pylist()
 
-    for rows in read_many(actions, list_parts(out / "ledger")):
+    for rows in read_many(lambda p: cached("ledger-actions", lambda: actions(p), p), list_parts(out / "ledger")):
         for row in rows:
             if row["values"] in counts:
                 counts[row["values"]] += int(row["counts"])

@@ -112,7 +112,7 @@ def run_stage(name: str, project: Project, *, gate: bool = True) -> dict[str, An
         if gate and params.gates.enabled and checks_for(name, params):
             from ..quality.gate_process import GateProcess
 
-            gate_process = GateProcess()  # imports Great Expectations while the stage works
+            gate_process = GateProcess(name, project, params)  # imports GE and reads parts while the stage works
             stack.callback(gate_process.close)
         remove_temporaries(ctx.out)  # a killed run's half-written files (the lock: nobody else is writing)
         module = importlib.import_module(f"vertical_dag.stages.{name}")
