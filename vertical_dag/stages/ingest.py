@@ -58,8 +58,12 @@ def part_name(rel: str) -> str:
     return f"{safe}-{hashlib.blake2b(rel.encode(), digest_size=4).hexdigest()}"
 
 
+DVC_METAFILE = ".dvc"  # data/raw/<source>.dvc of `dvc import-url URL data/raw/<source>` (or `dvc add`)
+
+
 def scan_raw(raw: Path) -> dict[str, Path]:
-    """Raw files by path relative to data/raw (hidden files and SQLite journals are not documents).
+    """Raw files by path relative to data/raw (hidden files, SQLite journals and DVC's .dvc metafiles are not
+    documents).
 
     Symlinks: a linked file is read (when it leads outside the project only if
     ingest.follow_external_symlinks allows it, see ingest_file); a linked folder is not walked, it is listed
@@ -71,7 +75,7 @@ def scan_raw(raw: Path) -> dict[str, Path]:
         rel = path.relative_to(raw)
         linked_folder = path.is_symlink() and path.is_dir()  # not walked: it becomes one ledger row
         if any(part.startswith(".") for part in rel.parts) or not (path.is_file() or linked_folder) or \
-                path.name.endswith(SIDECAR_SUFFIXES):
+                path.name.endswith((*SIDECAR_SUFFIXES, DVC_METAFILE)):
             continue
         files[rel.as_posix()] = path
     return dict(sorted(files.items()))
