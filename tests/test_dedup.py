@@ -161,7 +161,7 @@ def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
     want = [(j, d) for j, k in enumerate(q.tolist()) for d in np.flatnonzero(keys == k)[:64].tolist()]
     for background in (False, True):  # merged in place, or on a thread while adding, looking up and saving
         folder, counter = tmp_path / str(background), [0]
-        index = KeyIndex(max_merge=3000, background=background)
+        index = KeyIndex(max_merge=4 * 1500, background=background)
         for s in range(0, 20_000, 1500):
             index.add(keys[s : s + 1500], np.arange(s, min(s + 1500, 20_000)))
             qi, di = index.lookup(keys[: s + 1500 : 11], 64)
@@ -170,6 +170,7 @@ def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
                 index = KeyIndex.load(folder, index.save(folder, "k", counter), background)
         index.wait()
         assert sum(seg.size for seg in index.segments) == 20_000
+        assert len(index.segments) == 5  # 14 segments added, merged FAN_IN at a time up to max_merge: 3 + 2
         qi, di = index.lookup(q, 64)
         assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
 
