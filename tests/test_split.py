@@ -14,6 +14,7 @@ import pytest
 
 from vertical_dag.records import DOC_SCHEMA, read_ledger, write_parquet
 from vertical_dag.stages.context import run_stage
+from vertical_dag.stages.split_io import SplitWriters
 from vertical_dag.text.splitting import SPLITS, assign, assign_column, group_keys
 
 from .test_normalize import doc_rows, make_project
@@ -256,3 +257,27 @@ def test_example_corpus_end_to_end_with_a_late_batch(tmp_path):
         for row in pq.read_table(root / "data/splits" / f"{name}.parquet", columns=["cluster_id"]).to_pylist():
             clusters.setdefault(row["cluster_id"], set()).add(name)
     assert max(len(s) for s in clusters.values()) == 1
+
+
+def test_split_files_written_on_threads_are_the_same_bytes_and_none_is_kept_on_a_failed_write(tmp_path):
+    """SplitWriters with a thread per file (what split does with more than one worker) writes each file's
+    batches in order, so its files equal one thread's; a write that fails replaces no file."""
+    schema = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
+    rng = random.Random(3)
+    batches = [(rng.choice(SPLITS), pa.table({"doc_id": [f"d{b}-{i}" for i in range(50)],
+                                              "text": ["".join(rng.choices("abc 法律", k=80)) for _ in range(50)]},
+                                             schema=schema)) for b in range(40)]
+    for threaded in (False, True):
+        with SplitWriters(tmp_path / str(threaded), SPLITS, schema, threaded) as writers:
+            for name, table in batches:
+                writers.write(name, table)
+    for name in SPLITS:
+        assert (tmp_path / "True" / f"{name}.parquet").read_bytes() == (tmp_path / "False" / f"{name}.parquet").read_bytes()
+        assert pq.read_table(tmp_path / "True" / f"{name}.parquet").num_rows == 50 * sum(n == name for n, _ in batches)
+
+    wrong = pa.table({"doc_id": ["x"], "text": [b"\xff"]})  # binary that is not UTF-8: the cast fails
+    with pytest.raises(pa.ArrowException):
+        with SplitWriters(tmp_path / "failed", SPLITS, schema, threaded=True) as writers:
+            writers.write("train", batches[0][1])
+            writers.write("train", wrong)
+    assert not list((tmp_path / "failed").glob("*.parquet"))

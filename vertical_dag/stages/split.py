@@ -246,9 +246,11 @@ class _MeasureBucket:
                               self.max_groups)
 
 
-def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contamination | None) -> np.ndarray:
+def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contamination | None,
+           threaded: bool = False) -> np.ndarray:
     """Stream every document to its split's file with split, contamination and contaminated columns (cut
-    texts replaced, dropped documents left out); the characters of each document as written."""
+    texts replaced, dropped documents left out); the characters of each document as written. threaded:
+    each file written on a thread of its own (SplitWriters)."""
     n = parts.n
     dropped = found.is_(DROPPED) if found else np.zeros(n, bool)
     contaminated = found.is_(DROPPED) | found.is_(FLAGGED) if found else np.zeros(n, bool)  # cut ones are clean after
@@ -262,7 +264,7 @@ def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contaminat
     schema = schema.append(pa.field("contaminated", pa.bool_()))
     names = np.array(SPLITS, dtype=object)
     n_chars = np.zeros(n, np.int64)
-    with SplitWriters(ctx.out, SPLITS, schema) as writers:
+    with SplitWriters(ctx.out, SPLITS, schema, threaded) as writers:
         for idx, t in parts.batches():
             text = t.column("text")
             if len(cut):
@@ -311,9 +313,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         try:
             found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
                                                               dc_settings, spill, executor)
-            # with workers, the files are written on a thread while they measure for the gate (one worker:
-            # one after the other, on one core)
-            written = writer.submit(_write, ctx, parts, split, found) if executor.workers > 1 else None
+            # with workers, the files are written on threads (one per file) while the workers measure for
+            # the gate (one worker: one after the other, on one core)
+            written = writer.submit(_write, ctx, parts, split, found, True) if executor.workers > 1 else None
             dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
             measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings, executor)
             n_chars = written.result() if written else _write(ctx, parts, split, found)
