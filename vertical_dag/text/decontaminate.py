@@ -192,6 +192,23 @@ class _RowsIn:
         return h[m], d[m]
 
 
+RARE_BATCH = 2048  # evaluation texts per task of _RareOf
+
+
+@dataclass(frozen=True)
+class _RareOf:
+    """The rare n-grams (distinct, boilerplate left out) of each of a batch of texts, the boilerplate set
+    memory-mapped: the evaluation side's, hashed on the workers (at 100x the example, a quarter of a million
+    texts took some 5 s on the stage's own thread)."""
+
+    spec: NgramSpec
+    common: Path
+
+    def __call__(self, texts: list[str]) -> list[np.ndarray]:
+        common = np.load(self.common, mmap_mode="r")
+        return [without_common(distinct(h), common) for h in hash_each(self.spec, texts)]
+
+
 class _Pass:
     """One decontamination run over a corpus streamed from a TextSource (see decontaminate)."""
 
@@ -234,9 +251,6 @@ class _Pass:
         self.common = np.concatenate(list(found))
         self.out.boilerplate_ngrams = len(self.common)
 
-    def rare(self, h: np.ndarray) -> np.ndarray:
-        return without_common(distinct(h), self.common)
-
     def protect(self, protected: Protected) -> None:
         """Cut or drop evaluation documents overlapping protected (earlier train) documents."""
         evals = sorted(self.eval_text)
@@ -270,7 +284,10 @@ class _Pass:
         out, dropped = self.out, CODE[DROPPED]
         evals = sorted(self.eval_text)
         texts = [out.texts.get(i, self.eval_text[i]) for i in evals]
-        self.eval_rare = {i: self.rare(h) for i, h in zip(evals, hash_each(self.spec, texts), strict=True)}
+        common = self.spill.share("common", self.common)
+        batches = [texts[a : a + RARE_BATCH] for a in range(0, len(texts), RARE_BATCH)]
+        rare = (r for batch in self.map(_RareOf(self.spec, common), batches) for r in batch)
+        self.eval_rare = dict(zip(evals, rare, strict=True))
         kept = [i for i in evals if out.outcome[i] != dropped]
         side = Side.of([self.eval_rare[i] for i in kept] + [without_common(d, self.common) for d in self.item_distinct])
         names = [self.name(i) for i in kept] + [ident for ident, _ in self.items]
@@ -278,7 +295,7 @@ class _Pass:
         self.side_hashes = side.hashes
         self.train_rows = self.spill_rows(side.hashes, self.selected & ~self.is_eval)
         check = TrainCheck(self.spec, self.rule, self.spill.share("side-hashes", side.hashes),
-                            self.spill.share("side-owner", side.owner), self.spill.share("common", self.common))
+                            self.spill.share("side-owner", side.owner), common)
         cut_rare: dict[int, np.ndarray] = {}
         for batch in self.map_texts(check, np.unique(self.train_rows[1])):
             for i, found, share, own_cut in batch:
