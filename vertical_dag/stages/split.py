@@ -315,7 +315,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                               dc_settings, spill, executor)
             # with workers, the files are written on threads (one per file) while the workers measure for
             # the gate (one worker: one after the other, on one core)
-            written = writer.submit(_write, ctx, parts, split, found, True) if executor.workers > 1 else None
+            written = writer.submit(_write, ctx, parts, split, found, threaded=True) if executor.workers > 1 else None
             dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
             measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings, executor)
             n_chars = written.result() if written else _write(ctx, parts, split, found)

@@ -221,7 +221,7 @@ class KeyIndex:
                         self._merging = False
                         return
                 group, arrays = due
-                runs = arrays
+                runs = list(arrays)
                 while len(runs) > 1:  # pairwise, neighbours by age: equal keys stay in document order
                     runs = [_merge(*runs[j], *runs[j + 1]) if j + 1 < len(runs) else runs[j]
                             for j in range(0, len(runs), 2)]
