@@ -8,14 +8,17 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from vertical_dag.records import DOC_SCHEMA, read_ledger, write_parquet
 from vertical_dag.stages.context import run_stage
 from vertical_dag.stages.split_io import SplitWriters
-from vertical_dag.text.splitting import SPLITS, assign, assign_column, group_keys
+from vertical_dag.text.overlap import Side
+from vertical_dag.text.splitting import SPLITS, assign, assign_column, distinct_count, group_keys
 
 from .test_normalize import doc_rows, make_project
 
@@ -77,6 +80,31 @@ def test_assign_column_is_assign_for_every_key(fractions):
     keys = [f"k{i}" for i in range(5000)] + ["law_name=民法典", "k7", "family=é"] * 3
     got = assign_column(SEED, pa.chunked_array([pa.array(keys[:2000]), pa.array(keys[2000:])]), fractions)
     assert [SPLITS[c] for c in got.tolist()] == [assign(SEED, k, fractions) for k in keys]
+
+
+def test_distinct_count_counts_values_not_nulls_across_chunks():
+    keys = pa.chunked_array([pa.array(["a", "b", None]), pa.array(["b", "民法典", None]), pa.array([], pa.string())])
+    assert distinct_count(keys) == 3 == pc.count_distinct(keys).as_py()
+    assert distinct_count(pa.array([], pa.string())) == 0 == distinct_count(pa.chunked_array([], pa.string()))
+
+
+def test_a_side_keeps_each_hash_with_its_smallest_owner():
+    """Side.built sorts unstably; what it keeps must be what a stable sort by (hash, owner) puts first,
+    whether the owners come in ascending order (Side.of) or not."""
+    rng = np.random.default_rng(7)
+    for n, distinct in ((0, 1), (1, 1), (5000, 300), (100_000, 20_000)):
+        hashes = rng.integers(0, 2**64 - 1, distinct, dtype=np.uint64)[rng.integers(0, distinct, n)]
+        ascending = np.sort(rng.integers(0, 400, n)).astype(np.int32)
+        for owner, is_ascending in ((ascending, True), (rng.permutation(ascending), False)):
+            side = Side.built(hashes, owner, owner_ascending=is_ascending)
+            order = np.lexsort((owner, hashes))
+            h = hashes[order]
+            first = np.r_[True, h[1:] != h[:-1]] if n else np.zeros(0, bool)
+            assert side.hashes.tolist() == h[first].tolist()
+            assert side.owner.tolist() == owner[order[first]].tolist() and side.owner.dtype == owner.dtype
+    arrays = [np.array([5, 3], np.uint64), np.array([3, 9], np.uint64), np.array([9, 1], np.uint64)]
+    side = Side.of(arrays)
+    assert side.hashes.tolist() == [1, 3, 5, 9] and side.owner.tolist() == [2, 0, 0, 1]
 
 
 def test_meta_grouping_keeps_a_cluster_with_its_canonical_document():

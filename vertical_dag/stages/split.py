@@ -53,7 +53,7 @@ from ..text.decontaminate import (
 from ..text.hash_spill import HashSpill, bucket_of, distinct, read_bucket
 from ..text.ngrams import NgramSpec
 from ..text.overlap import CUT, DROPPED, FLAGGED
-from ..text.splitting import SPLITS, assign_column, family_column, group_key_column
+from ..text.splitting import SPLITS, assign_column, distinct_count, family_column, group_key_column
 from . import STAGES
 from .context import StageContext
 from .executor import Executor, make_executor
@@ -358,8 +358,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "splits": summary["splits"],
         "by_source": summary["by_source"],
         "group_by": sp.group_by,
-        "groups": pc.count_distinct(keys).as_py(),
-        "families": pc.count_distinct(families).as_py(),
+        "groups": distinct_count(keys),
+        "families": distinct_count(families),
         "new_parts": 0,
         "workers": executor.workers,
         "seconds": round(seconds, 3),
