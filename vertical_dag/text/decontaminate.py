@@ -310,17 +310,19 @@ class _Pass:
         out = self.out
         if not self.eval_text:
             return
-        # sorted in place: a sorted copy of every evaluation n-gram would double what this step holds
-        wanted = distinct(np.concatenate(list(self.eval_rare.values())), in_place=True)
+        # a document's share counts only its own n-grams, so `train` may hold others too: it is the training
+        # rows check_train read (the side's n-grams: every kept evaluation document's, and the items'), those
+        # of the n-grams only evaluation documents it dropped have, and the cut texts' n-grams. (Gathering
+        # every evaluation n-gram first, to look up exactly those, held a second copy of the side.)
         uncut = self.selected & ~self.is_eval & ((out.outcome == CODE[CLEAN]) | (out.outcome == CODE[FLAGGED]))
-        # the training rows of the n-grams check_train looked for (every one kept by an evaluation document)
-        # are at hand; only those of the evaluation documents it dropped need another pass over the spill
         h1, d1 = self.train_rows
-        found = [h1[member(h1, wanted) & uncut[d1]]]
-        others = wanted[~member(wanted, self.side_hashes)]
+        found = [h1[uncut[d1]], *cut_rare.values()]
+        dropped = [r for i, r in self.eval_rare.items() if out.outcome[i] == CODE[DROPPED]]
+        others = distinct(np.concatenate([np.empty(0, np.uint64), *dropped]))
+        others = others[~member(others, self.side_hashes)]
         if len(others):
             found.append(self.spill_rows(others, uncut)[0])
-        train = distinct(np.concatenate([*found, *(r[member(r, wanted)] for r in cut_rare.values())]))
+        train = distinct(np.concatenate(found))
         for i, own in self.eval_rare.items():
             out.share[i] = shared_fraction(own, train)
             if out.outcome[i] != CODE[DROPPED] and out.share[i] > 0:
