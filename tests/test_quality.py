@@ -247,6 +247,25 @@ def test_split_fractions_off_fails(root: Path) -> None:
     assert list(bad) == ["split_fractions"]
     observed = {r["split"]: r["fraction"] for r in bad["split_fractions"].observed}
     assert observed == {"train": 0.5, "validation": 0.25, "test": 0.25}
+    # each document its own family here: the row says how many of them each split holds
+    families = {r["split"]: (r["families"], r["of_families"]) for r in bad["split_fractions"].observed}
+    assert families == {"train": (20, 40), "validation": (10, 40), "test": (10, 40)}
+
+
+def test_split_fractions_of_one_large_family_say_so(root: Path) -> None:
+    """Half the corpus is variants of one form, which lands in validation whole: the fractions cannot be
+    met, and the failure shows why (the families each split holds) and what to change."""
+    write_stage(root, "data/normalized", ids(40), TEXTS)
+    families = ["d000"] * 20 + [f"d{2 * (i // 2):03d}" for i in range(20, 38)] + ["d038"] * 2
+    write_splits(root, {"validation": list(range(20)), "train": list(range(20, 38)), "test": [38, 39]},
+                 families=families)
+    result = run("split", root, {}, parse_params(SPLIT_PARAMS))
+    bad = failed(result)
+    assert list(bad) == ["split_fractions"]
+    families = {r["split"]: (r["families"], r["of_families"]) for r in bad["split_fractions"].observed}
+    assert families == {"train": (9, 11), "validation": (1, 11), "test": (1, 11)}
+    assert '"split": "validation", "fraction": 0.5' in result.failure_message()
+    assert result.failure_message().endswith("add documents or change split.fractions)")
 
 
 def test_split_contamination_left_fails(root: Path) -> None:

@@ -60,10 +60,11 @@ class GateResult:
         return [e for e in self.expectations if not e.success]
 
     def failure_message(self) -> str:
-        """One line per failed expectation: check, GE expectation, column, observed value and bound."""
+        """One line per failed expectation: check, GE expectation, column, observed value, bound and what the
+        check means (where it says what to change)."""
         return "\n".join(
             f"{e.name} ({e.expectation}{', column ' + e.column if e.column else ''}): "
-            f"observed {_short(e.observed)}; bound {e.bound}"
+            f"observed {_short(e.observed)}; bound {e.bound}" + (f"; {e.description}" if e.description else "")
             for e in self.failed()
         )
 

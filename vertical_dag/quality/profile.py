@@ -259,7 +259,9 @@ def families(docs: Any, group_by: str = "family_id") -> Any:
 
 
 def split_fractions(docs: Any, expected: dict[str, float], tolerance: float, sigmas: float) -> Any:
-    """One row per split: observed vs expected fraction and the allowed deviation.
+    """One row per split: observed vs expected fraction, the allowed deviation, and how many template
+    families it holds of how many there are (each goes to one split whole, so a corpus of few families, or of
+    one family much larger than the others, cannot match small fractions: the row says why).
 
     The allowance is the tolerance or `sigmas` binomial standard errors over the number of template
     families (what is actually assigned), whichever is larger, so a tiny corpus is not failed for sampling noise.
@@ -267,13 +269,17 @@ def split_fractions(docs: Any, expected: dict[str, float], tolerance: float, sig
     import pandas as pd
 
     n_docs = len(docs)
-    n_units = max(1, docs["family_id"].nunique()) if n_docs else 1
+    n_families = int(docs["family_id"].nunique()) if n_docs else 0
+    n_units = max(1, n_families)
     rows = []
     for name, want in expected.items():
-        got = float((docs["split"] == name).sum()) / n_docs if n_docs else 0.0
+        here = docs["split"] == name
+        got = float(here.sum()) / n_docs if n_docs else 0.0
         noise = sigmas * math.sqrt(want * (1 - want) / n_units)
         rows.append({"split": name, "fraction": round(got, 6), "expected": want, "deviation": round(abs(got - want), 6),
-                     "allowed": round(max(tolerance, noise), 6)})
+                     "allowed": round(max(tolerance, noise), 6),
+                     "families": int(docs.loc[here, "family_id"].nunique()) if n_docs else 0,
+                     "of_families": n_families})
     df = pd.DataFrame(rows)
     df["excess"] = df["deviation"] - df["allowed"] if not df.empty else []
     return df

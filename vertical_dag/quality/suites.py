@@ -135,8 +135,10 @@ def split_checks(p: Params) -> list[Check]:
               "n_splits <= 1", "no template family has documents in two splits", id_column="family_id"),
         Check("split_fractions", "fractions", "ExpectColumnValuesToBeBetween", _between(None, 0, column="excess"),
               f"|fraction - expected| <= max(gates.split_fraction_tolerance={g.split_fraction_tolerance}, "
-              f"{g.split_fraction_sigmas} binomial std errors)", "split sizes match the split params",
-              id_column="split", observed_columns=("split", "fraction", "expected", "allowed")),
+              f"{g.split_fraction_sigmas} binomial std errors)",
+              "split sizes match the split params (each template family goes to one split whole: with few "
+              "families, or one much larger than the rest, add documents or change split.fractions)",
+              id_column="split", observed_columns=("split", "fraction", "expected", "allowed", "families", "of_families")),
         Check("no_contamination", "documents", "ExpectColumnValuesToBeBetween",
               _between(None, threshold, column="contamination"), f"contamination <= {threshold}",
               "no validation/test document overlaps train above the contamination threshold", id_column="doc_id",
