@@ -35,6 +35,7 @@ from ..quality import part_profile
 from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, read_json, row_slices, write_parquet
 from ..text.canonical import hash_hex
 from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex, Prepared, prepare_batch
+from ..text.hash_spill import distinct
 from ..text.lsh import optimal_bands, recall_bands
 from .context import StageContext
 from .executor import make_executor
@@ -67,7 +68,7 @@ def read_rows(path: Path, rows: np.ndarray, column: str = "text") -> list[str]:
     """Values of `column` at `rows` of a parquet file, reading only the row groups that hold them."""
     f = pq.ParquetFile(path)
     bounds = np.cumsum([0] + [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)])
-    groups = np.unique(np.searchsorted(bounds, rows, side="right") - 1)
+    groups = distinct(np.searchsorted(bounds, rows, side="right") - 1)
     table = f.read_row_groups(groups.tolist(), columns=[column])
     local = np.concatenate([np.arange(bounds[g], bounds[g + 1]) for g in groups])
     return table[column].take(pa.array(np.searchsorted(local, rows))).to_pylist()

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .hash_spill import distinct
+
 SEP = 0  # NUL: ends every document in a batch array
 _N = 0x110000
 
@@ -30,7 +32,7 @@ def flags(cps: np.ndarray) -> np.ndarray:
     """The class bits of every code point (test one with CharClass.of); one table lookup for every class."""
     f = _table[cps]
     if not (f & _KNOWN).all():
-        for cp in np.unique(cps[(f & _KNOWN) == 0]).tolist():
+        for cp in distinct(cps[(f & _KNOWN) == 0]).tolist():
             ch = chr(cp)
             _table[cp] = _KNOWN | sum(1 << bit for bit, test in enumerate(_tests) if test(ch))
         f = _table[cps]
@@ -75,7 +77,7 @@ class CharMap:
     def __call__(self, cps: np.ndarray) -> np.ndarray:
         new = cps[~self._known[cps]]
         if len(new):
-            for cp in np.unique(new).tolist():
+            for cp in distinct(new).tolist():
                 out = self.fn(chr(cp))
                 self._to[cp] = ord(out) if len(out) == 1 else cp
             self._known[new] = True

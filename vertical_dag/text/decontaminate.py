@@ -150,8 +150,9 @@ def common_hashes(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
     order = np.lexsort((g, h))
     h, g = h[order], g[order]
     first = np.r_[True, (h[1:] != h[:-1]) | (g[1:] != g[:-1])] if len(h) else np.zeros(0, bool)
-    values, counts = np.unique(h[first], return_counts=True)  # distinct (n-gram, group) pairs per n-gram
-    return values[counts > max_groups]
+    h = h[first]  # distinct (n-gram, group) pairs, by n-gram: an n-gram's run length is its groups
+    starts = np.flatnonzero(np.r_[True, h[1:] != h[:-1]]) if len(h) else np.zeros(0, np.int64)
+    return h[starts[np.diff(np.r_[starts, len(h)]) > max_groups]]
 
 
 def _record(out: Contamination, i: int, found: Checked | None, owner_name: Callable[[int], str | None]) -> None:
@@ -297,7 +298,7 @@ class _Pass:
         check = TrainCheck(self.spec, self.rule, self.spill.share("side-hashes", side.hashes),
                             self.spill.share("side-owner", side.owner), common)
         cut_rare: dict[int, np.ndarray] = {}
-        for batch in self.map_texts(check, np.unique(self.train_rows[1])):
+        for batch in self.map_texts(check, distinct(self.train_rows[1])):
             for i, found, share, own_cut in batch:
                 _record(out, i, found, names.__getitem__)
                 out.share[i] = share

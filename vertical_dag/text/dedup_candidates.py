@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .hash_spill import distinct
 from .key_index import KeyIndex
-from .lsh import BatchBands, unique
+from .lsh import BatchBands
 from .minhash import pair_jaccard, segment_positions
 
 VERIFY_MARGIN = 0.15  # candidates whose estimate is this far below the threshold are not worth verifying
@@ -47,7 +48,7 @@ def candidates(index: KeyIndex, bands: BatchBands, eligible: np.ndarray, g0: int
     pj, pi = np.concatenate(pairs_j), np.concatenate(pairs_i)
     keep = pi < g0 + pj  # a member never pairs with itself (same document in two bands is fine)
     span = np.int64(g0 + len(bands.keys))
-    pair = unique(pj[keep].astype(np.int64) * span + pi[keep])  # one int64 key per pair: fast unique
+    pair = distinct(pj[keep].astype(np.int64) * span + pi[keep])  # one int64 key per pair: fast unique
     return pair // span, pair % span
 
 
@@ -86,7 +87,7 @@ def verify_in_rank_order(cand_j: np.ndarray, cand_i: np.ndarray, est: np.ndarray
 def _pool(j: np.ndarray, i: np.ndarray, batch_shingles: tuple[np.ndarray, np.ndarray], old_shingles, g0: int
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The shingles of every document the pairs (j, i) name: (hashes, offsets, slot of each j, of each i)."""
-    docs = unique(np.concatenate((g0 + j, i)))
+    docs = distinct(np.concatenate((g0 + j, i)))
     is_old = docs < g0
     h_old, off_old = old_shingles(docs[is_old]) if is_old.any() else (np.zeros(0, np.uint64), np.zeros(1, np.int64))
     bh, bo = batch_shingles

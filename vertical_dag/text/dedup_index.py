@@ -34,7 +34,7 @@ import numpy as np
 from .dedup_candidates import candidates, rank_order, verify_in_rank_order
 from .dedup_prepare import EXACT, KEEP, NEAR, DedupConfig, Prepared, prepare_batch
 from .dedup_store import FetchTexts, IndexStore
-from .lsh import unique
+from .hash_spill import distinct_inverse
 from .minhash import estimated_jaccard
 
 __all__ = ["EXACT", "KEEP", "NEAR", "BatchResult", "DedupConfig", "DedupIndex", "FetchTexts", "Prepared",
@@ -102,7 +102,9 @@ class DedupIndex(IndexStore):
         """Exact duplicates: the earliest earlier document with the same canonical hash. Returns which
         documents are the first of their hash in the batch."""
         chash, n = prep.chash, len(prep.chash)
-        _, first, inv = np.unique(chash, return_index=True, return_inverse=True)
+        values, inv = distinct_inverse(chash)
+        first = np.full(len(values), n, np.int64)
+        np.minimum.at(first, inv, np.arange(n))  # each hash's first position in the batch
         is_first = np.zeros(n, bool)
         is_first[first] = True
         if self.config.exact:
@@ -120,7 +122,7 @@ class DedupIndex(IndexStore):
         gathers by integer index (measured 10x faster than boolean masks or np.take), 4k pairs at a time: 2 MB
         temporaries stay in cache and in the allocator (256k at a time spent most of its time faulting in pages)."""
         old = np.flatnonzero(i < g0)
-        u, inv = unique(i[old], return_inverse=True)
+        u, inv = distinct_inverse(i[old])
         rows = sig if not len(u) else np.concatenate((sig, self.signatures_of(u)))
         ri = i - g0
         ri[old] = len(sig) + inv

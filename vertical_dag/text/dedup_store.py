@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .canonical import canonical_texts
+from .hash_spill import distinct
 from .key_index import KeyIndex, mapped, npy_offset
 from .minhash import segment_positions
 from .shingles import shingle_hashes
@@ -178,7 +179,7 @@ class IndexStore:
         """(part, positions in g, rows in that part) for each part that the document numbers g touch."""
         g = np.asarray(g, np.int64)
         ks = self.part_of(g)
-        for k in np.unique(ks).tolist():
+        for k in distinct(ks).tolist():
             sel = np.flatnonzero(ks == k)
             yield k, sel, g[sel] - self.parts[k]["start"]
 

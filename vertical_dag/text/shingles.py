@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .hash_spill import distinct
 from .ngrams import powers
 from .scripts import cjk_mask
 
@@ -167,4 +168,4 @@ def shingle_hashes(canon_texts: list[str], ngram_cjk: int = 5, ngram_words: int 
 def shingle_set(canon: str, ngram_cjk: int = 5, ngram_words: int = 3, ngram_chars: int = 0) -> np.ndarray:
     """The sorted unique shingle hashes of one document (for exact Jaccard)."""
     h, _ = shingle_hashes([canon], ngram_cjk, ngram_words, ngram_chars)
-    return np.unique(h)
+    return distinct(h)
