@@ -408,3 +408,31 @@ def test_unreadable_outputs_fail_every_check(root: Path) -> None:
     result = run("ingest", root, {"documents_in": 3})
     assert not result.success and len(result.failed()) == len(gate_check_names("ingest"))
     assert "error:" in result.failure_message()
+
+
+def test_split_pairs_count_what_a_pandas_groupby_counts() -> None:
+    """The split gate's group tables (dictionary codes, one sort) against pandas' groupby().nunique(), with
+    groups and splits missing here and there."""
+    import numpy as np
+    import pandas as pd
+
+    from vertical_dag.quality import profile
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    keys = pd.Series([f"g{k}" for k in rng.integers(0, 900, n)], dtype=str)
+    keys[rng.random(n) < 0.05] = None
+    splits = pd.Series(rng.choice(["train", "validation", "test"], n, p=[0.8, 0.1, 0.1]), dtype=str)
+    splits[rng.random(n) < 0.05] = None
+    docs = pd.DataFrame({"family_id": keys, "split": splits})
+
+    pairs = profile.split_pairs(docs, "family_id")
+    got = profile.splits_per_group(pairs, "family_id").set_index("family_id")["n_splits"].sort_index()
+    want = docs.groupby("family_id")["split"].nunique().sort_index()
+    assert len(got) > 800 and got.to_dict() == want.to_dict() and set(got) == {0, 1, 2, 3}
+    rows = profile.split_fractions(pairs, n, {"train": 0.8, "validation": 0.1, "test": 0.1}, 0.02, 3.0)
+    for r in rows.to_dict("records"):
+        here = docs["split"] == r["split"]
+        assert r["fraction"] == round(here.sum() / n, 6)
+        assert r["families"] == docs.loc[here, "family_id"].nunique()
+        assert r["of_families"] == docs["family_id"].nunique()

@@ -142,10 +142,13 @@ def _data_tables(stage: str, project: Project, params: Params, metrics: dict[str
         if "contamination" not in docs:  # no profile of these files from the split stage: measure from their texts
             docs["contamination"] = _measure_from_texts(out, docs, params)
         g = params.gates
-        tables["clusters"] = profile.clusters(docs)
-        tables["families"] = profile.families(docs, params.split.group_by)
-        tables["fractions"] = profile.split_fractions(docs, expected_fractions(params), g.split_fraction_tolerance,
-                                                      g.split_fraction_sigmas)
+        clusters, families = profile.split_pairs(docs, "cluster_id"), profile.split_pairs(docs, "family_id")
+        tables["clusters"] = profile.splits_per_group(clusters, "cluster_id")
+        # with split.group_by cluster_id, families are not what the split keeps together: clusters stand in
+        kept_together = clusters if params.split.group_by == "cluster_id" else families
+        tables["families"] = profile.splits_per_group(kept_together, "family_id")
+        tables["fractions"] = profile.split_fractions(families, len(docs), expected_fractions(params),
+                                                      g.split_fraction_tolerance, g.split_fraction_sigmas)
     return tables
 
 
