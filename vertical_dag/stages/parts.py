@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -84,6 +85,18 @@ def _fingerprint(path: Path, old: dict[str, Any] | None) -> dict[str, Any]:
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": None}
 
 
+def _fingerprint_of_planned(path: Path, planned: tuple[int, int]) -> dict[str, Any]:
+    """_fingerprint of a new input hashed while the stage works: when it is no longer the file that was
+    planned (size, mtime), the stage may have read either version, so it gets no hash (read again next run)."""
+    try:
+        fp = _fingerprint(path, None)
+    except OSError:  # gone since: the stage's read of it says what happened
+        return {"size": planned[0], "mtime_ns": planned[1], "sha256": None}
+    if (fp["size"], fp["mtime_ns"]) != planned:
+        fp["sha256"] = None
+    return fp
+
+
 def _safe(work: Callable[[Any], PartResult], unit: Any) -> PartResult | UnitFailed:
     try:
         return work(unit)
@@ -130,8 +143,10 @@ class PartStore:
         self.profile_dir = out / PROFILE_FOLDER  # the gate's per-part sidecars (quality/part_profile.py)
         self.state = read_json(out / STATE, None) or {}
         self.units: dict[str, dict[str, Any]] = dict(self.state.get("units", {}))
-        self._fingerprints: dict[str, dict[str, Any]] = {}  # computed by plan(), recorded by commit()
+        # computed by plan(), or still being computed (Futures: new inputs), recorded by commit()
+        self._fingerprints: dict[str, dict[str, Any] | Future] = {}
         self._saved = time.perf_counter()
+        self._hasher: ThreadPoolExecutor | None = None
 
     def part_path(self, part: str) -> Path:
         return self.parts_dir / f"{part}.parquet"
@@ -154,12 +169,25 @@ class PartStore:
         removed = sorted(k for k in self.units if k not in current)
         todo, unchanged, changed = [], [], []
         olds = [None if rebuild else self.units.get(u.key) for u in units]
-        # hashed on threads (hashlib releases the GIL): 2 GB of raw files took 3 s on one core before any work
-        fingerprints = read_many(lambda k: _fingerprint(units[k].path, olds[k].get("fingerprint") if olds[k] else None),
-                                 list(range(len(units))))
+        # inputs seen before are hashed now (on threads: hashlib releases the GIL), as the plan compares them;
+        # new ones only need their hash recorded, so it is computed on a thread while the stage works (at 100x,
+        # 2 GB of new parts cost each stage 2.7 s on both cores before any work started)
+        seen = [k for k in range(len(units)) if olds[k]]
+        fingerprints: list[dict[str, Any] | None] = [None] * len(units)
+        for k, fp in zip(seen, read_many(lambda k: _fingerprint(units[k].path, olds[k]["fingerprint"]), seen), strict=True):
+            fingerprints[k] = fp
         for u, old, fp in zip(units, olds, fingerprints, strict=True):
+            if fp is None:
+                try:
+                    st = u.path.stat()
+                    planned = (st.st_size, st.st_mtime_ns)
+                except OSError:
+                    planned = (-1, -1)  # no hash recorded: the stage reports what reading it found
+                self._fingerprints[u.key] = self._hashing().submit(_fingerprint_of_planned, u.path, planned)
+                todo.append(u)
+                continue
             self._fingerprints[u.key] = fp
-            if old and fp["sha256"] and old["fingerprint"].get("sha256") == fp["sha256"] and self.part_path(old["part"]).exists():
+            if fp["sha256"] and old["fingerprint"].get("sha256") == fp["sha256"] and self.part_path(old["part"]).exists():
                 old["fingerprint"] = fp  # same bytes, maybe a new mtime: remembered, so not re-hashed
                 unchanged.append(u.key)
             else:
@@ -177,6 +205,17 @@ class PartStore:
         new = sum(1 for u in todo if u.key not in previous)
         return Plan(todo, unchanged, removed, rebuild, new)
 
+    def _hashing(self) -> ThreadPoolExecutor:
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="part-hash")  # in plan order: commit's order
+        return self._hasher
+
+    def close(self) -> None:
+        """Stop hashing inputs that will not be committed (a failed or interrupted run)."""
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=True, cancel_futures=True)
+            self._hasher = None
+
     def reset(self) -> None:
         for folder in (self.parts_dir, self.ledger_dir, self.profile_dir):
             shutil.rmtree(folder, ignore_errors=True)
@@ -190,7 +229,8 @@ class PartStore:
         self.log.info("%s: input %s is gone: its part, ledger rows and profile are removed", self.out.name, key)
 
     def commit(self, unit: Unit, result: PartResult, *, force: bool = False) -> None:
-        fp = dict(self._fingerprints.get(unit.key) or _fingerprint(unit.path, None))
+        fp = self._fingerprints.get(unit.key) or _fingerprint(unit.path, None)
+        fp = dict(fp.result() if isinstance(fp, Future) else fp)
         if result.retry:
             fp["sha256"] = None  # never equal to a real hash: the unit is read again next run
         seq = self.units.get(unit.key, {}).get("seq", len(self.units))
@@ -238,6 +278,17 @@ def run_units(store: PartStore, todo: list[Unit], work: Callable[[Any], PartResu
     # a unit's result is its counts (its part is on disk): many may wait, so no worker idles behind a long one
     results = executor.map(_Bound(work), [piece for _, piece in tasks], window=PARTS_IN_FLIGHT * executor.workers)
     failed: list[UnitFailed] = []
+    try:
+        _record_results(store, tasks, results, failed, progress, sequential, merge)
+    finally:
+        store.close()
+    store.save()
+    return failed
+
+
+def _record_results(store: PartStore, tasks: list[tuple[Unit, Any]], results: Iterable[PartResult | UnitFailed],
+                    failed: list[UnitFailed], progress: Callable[[Unit, PartResult], None] | None,
+                    sequential: bool, merge: Callable[[Unit, list[Any], list[PartResult]], PartResult] | None) -> None:
     for unit, group in groupby(zip(tasks, results, strict=True), key=lambda tr: tr[0][0]):
         done = list(group)
         result = next((r for _, r in done if isinstance(r, UnitFailed)), None)
@@ -253,8 +304,6 @@ def run_units(store: PartStore, todo: list[Unit], work: Callable[[Any], PartResu
         store.commit(unit, result, force=sequential)
         if progress is not None:
             progress(unit, result)
-    store.save()
-    return failed
 
 
 def raise_failures(stage: str, failed: list[UnitFailed]) -> None:
