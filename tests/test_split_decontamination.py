@@ -262,3 +262,22 @@ def test_membership_through_the_filter_table_is_exact() -> None:
         got = member(queries, sorted_set)
         assert len(queries) >= PREFILTER_MIN and got.sum() >= PREFILTER_MIN
         assert np.array_equal(got, np.isin(queries, sorted_set))
+
+
+def test_shared_fractions_in_chunks_equal_one_lookup_per_document():
+    import numpy as np
+
+    from vertical_dag.text.overlap import shared_fraction, shared_fractions
+
+    rng = np.random.default_rng(11)
+    other = np.sort(rng.integers(0, 2**62, 200_000, dtype=np.uint64))
+    owns = []
+    for _ in range(3000):
+        x = rng.integers(0, 2**62, int(rng.integers(0, 40)), dtype=np.uint64)
+        shared = rng.random(len(x)) < rng.random()
+        x[shared] = other[rng.integers(0, len(other), int(shared.sum()))]
+        owns.append(np.unique(x))
+    want = [shared_fraction(o, other) for o in owns]
+    assert 0.0 in want and any(0 < w < 1 for w in want) and sum(len(o) == 0 for o in owns) > 10
+    for chunk in (1, 37, 1 << 22):  # one document per lookup, chunks across documents, one lookup in all
+        assert shared_fractions(owns, other, chunk) == want

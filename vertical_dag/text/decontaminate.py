@@ -63,7 +63,7 @@ from .overlap import (
     TrainCheck,
     check,
     hash_each,
-    shared_fraction,
+    shared_fractions,
     without_common,
 )
 
@@ -324,9 +324,10 @@ class _Pass:
         if len(others):
             found.append(self.spill_rows(others, uncut)[0])
         train = distinct(np.concatenate(found))
-        for i, own in self.eval_rare.items():
-            out.share[i] = shared_fraction(own, train)
-            if out.outcome[i] != CODE[DROPPED] and out.share[i] > 0:
+        docs = list(self.eval_rare)
+        for i, share in zip(docs, shared_fractions([self.eval_rare[i] for i in docs], train), strict=True):
+            out.share[i] = share
+            if out.outcome[i] != CODE[DROPPED] and share > 0:
                 out.eval_docs_sharing_rare += 1
 
 

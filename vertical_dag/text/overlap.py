@@ -159,6 +159,22 @@ def shared_fraction(own: np.ndarray, other: np.ndarray) -> float:
     return round(float(member(own, other).mean()), 6) if len(own) else 0.0
 
 
+def shared_fractions(owns: Sequence[np.ndarray], other: np.ndarray, chunk: int = 1 << 22) -> list[float]:
+    """shared_fraction of each array, the same values, looked up about `chunk` values at a time: a lookup
+    per array missed the cache at every step (250k evaluation documents: 5 s at 100x the example)."""
+    lens = np.fromiter((len(o) for o in owns), np.int64, len(owns))
+    hits = np.zeros(len(owns), np.int64)
+    ends = np.cumsum(lens)
+    a = 0
+    while a < len(owns):
+        b = max(a + 1, int(np.searchsorted(ends, ends[a] - lens[a] + chunk, side="right")))
+        found = np.r_[0, np.cumsum(member(np.concatenate([np.empty(0, np.uint64), *owns[a:b]]), other))]
+        at = np.r_[0, np.cumsum(lens[a:b])]
+        hits[a:b] = found[at[1:]] - found[at[:-1]]
+        a = b
+    return [round(float(h / n), 6) if n else 0.0 for h, n in zip(hits.tolist(), lens.tolist(), strict=True)]
+
+
 @dataclass(frozen=True)
 class TrainCheck:
     """check of a batch of training documents against the evaluation side (memory-mapped from the spill's
