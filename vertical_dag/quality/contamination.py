@@ -54,7 +54,7 @@ def measure_bucket(h: np.ndarray, d: np.ndarray, is_eval: np.ndarray, families: 
     common = common_hashes(h, families[d], max_groups) if max_groups > 0 else np.empty(0, np.uint64)
     in_train = distinct(h[~is_eval[d]])
     own = is_eval[d] & ~member(h, common)
-    docs, at = distinct_inverse(d[own])
+    docs, at, _ = distinct_inverse(d[own])
     total = np.bincount(at, minlength=len(docs))
     found = np.bincount(at, weights=member(h[own], in_train), minlength=len(docs)).astype(np.int64)
     return docs, total, found

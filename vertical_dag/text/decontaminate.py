@@ -138,21 +138,22 @@ class Contamination:
         return OUTCOMES[int(self.outcome[i])]
 
 
+def _repeated(s: np.ndarray, times: int) -> np.ndarray:
+    """The values of the sorted array s that occur more than `times` times."""
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
+    return s[starts[np.diff(np.r_[starts, len(s)]) > times]]
+
+
 def common_hashes(h: np.ndarray, g: np.ndarray, max_groups: int) -> np.ndarray:
     """Sorted hashes found with more than `max_groups` distinct groups among the (hash, group) rows."""
     # only a hash in more rows than that can be in more groups: one sort of the hashes finds those few, and
     # only their rows are sorted by (hash, group) (a lexsort of every row was 10x slower on a spill bucket)
-    s = np.sort(h)
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if len(s) else np.zeros(0, np.int64)
-    many = s[starts[np.diff(np.r_[starts, len(s)]) > max_groups]]
-    m = member(h, many)
+    m = member(h, _repeated(np.sort(h), max_groups))
     h, g = h[m], g[m]
     order = np.lexsort((g, h))
     h, g = h[order], g[order]
     first = np.r_[True, (h[1:] != h[:-1]) | (g[1:] != g[:-1])] if len(h) else np.zeros(0, bool)
-    h = h[first]  # distinct (n-gram, group) pairs, by n-gram: an n-gram's run length is its groups
-    starts = np.flatnonzero(np.r_[True, h[1:] != h[:-1]]) if len(h) else np.zeros(0, np.int64)
-    return h[starts[np.diff(np.r_[starts, len(h)]) > max_groups]]
+    return _repeated(h[first], max_groups)  # distinct (n-gram, group) pairs: an n-gram repeats once per group
 
 
 def _record(out: Contamination, i: int, found: Checked | None, owner_name: Callable[[int], str | None]) -> None:

@@ -21,9 +21,9 @@ BUCKETS = 1 << BUCKET_BITS
 
 
 def distinct(a: np.ndarray, in_place: bool = False) -> np.ndarray:
-    """Sorted distinct values: np.unique without return_* takes numpy 2's hash path, measured 10-100x slower
-    than a sort on 0.1-2.6M int64s; in_place: sorts `a` itself
-    instead of a copy (for an array as large as the memory it may take)."""
+    """Sorted distinct values (np.unique without return_* takes numpy 2's hash path, measured 10-100x slower
+    than a sort on 0.1-2.6M int64s). in_place: sorts `a` itself instead of a copy (for an array as large as
+    the memory it may take)."""
     if in_place:
         a.sort()
     else:
@@ -31,15 +31,15 @@ def distinct(a: np.ndarray, in_place: bool = False) -> np.ndarray:
     return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
 
 
-def distinct_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """distinct(a), and the position in it of each value of `a`."""
+def distinct_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """distinct(a), the position in it of each value of `a`, and where each distinct value first occurs in `a`."""
     order = np.argsort(a, kind="stable")
     s = a[order]
     first = np.ones(len(s), bool)
     first[1:] = s[1:] != s[:-1]
     inverse = np.empty(len(a), np.int64)
     inverse[order] = np.cumsum(first) - 1
-    return s[first], inverse
+    return s[first], inverse, order[first]  # stable: a run's first position is its value's first occurrence
 
 
 def distinct_per_doc(h: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
