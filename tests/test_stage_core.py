@@ -341,49 +341,6 @@ def test_a_killed_stage_leaves_no_pool_or_gate_process_behind(tmp_path: Path):
     assert not [p for p in children if _alive(p)]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ray_cluster(tmp_path_factory):
-    """A real local Ray cluster (head node on 127.0.0.1, 2 CPUs), stopped afterwards."""
-    pytest.importorskip("ray", reason="the ray extra is not installed")
-    port = _free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    ray_bin = str(BIN / "ray")
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-                   check=True, capture_output=True, text=True, timeout=180)
-    yield f"127.0.0.1:{port}"
-    subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
-
-
-def test_ray_gives_the_same_outputs_as_one_process(project: Path, ray_cluster: str):
-    raw = project / "data/raw/docs"
-    for i in range(3):
-        write_docs(raw / f"r{i}.jsonl", 150, 10 + i, prefix=f"r{i}-")
-    write_span_pairs(raw / "pairs.jsonl", 60, 8)
-    params = project / "params.yaml"
-    base = params.read_text()
-    outputs = {}
-    for name, text in (("local", base.replace("workers: auto", "workers: 1")),
-                       ("ray", base.replace("backend: local", "backend: ray")
-                        .replace("ray_address: null", f"ray_address: '{ray_cluster}'"))):
-        params.write_text(text)
-        for stage in DATA_STAGES:
-            shutil.rmtree(project / STAGES[stage].out, ignore_errors=True)
-            out = json.loads(run_cli("run", stage, "--no-gate", "--json", cwd=project).stdout)
-            if name == "ray" and stage != "dedup":
-                assert out["workers"] == 2  # the cluster's CPUs ran the parts
-        outputs[name] = data_outputs(project)
-    assert outputs["ray"] == outputs["local"]
-
-
 def file_sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -189,13 +189,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except Exception as exc:
         from .scaffold import InitError
+        from .stages.executor import NotSharedError
         from .stages.lock import StageLocked
         from .stages.parts import PartsFailed
 
         if isinstance(exc, InitError):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        if isinstance(exc, StageLocked | PartsFailed):
+        if isinstance(exc, StageLocked | PartsFailed | NotSharedError):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

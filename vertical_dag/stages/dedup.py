@@ -93,11 +93,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ctx.log.warning("dedup: index and state disagree (an interrupted run): rebuilding")
         store.reset()
     plan = store.plan(input_units(in_dir), order_dependent=True)
+    # before anything is removed: a Ray cluster that cannot see data/ stops the stage here
+    executor = make_executor(ctx.params.execution, None, sum(u.path.stat().st_size for u in plan.todo),
+                             ctx.project.data)
     if plan.rebuild or not store.units:
         shutil.rmtree(index_dir, ignore_errors=True)
     for d in (store.parts_dir, store.ledger_dir, index_dir):
         d.mkdir(parents=True, exist_ok=True)
-    executor = make_executor(ctx.params.execution, None, sum(u.path.stat().st_size for u in plan.todo))
     background = executor.workers > 1  # index merges on a thread of their own: one worker means one core
     index = DedupIndex.load(index_dir, config, background) if store.units else DedupIndex(index_dir, config, background)
     paths = {i: in_dir / f"{p['name']}.parquet" for i, p in enumerate(index.parts)}

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -72,9 +74,10 @@ class LocalPool:
 
 class RayTasks:
     """The same work as Ray tasks on a cluster (`address`: a cluster, "auto" for a running one, None to
-    start a local one). Data must sit where every node can read it (see the README on clusters)."""
+    start a local one). Data must sit where every node can read it (see the README on clusters): `shared`,
+    the folder the tasks read and write, is checked on every node before any work (nodes_not_seeing)."""
 
-    def __init__(self, address: str | None, workers: int | None = None) -> None:
+    def __init__(self, address: str | None, workers: int | None = None, shared: Path | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -85,6 +88,12 @@ class RayTasks:
             ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
         self._ray = ray
         self.workers = int(ray.cluster_resources().get("CPU", 1))
+        blind = nodes_not_seeing(shared) if shared is not None else []
+        if blind:
+            raise NotSharedError(f"execution.backend ray: {len(blind)} node(s) of the cluster at "
+                                 f"{address or 'a local cluster'} do not see {shared} as this process does: "
+                                 f"{'; '.join(blind)}. Every node needs the project's data folder on a filesystem "
+                                 "they all see at the same path (README: clusters); no work was started.")
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         remote = self._ray.remote(_apply)  # Ray wraps functions, not callable objects: fn travels as data
@@ -99,6 +108,44 @@ class RayTasks:
 
     def close(self) -> None:
         pass  # the cluster outlives the stage
+
+
+class NotSharedError(RuntimeError):
+    """A Ray cluster's node does not see the stage's data folder: its tasks would read other inputs and
+    write outputs this process never sees."""
+
+
+def nodes_not_seeing(folder: Path) -> list[str]:
+    """The alive Ray nodes with CPUs on which `folder` is not this process's `folder`, each as "node ID at
+    address: what it saw". A probe file with a random token is written here and read on every node by a
+    task pinned there, so a node that mounts another folder (or none) at that path is found before any work."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    probe = folder / f".node-probe-{token}"
+    probe.write_text(token)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+        read = ray.remote(num_cpus=0)(_read_probe)
+        seen = ray.get([read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(probe)) for n in nodes])
+    finally:
+        probe.unlink(missing_ok=True)
+    return [f"node {n['NodeID'][:12]} at {n.get('NodeManagerAddress', '?')}: {what}"
+            for n, what in zip(nodes, seen, strict=True) if what != token]
+
+
+def _read_probe(path: str) -> str:
+    """What a node finds at the probe's path: its token, or why not."""
+    p = Path(path)
+    if not p.parent.is_dir():
+        return f"no folder {p.parent}"
+    try:
+        return p.read_text()
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
 
 
 WORKER_NICE = 10
@@ -147,10 +194,12 @@ def cpu_count() -> int:
 MIN_POOL_BYTES = 16 << 20
 
 
-def make_executor(execution: Any, n_items: int | None = None, work_bytes: int | None = None) -> Executor:
-    """The executor params.execution asks for; one item, one core, or (auto) little work stays in-process."""
+def make_executor(execution: Any, n_items: int | None = None, work_bytes: int | None = None,
+                  shared: Path | None = None) -> Executor:
+    """The executor params.execution asks for; one item, one core, or (auto) little work stays in-process.
+    shared: the folder a stage's tasks read and write (the project's data/), which every Ray node must see."""
     if execution.backend == "ray":
-        return RayTasks(execution.ray_address, None if execution.workers == "auto" else execution.workers)
+        return RayTasks(execution.ray_address, None if execution.workers == "auto" else execution.workers, shared)
     auto = execution.workers == "auto"
     workers = cpu_count() if auto else int(execution.workers)
     if n_items is not None:

@@ -286,7 +286,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             f" {dict(res.quarantined.counts)}" if res.quarantined.total() else "")
 
     work = _Work(p, store.parts_dir, store.ledger_dir, store.profile_dir, arrival)
-    executor = make_executor(ctx.params.execution, len(plan.todo), total)
+    executor = make_executor(ctx.params.execution, len(plan.todo), total, ctx.project.data)
     started = time.perf_counter()
     try:
         failed = run_units(store, plan.todo, work, executor, progress=progress)

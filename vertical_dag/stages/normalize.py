@@ -275,7 +275,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     tasks = {u.key: pieces(u) for u in plan.todo}
     executor = make_executor(ctx.params.execution, sum(map(len, tasks.values())),
-                             sum(u.path.stat().st_size for u in plan.todo))
+                             sum(u.path.stat().st_size for u in plan.todo), ctx.project.data)
     work = _Work(config, ctx.params.normalize.batch_size, store.parts_dir, store.ledger_dir, store.profile_dir,
                  pii_settings(ctx.params.normalize.pii))
     # one worker gains nothing from pieces, and merging them costs a rewrite

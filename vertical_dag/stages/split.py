@@ -293,6 +293,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     fractions = (sp.fractions.train, sp.fractions.validation, sp.fractions.test)
     parts = Parts(ctx.project.root / STAGES["normalize"].out / "parts")
     n_in = parts.n
+    executor = make_executor(ctx.params.execution, None, parts.bytes, ctx.project.data)  # a blind Ray node stops it here
     dc_settings = decontamination_settings(ctx.params)
     settings = {"seed": seed, "group_by": sp.group_by, "fractions": list(fractions)}
     legacy = ctx.out / "state.json"  # where earlier versions kept it: it stops `datasets` from loading the folder
@@ -308,7 +309,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         fractions = (1.0, 0.0, 0.0)
     split = assign_column(seed, keys, fractions)
     families = family_column(ids, cols["cluster_id"], cols["family_id"])
-    executor = make_executor(ctx.params.execution, None, parts.bytes)
     with HashSpill(ctx.out.parent) as spill, ThreadPoolExecutor(1) as writer:
         try:
             found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
