@@ -91,9 +91,10 @@ class RayTasks:
         blind = nodes_not_seeing(shared) if shared is not None else []
         if blind:
             raise NotSharedError(f"execution.backend ray: {len(blind)} node(s) of the cluster at "
-                                 f"{address or 'a local cluster'} do not see {shared} as this process does: "
-                                 f"{'; '.join(blind)}. Every node needs the project's data folder on a filesystem "
-                                 "they all see at the same path (README: clusters); no work was started.")
+                                 f"{address or 'a local cluster'} cannot work on {shared} as this process sees it: "
+                                 f"{'; '.join(blind)}. Every node needs vertical_dag installed and the project's data "
+                                 "folder on a filesystem they all see at the same path (README: clusters); no work "
+                                 "was started.")
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
         remote = self._ray.remote(_apply)  # Ray wraps functions, not callable objects: fn travels as data
@@ -115,10 +116,14 @@ class NotSharedError(RuntimeError):
     write outputs this process never sees."""
 
 
+PROBE_SECONDS = 120  # a node's first task starts a worker process there: seconds on a busy node
+
+
 def nodes_not_seeing(folder: Path) -> list[str]:
     """The alive Ray nodes with CPUs on which `folder` is not this process's `folder`, each as "node ID at
     address: what it saw". A probe file with a random token is written here and read on every node by a
-    task pinned there, so a node that mounts another folder (or none) at that path is found before any work."""
+    task pinned there, so a node that mounts another folder (or none) at that path is found before any work,
+    and so is one that cannot run the stage's tasks at all (vertical_dag not installed there, no answer)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -129,12 +134,21 @@ def nodes_not_seeing(folder: Path) -> list[str]:
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
         read = ray.remote(num_cpus=0)(_read_probe)
-        seen = ray.get([read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                        .remote(str(probe)) for n in nodes])
+        refs = [read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(probe)) for n in nodes]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PROBE_SECONDS)
+        seen = [_answer(ray, ref) if ref in ready else f"no answer in {PROBE_SECONDS} s" for ref in refs]
     finally:
         probe.unlink(missing_ok=True)
     return [f"node {n['NodeID'][:12]} at {n.get('NodeManagerAddress', '?')}: {what}"
             for n, what in zip(nodes, seen, strict=True) if what != token]
+
+
+def _answer(ray: Any, ref: Any) -> str:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as e:  # the task could not run there: its last line is the exception
+        return f"its task failed: {str(e).strip().splitlines()[-1][:300]}"
 
 
 def _read_probe(path: str) -> str:
