@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from vertical_dag.stages import STAGES
 from vertical_dag.stages.context import ParamsView, UndeclaredParam, declared_keys
 from vertical_dag.stages.executor import WORKER_NICE, LocalPool
 from vertical_dag.stages.lock import stage_lock
-from vertical_dag.stages.parts import PartResult, PartStore, Unit, _fingerprint_of_planned
+from vertical_dag.stages.parts import PartResult, PartStore, Unit, _fingerprint_of_planned, run_units
 
 from .conftest import BIN, REPO, run_cli
 
@@ -373,6 +374,30 @@ def test_new_inputs_are_hashed_while_the_stage_works_and_a_file_changed_meanwhil
 
     again = PartStore(tmp_path / "out", "s1", log).plan(units)
     assert [u.key for u in again.todo] == ["b"] and sorted(again.unchanged) == ["a", "c"]
+
+
+def test_new_inputs_are_hashed_once_the_units_run_so_a_stage_failing_before_leaves_no_hashing(tmp_path: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    units = []
+    for name in ("a", "b", "c"):
+        (raw / f"{name}.txt").write_bytes(name.encode() * 200_000)
+        units.append(Unit(name, raw / f"{name}.txt", name))
+    store = PartStore(tmp_path / "out", "s1", logging.getLogger("test-parts"))
+    before = set(threading.enumerate())
+    plan = store.plan(units)
+    assert plan.new == 3
+    # a stage that raised here (its executor refused) would exit at once: nothing is hashing
+    assert not [t for t in threading.enumerate() if t not in before and t.name.startswith("part-hash")]
+
+    def work(unit: Unit) -> PartResult:
+        store.parts_dir.mkdir(parents=True, exist_ok=True)
+        store.part_path(unit.part).write_bytes(b"part")
+        return PartResult()
+
+    assert run_units(store, plan.todo, work) == []
+    assert {k: e["fingerprint"]["sha256"] for k, e in store.units.items()} == \
+        {u.key: file_sha256(u.path) for u in units}
 
 
 def test_a_file_that_is_not_the_planned_one_gets_no_hash(tmp_path: Path):

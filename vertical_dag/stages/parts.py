@@ -147,6 +147,7 @@ class PartStore:
         self._fingerprints: dict[str, dict[str, Any] | Future] = {}
         self._saved = time.perf_counter()
         self._hasher: ThreadPoolExecutor | None = None
+        self._to_hash: list[tuple[str, Path, tuple[int, int]]] = []  # new inputs planned: (key, path, size/mtime)
 
     def part_path(self, part: str) -> Path:
         return self.parts_dir / f"{part}.parquet"
@@ -171,7 +172,7 @@ class PartStore:
         olds = [None if rebuild else self.units.get(u.key) for u in units]
         # inputs seen before are hashed now (on threads: hashlib releases the GIL), as the plan compares them;
         # new ones only need their hash recorded, so it is computed on a thread while the stage works (at 100x,
-        # 2 GB of new parts cost each stage 2.7 s on both cores before any work started)
+        # 2 GB of new parts cost each stage 2.7 s on both cores before any work started): start_hashing
         seen = [k for k in range(len(units)) if olds[k]]
         fingerprints: list[dict[str, Any] | None] = [None] * len(units)
         for k, fp in zip(seen, read_many(lambda k: _fingerprint(units[k].path, olds[k]["fingerprint"]), seen), strict=True):
@@ -183,7 +184,7 @@ class PartStore:
                     planned = (st.st_size, st.st_mtime_ns)
                 except OSError:
                     planned = (-1, -1)  # no hash recorded: the stage reports what reading it found
-                self._fingerprints[u.key] = self._hashing().submit(_fingerprint_of_planned, u.path, planned)
+                self._to_hash.append((u.key, u.path, planned))
                 todo.append(u)
                 continue
             self._fingerprints[u.key] = fp
@@ -205,6 +206,14 @@ class PartStore:
         new = sum(1 for u in todo if u.key not in previous)
         return Plan(todo, unchanged, removed, rebuild, new)
 
+    def start_hashing(self) -> None:
+        """Hash the new inputs the plan found, on a thread, in plan order. run_units calls this as the work
+        starts, so a stage that fails between plan and run_units (a Ray cluster refused, say) leaves no
+        hashing behind it that its process would wait for before exiting."""
+        for key, path, planned in self._to_hash:
+            self._fingerprints[key] = self._hashing().submit(_fingerprint_of_planned, path, planned)
+        self._to_hash = []
+
     def _hashing(self) -> ThreadPoolExecutor:
         if self._hasher is None:
             self._hasher = ThreadPoolExecutor(1, thread_name_prefix="part-hash")  # in plan order: commit's order
@@ -215,6 +224,7 @@ class PartStore:
         if self._hasher is not None:
             self._hasher.shutdown(wait=True, cancel_futures=True)
             self._hasher = None
+        self._to_hash = []
 
     def reset(self) -> None:
         for folder in (self.parts_dir, self.ledger_dir, self.profile_dir):
@@ -229,6 +239,7 @@ class PartStore:
         self.log.info("%s: input %s is gone: its part, ledger rows and profile are removed", self.out.name, key)
 
     def commit(self, unit: Unit, result: PartResult, *, force: bool = False) -> None:
+        self.start_hashing()  # committed without run_units: what the plan found is hashed from now
         fp = self._fingerprints.get(unit.key) or _fingerprint(unit.path, None)
         fp = dict(fp.result() if isinstance(fp, Future) else fp)
         if result.retry:
@@ -274,6 +285,7 @@ def run_units(store: PartStore, todo: list[Unit], work: Callable[[Any], PartResu
     pieces / merge: a large unit is cut into pieces (each with a `key`) that run on different workers, and
     merge(unit, pieces, results) joins their outputs into the unit's part, in piece order."""
     executor = executor or InProcess()
+    store.start_hashing()
     tasks = [(unit, piece) for unit in todo for piece in (pieces(unit) if pieces else [unit])]
     # a unit's result is its counts (its part is on disk): many may wait, so no worker idles behind a long one
     results = executor.map(_Bound(work), [piece for _, piece in tasks], window=PARTS_IN_FLIGHT * executor.workers)
