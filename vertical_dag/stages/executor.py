@@ -112,8 +112,9 @@ class RayTasks:
 
 
 class NotSharedError(RuntimeError):
-    """A Ray cluster's node does not see the stage's data folder: its tasks would read other inputs and
-    write outputs this process never sees."""
+    """A Ray cluster's node cannot work on the stage's data folder: it sees another folder (or none) at that
+    path, so its tasks would read other inputs and write outputs this process never sees, or it cannot run
+    the stage's tasks at all."""
 
 
 PROBE_SECONDS = 120  # a node's first task starts a worker process there: seconds on a busy node
