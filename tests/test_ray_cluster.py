@@ -71,8 +71,11 @@ def test_ray_gives_the_same_outputs_as_one_process(project: Path, ray_cluster: s
     assert outputs["ray"] == outputs["local"]
 
 
-def _can_mount_privately() -> bool:
-    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+def _can_mount_privately(folder: Path) -> bool:
+    """Whether this process may mount a tmpfs in a mount namespace of its own (root on Linux, where the
+    container allows it): what the blind node needs."""
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            f"mount -t tmpfs probe '{folder}'"], capture_output=True)
     return probe.returncode == 0
 
 
@@ -107,7 +110,7 @@ def cluster_with_two_bad_nodes(project: Path, tmp_path_factory):
     empty tmpfs, what a node without the shared filesystem sees; and a node whose Python finds a vertical_dag
     that fails to import, what a node without the package installed gives."""
     pytest.importorskip("ray", reason="the ray extra is not installed")
-    if shutil.which("unshare") is None or not _can_mount_privately():
+    if shutil.which("unshare") is None or not _can_mount_privately(tmp_path_factory.mktemp("mount-probe")):
         pytest.skip("needs `unshare --mount` (root on Linux) to give a node a folder of its own")
     broken = tmp_path_factory.mktemp("broken") / "vertical_dag"
     broken.mkdir()
