@@ -175,6 +175,22 @@ def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
         assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
 
 
+def test_merging_segments_keeps_equal_keys_oldest_first():
+    from vertical_dag.text.key_index import _merge
+
+    rng = np.random.default_rng(3)
+    runs, start = [], 0
+    for n in (700, 0, 300, 1200):  # an empty segment too; few distinct keys: long runs of equal keys
+        keys = np.sort(rng.integers(0, 40, n).astype(np.uint64))
+        runs.append((keys, np.arange(start, start + n, dtype=np.int64)))
+        start += n
+    keys, docs = _merge(runs)
+    every_k, every_d = np.concatenate([k for k, _ in runs]), np.concatenate([d for _, d in runs])
+    order = np.lexsort((every_d, every_k))  # by key, then document number: older segments hold lower ones
+    assert keys.dtype == np.uint64 and docs.dtype == np.int64
+    assert (keys == every_k[order]).all() and (docs == every_d[order]).all()
+
+
 def test_batch_bands_sorted_in_a_worker_equal_sorting_the_subset_here():
     """A worker sorts a batch's band keys once; the deciding process filters that order to the documents it
     adds or pairs. Both must equal a stable sort of the subset, and a filter built over every key of the
