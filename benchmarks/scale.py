@@ -6,10 +6,13 @@ keeping the example's lengths, scripts and structure. For each scale and executo
 dedup -> normalize -> split (gates included, as a user runs them) in a fresh project, each stage for every
 executor in turn before the next stage, and prints wall time,
 CPU time and peak RSS per stage, the gate's time as a share of the stage's own, the speed-up per stage and
-in all over the first executor listed, and whether the outputs are identical.
+in all over the first executor listed, and whether the outputs are identical. With --repeats N each stage
+runs N times per executor, from scratch, in mirrored order (A B, B A, A B...), and the table gives the
+median of each: the machine's drift then shifts every executor alike instead of the one that ran later.
 
     python benchmarks/scale.py --scales 1 2 --executors 1 auto            # a quick look
     python benchmarks/scale.py --scales 1 10 --executors 1 auto ray       # the full comparison
+    python benchmarks/scale.py --scales 100 --executors 1 auto --repeats 2
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +31,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from vertical_dag.stages import STAGES as STAGE_SPECS  # noqa: E402  (the stages' output folders)
+
 BIN = Path(sys.executable).parent
 STAGES = ("ingest", "dedup", "normalize", "split")
 HAN_LO, HAN_HI = 0x4E00, 0x9FFF
@@ -76,7 +83,9 @@ def build_raw(source: Path, dest: Path, scale: int) -> int:
 
 def run_stage(project: Path, stage: str, env: dict[str, str]) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds of every process it ran, peak RSS in MB of the largest) of `vertical-dag run
-    STAGE`, gate included. CPU seconds are what a machine shared with other work still measures fairly."""
+    STAGE` from scratch (its output folder removed first), gate included. CPU seconds are what a machine
+    shared with other work still measures fairly."""
+    shutil.rmtree(project / STAGE_SPECS[stage].out, ignore_errors=True)
     t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", str(BIN / "vertical-dag"), "run", stage],
                           cwd=project, env=env, capture_output=True, text=True)
@@ -139,6 +148,7 @@ def main() -> None:
     ap.add_argument("--executors", nargs="+", default=["1", "auto"], help="1 | N | auto | ray")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per run here")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each stage per executor (median reported)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vd-scale-"))
     env = offline_env()
@@ -161,11 +171,16 @@ def main() -> None:
             # stage by stage, each executor in turn: on a shared machine whose speed drifts by tens of percent
             # over minutes, runs minutes apart compare the machine's moods, not the executors
             for stage in STAGES:
-                for executor in args.executors:
-                    seconds, cpu, rss = run_stage(projects[executor], stage, env)
-                    own, gate = gate_share(projects[executor], stage)
-                    records[executor][stage] = {"wall_s": round(seconds, 2), "cpu_s": round(cpu, 2),
-                                                "peak_rss_mb": round(rss), "stage_s": own, "gate_s": gate}
+                runs: dict[str, list[dict]] = {e: [] for e in args.executors}
+                for r in range(args.repeats):
+                    for executor in args.executors[::-1] if r % 2 else args.executors:
+                        seconds, cpu, rss = run_stage(projects[executor], stage, env)
+                        own, gate = gate_share(projects[executor], stage)
+                        runs[executor].append({"wall_s": seconds, "cpu_s": cpu, "peak_rss_mb": rss,
+                                               "stage_s": own, "gate_s": gate})
+                for executor, rs in runs.items():
+                    records[executor][stage] = {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]}
+                    records[executor][stage]["walls_s"] = [round(r["wall_s"], 2) for r in rs]
             first = records[args.executors[0]]
             base_total = sum(first[s]["wall_s"] for s in STAGES)
             for executor, record in records.items():
