@@ -27,6 +27,7 @@ distinct n-grams go to a temporary spill by hash range (data/.ngram-spill-*, rem
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -173,7 +174,8 @@ def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.nda
     protected = _protected(ctx, ids, selected & ~is_eval, same_settings, spec, spill, executor)
     found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
                           rule, protected,
-                          parts.hashed(spec, selected, is_eval, executor), executor.map, parts.map_texts(executor))
+                          parts.hashed(spec, selected, is_eval, executor), executor.map, parts.map_texts(executor),
+                          threads=min(executor.workers, os.cpu_count() or 1))
     return found, eval_items, problems
 
 
@@ -309,16 +311,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         fractions = (1.0, 0.0, 0.0)
     split = assign_column(seed, keys, fractions)
     families = family_column(ids, cols["cluster_id"], cols["family_id"])
-    with HashSpill(ctx.out.parent) as spill, ThreadPoolExecutor(1) as writer:
+    with HashSpill(ctx.out.parent) as spill, ThreadPoolExecutor(2) as writer:
         try:
             found, eval_items, eval_problems = _decontaminate(ctx, parts, ids, split, families, previous == settings,
                                                               dc_settings, spill, executor)
-            # with workers, the files are written on threads (one per file) while the workers measure for
-            # the gate (one worker: one after the other, on one core)
+            # with workers, the files are written on threads (one per file) and the ledger built on another
+            # while the workers measure for the gate (one worker: one after the other, on one core)
             written = writer.submit(_write, ctx, parts, split, found, threaded=True) if executor.workers > 1 else None
+            ledger = writer.submit(_ledger, ids, split, keys, found) if executor.workers > 1 else None
             dropped = found.is_(DROPPED) if found else np.zeros(n_in, bool)
             measured = _gate_measure(ctx, found, spill, split, ~dropped, ids, cols, dc_settings, executor)
             n_chars = written.result() if written else _write(ctx, parts, split, found)
+            ledger_rows = ledger.result() if ledger else _ledger(ids, split, keys, found)
         finally:
             executor.close()
     write_profile(ctx.out, SPLITS, split, ~dropped, ids, n_chars, measured, dc_settings)
@@ -327,7 +331,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary = _summary(source, split, n_chars, ~dropped, fractions)
     summary.update(settings)
     write_json(summary, ctx.out / "splits.json")
-    write_parquet(_ledger(ids, split, keys, found), ctx.ledger_dir / "split.parquet")
+    write_parquet(ledger_rows, ctx.ledger_dir / "split.parquet")
     write_json({"settings": settings}, ctx.out / STATE_FILE)
     legacy.unlink(missing_ok=True)
     decon = _decon_metrics(ids, split, found, dc_settings, eval_items)

@@ -216,8 +216,9 @@ class _Pass:
 
     def __init__(self, texts: TextSource, name: Callable[[int], str], is_eval: np.ndarray, selected: np.ndarray,
                  groups: np.ndarray, eval_items: Sequence[tuple[str, str]], spec: NgramSpec, rule: DecontaminationRule,
-                 spill: HashSpill, map_: Mapper = map, map_texts: TextMapper | None = None):
+                 spill: HashSpill, map_: Mapper = map, map_texts: TextMapper | None = None, threads: int = 1):
         n = len(is_eval)
+        self.threads = threads
         self.map_texts = map_texts or in_order(texts)
         self.texts, self.name, self.is_eval, self.selected, self.groups = texts, name, is_eval, selected, groups
         self.items, self.spec, self.rule, self.spill, self.map = eval_items, spec, rule, spill, map_
@@ -266,7 +267,7 @@ class _Pass:
             owners.append(d)
         if not hashes:
             return
-        prot = Side.built(np.concatenate(hashes), np.concatenate(owners))
+        prot = Side.built(np.concatenate(hashes), np.concatenate(owners), threads=self.threads)
         for i in evals:
             _record(self.out, i, check(self.eval_text[i], windows[i], prot, self.spec, self.rule), self.name)
 
@@ -291,7 +292,8 @@ class _Pass:
         rare = (r for batch in self.map(_RareOf(self.spec, common), batches) for r in batch)
         self.eval_rare = dict(zip(evals, rare, strict=True))
         kept = [i for i in evals if out.outcome[i] != dropped]
-        side = Side.of([self.eval_rare[i] for i in kept] + [without_common(d, self.common) for d in self.item_distinct])
+        side = Side.of([self.eval_rare[i] for i in kept] + [without_common(d, self.common) for d in self.item_distinct],
+                       self.threads)
         names = [self.name(i) for i in kept] + [ident for ident, _ in self.items]
         # kept for eval_shares, which wants nearly the same rows: a pass over the spill is a search per row
         self.side_hashes = side.hashes
@@ -340,7 +342,7 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
                   rule: DecontaminationRule = DEFAULT_RULE,
                   protected: Protected | None = None,
                   hashed: Iterable[HashedBatch] | None = None, map_: Mapper = map,
-                  map_texts: TextMapper | None = None) -> Contamination:
+                  map_texts: TextMapper | None = None, threads: int = 1) -> Contamination:
     """Decontaminate the selected training documents against the selected evaluation ones and the
     evaluation files' items.
 
@@ -351,9 +353,10 @@ def decontaminate(texts: TextSource, name: Callable[[int], str], is_eval: np.nda
     protected_rows of their texts as trained on (on every core, or here); hashed: the first pass's batches (hash_batch) computed elsewhere, e.g. on every core,
     in document order (default: hashed here from `texts`); map_: runs the passes over the spill's hash ranges
     (default: here, one after another); map_texts: reads and checks again the training documents that share
-    rare n-grams with the evaluation side (TextMapper; default: in_order(texts))."""
+    rare n-grams with the evaluation side (TextMapper; default: in_order(texts)); threads: the threads this
+    process may sort the evaluation side's n-grams on (Side.built)."""
     run = _Pass(texts, name, np.asarray(is_eval, bool), np.asarray(selected, bool), np.asarray(groups, np.int64),
-                eval_items, spec, rule, spill, map_, map_texts)
+                eval_items, spec, rule, spill, map_, map_texts, threads)
     run.hash_all(hashed)
     run.find_common()
     if protected is not None:
