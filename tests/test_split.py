@@ -107,6 +107,29 @@ def test_a_side_keeps_each_hash_with_its_smallest_owner():
     assert side.hashes.tolist() == [1, 3, 5, 9] and side.owner.tolist() == [2, 0, 0, 1]
 
 
+def test_a_large_side_built_a_hash_range_at_a_time_equals_one_lexsort():
+    """Side.built of a large side (a hash range at a time, on one thread or several) gives each distinct hash
+    with its smallest owner, as a lexsort by (hash, owner) does: with owners ascending or not, equal hashes in
+    several documents, and hashes at both ends of the range."""
+    from vertical_dag.text.overlap import RANGED_ROWS
+
+    rng = np.random.default_rng(5)
+    n = RANGED_ROWS + 12_345
+    hashes = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+    pairs = len(hashes[1::4])
+    hashes[::4][:pairs] = hashes[1::4]  # each shared by two rows
+    hashes[:3] = [0, 2**63, 2**64 - 1]
+    ascending = np.sort(rng.integers(0, 50_000, n)).astype(np.int32)
+    for owner, flag in ((ascending, True), (rng.permutation(ascending), False)):
+        order = np.lexsort((owner, hashes))
+        h = hashes[order]
+        first = np.r_[True, h[1:] != h[:-1]]
+        assert first.sum() < n
+        for threads in (1, 2, 3):
+            got = Side.built(hashes, owner, owner_ascending=flag, threads=threads)
+            assert np.array_equal(got.hashes, h[first]) and np.array_equal(got.owner, owner[order][first])
+
+
 def test_meta_grouping_keeps_a_cluster_with_its_canonical_document():
     ids = ["a", "b", "c", "d"]
     clusters = ["a", "a", "c", None]

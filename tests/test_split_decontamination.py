@@ -283,26 +283,22 @@ def test_shared_fractions_in_chunks_equal_one_lookup_per_document():
         assert shared_fractions(owns, other, chunk) == want
 
 
-def test_a_large_side_built_a_hash_range_at_a_time_equals_one_lexsort():
-    """Side.built of a large side (a hash range at a time, on one thread or several) gives each distinct hash
-    with its smallest owner, as a lexsort by (hash, owner) does: with owners ascending or not, equal hashes in
-    several documents, and hashes at both ends of the range."""
-    import numpy as np
 
-    from vertical_dag.text.overlap import RANGED_ROWS, Side
+def test_split_logs_its_progress_where_no_terminal_shows_a_bar(tmp_path, monkeypatch, caplog):
+    """Away from a terminal (Dagster's logs, a CI log) the long loops of split log how far they are: the
+    n-gram hashing, the training documents checked again, the writing, each up to its total."""
+    import logging
 
-    rng = np.random.default_rng(5)
-    n = RANGED_ROWS + 12_345
-    hashes = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
-    pairs = len(hashes[1::4])
-    hashes[::4][:pairs] = hashes[1::4]  # each shared by two rows
-    hashes[:3] = [0, 2**63, 2**64 - 1]
-    ascending = np.sort(rng.integers(0, 50_000, n)).astype(np.int32)
-    for owner, flag in ((ascending, True), (rng.permutation(ascending), False)):
-        order = np.lexsort((owner, hashes))
-        h = hashes[order]
-        first = np.r_[True, h[1:] != h[:-1]]
-        assert first.sum() < n
-        for threads in (1, 2, 3):
-            got = Side.built(hashes, owner, owner_ascending=flag, threads=threads)
-            assert np.array_equal(got.hashes, h[first]) and np.array_equal(got.owner, owner[order][first])
+    from vertical_dag.stages import progress
+
+    monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)
+    proj = make_project(tmp_path / "p", params(decontaminate=DECON))
+    _contaminated_setup(proj.root)
+    with caplog.at_level(logging.INFO, logger="vertical_dag"):
+        m = run_stage("split", proj, gate=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "split: n-grams hashed: 1 of 1 batches (100 %)" in " ".join(lines)
+    assert any(line.startswith("split: training documents sharing rare n-grams checked: 2 of 2 documents")
+               for line in lines)
+    assert any(line.startswith(f"split: written: {m['documents_in']} of {m['documents_in']} documents")
+               for line in lines)

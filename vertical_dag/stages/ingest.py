@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from ..params import IngestParams
 from ..quality import part_profile
@@ -44,6 +42,7 @@ from .context import StageContext
 from .executor import make_executor
 from .inputs import code_digest
 from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
+from .progress import Progress
 
 STAGE = "ingest"
 STATE_VERSION = 2  # bump when the part layout changes: every file is re-read
@@ -277,10 +276,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for d in (store.parts_dir, store.ledger_dir):
         d.mkdir(parents=True, exist_ok=True)
     total = sum(u.path.stat().st_size for u in plan.todo)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="ingest", file=sys.stderr, disable=None, mininterval=1.0)
+    bar = Progress(ctx.log, "ingest: read", total / 2**20, "MB")
 
     def progress(unit: Unit, res: PartResult) -> None:
-        bar.update(unit.path.stat().st_size)
+        bar.update(unit.path.stat().st_size / 2**20)
         log = ctx.log.info if len(plan.todo) <= 50 or res.quarantined.total() else ctx.log.debug
         log("%s: %d documents, %d quarantined%s", unit.key, res.documents_out, res.quarantined.total(),
             f" {dict(res.quarantined.counts)}" if res.quarantined.total() else "")

@@ -16,7 +16,6 @@ change of the normalize params (or the project domain, which picks the preset) r
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from .context import StageContext
 from .executor import make_executor
 from .inputs import code_digest
 from .parts import PartResult, PartStore, Unit, fingerprint_settings, raise_failures, run_units
+from .progress import Progress
 
 STAGE = "normalize"
 STATE_VERSION = 2
@@ -261,9 +261,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     plan = store.plan(units)
     for d in (store.parts_dir, store.ledger_dir):
         d.mkdir(parents=True, exist_ok=True)
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(plan.todo), unit="part", desc="normalize", file=sys.stderr, disable=None, mininterval=1.0)
+    bar = Progress(ctx.log, "normalize", len(plan.todo), "parts")
     run_bytes = 0
 
     def progress(unit: Unit, res: PartResult) -> None:

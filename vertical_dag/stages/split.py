@@ -30,6 +30,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from ..records import LEDGER_SCHEMA, LedgerEntry, ledger_table, read_json, write
 from ..text.decontaminate import (
     Contamination,
     Protected,
+    TextMapper,
     decontaminate,
     protected_rows,
     resolve_settings,
@@ -58,6 +60,7 @@ from ..text.splitting import SPLITS, assign_column, distinct_count, family_colum
 from . import STAGES
 from .context import StageContext
 from .executor import Executor, make_executor
+from .progress import Progress, tracked
 from .split_card import write_card
 from .split_io import Parts, SplitWriters
 
@@ -172,11 +175,23 @@ def _decontaminate(ctx: StageContext, parts: Parts, ids: pa.Array, split: np.nda
     item_ids = pa.array([ident for ident, _ in eval_items], pa.string())
     groups = pc.dictionary_encode(pa.concat_arrays([families, item_ids])).indices.to_numpy()
     protected = _protected(ctx, ids, selected & ~is_eval, same_settings, spec, spill, executor)
+    hashing = Progress(ctx.log, "split: n-grams hashed", sum(1 for _ in parts.slices()), "batches")
     found = decontaminate(parts.texts, lambda i: ids[i].as_py(), is_eval, selected, groups, eval_items, spec, spill,
-                          rule, protected,
-                          parts.hashed(spec, selected, is_eval, executor), executor.map, parts.map_texts(executor),
+                          rule, protected, tracked(parts.hashed(spec, selected, is_eval, executor), hashing),
+                          executor.map, _checked(parts.map_texts(executor), ctx.log),
                           threads=min(executor.workers, os.cpu_count() or 1))
     return found, eval_items, problems
+
+
+def _checked(map_texts: TextMapper, log: Any) -> TextMapper:
+    """map_texts, its progress logged: the training documents read again and checked (a batch of results
+    per task, one per document)."""
+
+    def run(fn: Any, rows: np.ndarray) -> Iterator[Any]:
+        checked = Progress(log, "split: training documents sharing rare n-grams checked", len(rows), "documents")
+        return tracked(map_texts(fn, rows), checked, size=len)
+
+    return run
 
 
 def _ledger(ids: pa.Array, split: np.ndarray, keys: pa.Array, found: Contamination | None) -> pa.Table:
@@ -266,8 +281,9 @@ def _write(ctx: StageContext, parts: Parts, split: np.ndarray, found: Contaminat
     schema = schema.append(pa.field("contaminated", pa.bool_()))
     names = np.array(SPLITS, dtype=object)
     n_chars = np.zeros(n, np.int64)
+    writing = Progress(ctx.log, "split: written", n, "documents")
     with SplitWriters(ctx.out, SPLITS, schema, threaded) as writers:
-        for idx, t in parts.batches():
+        for idx, t in tracked(parts.batches(), writing, size=lambda batch: len(batch[0])):
             text = t.column("text")
             if len(cut):
                 here = idx[np.isin(idx, cut)]
