@@ -283,7 +283,6 @@ def test_shared_fractions_in_chunks_equal_one_lookup_per_document():
         assert shared_fractions(owns, other, chunk) == want
 
 
-
 def test_split_logs_its_progress_where_no_terminal_shows_a_bar(tmp_path, monkeypatch, caplog):
     """Away from a terminal (Dagster's logs, a CI log) the long loops of split log how far they are: the
     n-gram hashing, the training documents checked again, the writing, each up to its total."""
