@@ -173,6 +173,9 @@ def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
         assert len(index.segments) == 5  # 14 segments added, merged FAN_IN at a time up to max_merge: 3 + 2
         qi, di = index.lookup(q, 64)
         assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
+        # probed in key order (the caller's argsort): the same hits, by query position
+        qi, di = index.lookup(q, 64, np.argsort(q, kind="stable"))
+        assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
 
 
 def test_merging_segments_keeps_equal_keys_oldest_first():

@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,6 +113,46 @@ def write_parquet(table: pa.Table, path: Path | str, **kwargs: Any) -> None:
     kwargs.setdefault("compression", "zstd")
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
+
+
+class QueuedWriter:
+    """A Parquet file written from the caller's tables, in order. threaded: each table is encoded and
+    compressed on a thread of the writer's own (Arrow releases the GIL for both) while the caller goes on,
+    at most IN_FLIGHT tables queued; the file's bytes are the same either way. Leaving the block waits for
+    every queued table (a failed write raises there) and closes the file."""
+
+    IN_FLIGHT = 4
+
+    def __init__(self, path: Path | str, schema: pa.Schema, threaded: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("compression", "zstd")
+        self._writer = pq.ParquetWriter(path, schema, **kwargs)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="parquet-write") if threaded else None
+        self._pending: deque[Future] = deque()
+
+    def write(self, table: pa.Table) -> None:
+        if self._thread is None:
+            self._writer.write_table(table)
+            return
+        while len(self._pending) >= self.IN_FLIGHT:
+            self._pending.popleft().result()
+        self._pending.append(self._thread.submit(self._writer.write_table, table))
+
+    def drain(self) -> None:
+        """Until every queued table is written; the first failed write raises here."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> QueuedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.drain()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)  # nothing still writing when the file closes
+            self._writer.close()
 
 
 def write_json(obj: Any, path: Path | str, indent: int | None = 2) -> None:

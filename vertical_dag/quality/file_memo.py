@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,7 +71,14 @@ def clear() -> None:
 
 class Prefetch:
     """Calls `sweep` every `interval` seconds on a thread until `stop`: sweep makes the gate's own reads
-    through `cached`, so what it found is what the gate then reuses."""
+    through `cached`, so what it found is what the gate then reuses. After each sweep it waits at least
+    IDLE_FACTOR times that sweep's length, so it never takes more than a few percent of a core from the stage:
+    at 100x the example, a sweep of dedup's 2,100 files costs 0.13 s of CPU even when it reads none of them
+    again (their stats, and a thread pool's bookkeeping), and sweeps a second apart took a tenth of a core.
+    The wait stops at MAX_WAIT seconds: a long sweep is one that read much, which the gate needs."""
+
+    IDLE_FACTOR = 20
+    MAX_WAIT = 10.0
 
     def __init__(self, sweep: Callable[[], Any], interval: float = 1.0) -> None:
         self._sweep, self._interval = sweep, interval
@@ -80,11 +88,13 @@ class Prefetch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.perf_counter()
             try:
                 self._sweep()
             except Exception:  # noqa: BLE001 - half-written folders, a stage that failed: the gate reads it all again
                 pass
-            self._stop.wait(self._interval)
+            took = time.perf_counter() - started
+            self._stop.wait(min(max(self._interval, self.IDLE_FACTOR * took), self.MAX_WAIT))
 
     def stop(self) -> None:
         self._stop.set()

@@ -32,7 +32,16 @@ import pyarrow.parquet as pq
 
 from ..params import DedupParams
 from ..quality import part_profile
-from ..records import LedgerEntry, atomic_path, ledger_table, list_parts, read_json, row_slices, write_parquet
+from ..records import (
+    LedgerEntry,
+    QueuedWriter,
+    atomic_path,
+    ledger_table,
+    list_parts,
+    read_json,
+    row_slices,
+    write_parquet,
+)
 from ..text.canonical import hash_hex
 from ..text.dedup_index import EXACT, KEEP, NEAR, DedupConfig, DedupIndex, Prepared, prepare_batch
 from ..text.hash_spill import distinct
@@ -113,7 +122,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     def work(unit: Unit) -> PartResult:
         paths[len(index.parts)] = unit.path
-        res = process_part(ctx, index, unit, paths, config, store, prepared)
+        res = process_part(ctx, index, unit, paths, config, store, prepared, threaded=background)
         index.save()  # commit point 1: the index; state.json (commit point 2) names what it holds
         pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed buffers otherwise
         return res
@@ -149,9 +158,10 @@ class _Prepare:
 
 
 def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[int, Path], config: DedupConfig,
-                 store: PartStore, prepared: Iterator[tuple[Prepared, pa.Array]]) -> PartResult:
+                 store: PartStore, prepared: Iterator[tuple[Prepared, pa.Array]], threaded: bool = False) -> PartResult:
     """Decide one part's batches in order; `prepared` yields their hashes and lengths (the stream over every
-    part). The part is written with the gate's profile of it (doc_id, n_chars) beside it."""
+    part). The part is written with the gate's profile of it (doc_id, n_chars) beside it; threaded: encoded
+    on a thread while the next batch is decided."""
     src = pq.ParquetFile(unit.path)
     index.begin_part(unit.key, src.metadata.num_rows)
 
@@ -164,7 +174,7 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
     schema = src.schema_arrow.append(pa.field("cluster_id", pa.string())).append(pa.field("canonical_hash", pa.string()))
     schema = schema.append(pa.field("family_id", pa.string()))
     with atomic_path(store.part_path(unit.part)) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        with QueuedWriter(tmp, schema, threaded) as writer:
             for g, start, n in row_slices(src, ctx.params.dedup.batch_size):
                 prep, n_chars = next(prepared)
                 rb = src.read_row_group(g).slice(start, n)
@@ -175,7 +185,7 @@ def process_part(ctx: StageContext, index: DedupIndex, unit: Unit, paths: dict[i
                 t = t.append_column("canonical_hash", pa.array([hash_hex(h) for h in dec.canonical_hash]))
                 t = t.append_column("family_id", pa.array(dec.family_id, pa.string()))
                 kept = pa.array(keep)
-                writer.write_table(t.filter(kept))
+                writer.write(t.filter(kept))
                 measured.append(pa.table({"doc_id": pc.cast(rb.column("doc_id").filter(kept), pa.string()),
                                           "n_chars": n_chars.filter(kept)}))
                 for j in np.flatnonzero(~keep).tolist():

@@ -7,9 +7,7 @@ first document, so small per-document columns (numpy) line up with the texts str
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..records import atomic_path, empty_docs, list_parts, read_many
+from ..records import QueuedWriter, atomic_path, empty_docs, list_parts, read_many
 from ..text.decontaminate import HashedBatch, TextMapper, hash_batch
 from ..text.ngrams import NgramSpec
 
@@ -152,45 +150,30 @@ class SplitWriters:
     """One Parquet writer per split, each replacing its file only when all of them finished.
 
     threaded: each file encoded and compressed on a thread of its own while the caller reads and cuts the
-    next batch (Arrow releases the GIL for both), at most IN_FLIGHT batches queued per file; each file still
-    gets its batches in order, so the bytes are the same. Measured at 100x the example with two workers,
-    the writes ran alone for some 10 s after the gate's measure on the workers had finished."""
-
-    IN_FLIGHT = 4
+    next batch (records.QueuedWriter); each file still gets its batches in order, so the bytes are the same.
+    Measured at 100x the example with two workers, the writes ran alone for some 10 s after the gate's
+    measure on the workers had finished."""
 
     def __init__(self, out: Path, names: tuple[str, ...], schema: pa.Schema, threaded: bool = False):
         self._stack = ExitStack()
         self.schema = schema
-        self.writers = {}
-        self._threads: dict[str, ThreadPoolExecutor] = {}
-        self._pending: dict[str, deque[Future]] = {name: deque() for name in names}
+        self.writers: dict[str, QueuedWriter] = {}
         for name in names:
             tmp = self._stack.enter_context(atomic_path(out / f"{name}.parquet"))
-            self.writers[name] = self._stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
-            if threaded:
-                self._threads[name] = ThreadPoolExecutor(1, thread_name_prefix=f"write-{name}")
+            self.writers[name] = self._stack.enter_context(QueuedWriter(tmp, schema, threaded))
 
     def write(self, name: str, table: pa.Table) -> None:
-        if not table.num_rows:
-            return
-        if name not in self._threads:
-            self.writers[name].write_table(table.cast(self.schema))
-            return
-        pending = self._pending[name]
-        while len(pending) >= self.IN_FLIGHT:
-            pending.popleft().result()  # a failed write raises here
-        pending.append(self._threads[name].submit(self.writers[name].write_table, table.cast(self.schema)))
+        if table.num_rows:
+            self.writers[name].write(table.cast(self.schema))
 
     def __enter__(self) -> SplitWriters:
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            for name, thread in self._threads.items():
-                thread.shutdown(wait=True)  # every queued batch written (or failed) before the files close
-                for f in self._pending[name]:
-                    if exc[0] is None:
-                        f.result()
+            if exc[0] is None:
+                for writer in self.writers.values():
+                    writer.drain()  # every file complete before any replaces its old one
         except BaseException as e:  # a failed write: no file replaced
             self._stack.__exit__(type(e), e, e.__traceback__)
             raise

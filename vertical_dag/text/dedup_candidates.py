@@ -29,11 +29,11 @@ def candidates(index: KeyIndex, bands: BatchBands, eligible: np.ndarray, g0: int
     js = np.flatnonzero(eligible)
     flat = bands.keys[js].ravel()
     q_j = np.repeat(js, b)
-    q, d = index.lookup(flat, max_candidates)
+    order = bands.order_of(eligible)  # the stable argsort of flat (q_j is already non-decreasing)
+    q, d = index.lookup(flat, max_candidates, order)
     old_count = np.bincount(q, minlength=len(flat))
     pairs_j, pairs_i = [q_j[q]], [d]
     # in-batch: sort (key, position); each member pairs with the earliest members before it
-    order = bands.order_of(eligible)  # stable: q_j is already non-decreasing
     k_sorted, j_sorted = flat[order], q_j[order]
     group_start = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])
     sizes = np.diff(np.r_[group_start, len(flat)])

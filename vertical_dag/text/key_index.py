@@ -21,6 +21,7 @@ their low bits the 4 bits set in it; other keys are still found, only filtered l
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,8 +90,11 @@ def npy_offset(path: Path) -> int:
 
 
 def mapped(path: Path, offset: int, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
-    """A read-only plain view of an .npy file's data, unmapped when the last reference goes."""
-    return np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
+    """A read-only view of an .npy file's data, unmapped when the last reference goes. A bare mmap: np.memmap
+    resolves the path on every call, which cost 40-60 us a lookup (some 40k lookups at 100x the example)."""
+    with open(path, "rb") as f:
+        whole = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(whole, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
 
 
 @dataclass
@@ -245,21 +249,26 @@ class KeyIndex:
             time.sleep(0.005)
         self._raise()
 
-    def lookup(self, keys: np.ndarray, max_hits: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, keys: np.ndarray, max_hits: int = 64, order: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """All (query position, document number) with equal keys, at most the `max_hits` lowest document
-        numbers per query key (the same hits whatever the segment layout), by query position then document."""
+        numbers per query key (the same hits whatever the segment layout), by query position then document.
+        order: an argsort of `keys` where the caller has one (lsh.BatchBands): the filters and blocks are then
+        read in key order, which measured 2x faster on 155k queries against 12 segments (sorting here would
+        cost what it saves)."""
         self._raise()
         keys = np.ascontiguousarray(keys, dtype=np.uint64).ravel()
-        masks = _bloom_mask(keys)
+        probe = keys if order is None else keys[order]
+        masks = _bloom_mask(probe)
         qs, ds = [], []
         with self._lock:
             segments = list(self.segments)
         for seg in segments:
-            maybe = np.flatnonzero(seg.may_hold(keys, masks))
+            maybe = np.flatnonzero(seg.may_hold(probe, masks))
             if not len(maybe):
                 continue
             seg_keys, seg_docs = seg.arrays()
-            lo, cnt = seg.find(seg_keys, keys[maybe], max_hits)
+            lo, cnt = seg.find(seg_keys, probe[maybe], max_hits)
             hit = cnt > 0
             maybe, lo, cnt = maybe[hit], lo[hit], cnt[hit]
             if not len(maybe):
@@ -270,6 +279,8 @@ class KeyIndex:
         if not qs:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         q, d = np.concatenate(qs), np.concatenate(ds)
+        if order is not None:
+            q = order[q].astype(np.int64)
         order = np.argsort(q * np.int64(d.max() + 1) + d)  # by query position, then document number
         q, d = q[order], d[order]
         if len(qs) > 1:  # keep the max_hits lowest per query across segments
