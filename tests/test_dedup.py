@@ -171,11 +171,37 @@ def test_key_index_hits_do_not_depend_on_segments(tmp_path: Path):
         index.wait()
         assert sum(seg.size for seg in index.segments) == 20_000
         assert len(index.segments) == 5  # 14 segments added, merged FAN_IN at a time up to max_merge: 3 + 2
+        # after a save, merges on the thread wrote their own segments: the folder holds what the layout lists
+        stems = index.save(folder, "k", counter)
+        index.remove_unlisted(folder, stems)
+        assert {f.name.split(".")[0] for f in folder.glob("*.npy")} == set(stems)
+        assert not list(folder.glob(".*.tmp"))
+        index = KeyIndex.load(folder, stems, background)
         qi, di = index.lookup(q, 64)
         assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
         # probed in key order (the caller's argsort): the same hits, by query position
         qi, di = index.lookup(q, 64, np.argsort(q, kind="stable"))
         assert list(zip(qi.tolist(), di.tolist(), strict=True)) == want
+
+
+def test_merges_on_the_thread_write_their_segments_and_a_reload_finds_every_key(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 2**64, 12_000, dtype=np.uint64)
+    folder, counter = tmp_path / "k", [0]
+    index = KeyIndex(background=True)
+    index.add(keys[:1000], np.arange(1000))
+    first = index.save(folder, "k", counter)  # from here on, a merge on the thread writes its own segment
+    for s in range(1000, 12_000, 1000):
+        index.add(keys[s : s + 1000], np.arange(s, s + 1000))
+    index.wait()
+    written = [seg.stem for seg in index.segments if seg.stem is not None and seg.stem not in first]
+    assert written and len(index.segments) < 12  # merged, and the merged segments are already on disk
+    stems = index.save(folder, "k", counter)
+    index.remove_unlisted(folder, stems)
+    assert {f.name.split(".")[0] for f in folder.glob("*.npy")} == set(stems)
+    assert not list(folder.glob(".*.tmp"))
+    q, d = KeyIndex.load(folder, stems).lookup(keys, 1)
+    assert (q == np.arange(12_000)).all() and (d == np.arange(12_000)).all()
 
 
 def test_merging_segments_keeps_equal_keys_oldest_first():

@@ -74,10 +74,9 @@ class IndexStore:
         tmp = self.folder / ".manifest.json.tmp"
         tmp.write_text(json.dumps(manifest))  # no indent: C encoder (rewritten every part)
         tmp.replace(self.folder / "manifest.json")
-        for sub, live in (("bands", bands), ("exact", exact), ("family", family)):
-            for f in (self.folder / sub).glob("*.npy"):
-                if f.name.split(".")[0] not in live:
-                    f.unlink()
+        for sub, index, live in (("bands", self.bands_index, bands), ("exact", self.exact_index, exact),
+                                 ("family", self.family_index, family)):
+            index.remove_unlisted(self.folder / sub, live)
 
     @property
     def num_docs(self) -> int:

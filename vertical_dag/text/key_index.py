@@ -37,6 +37,18 @@ CHUNK = 1 << 14  # queries per block read
 FAN_IN = 4  # segments of a tier merged at once
 
 
+_STEMS = threading.Lock()  # file numbers come from one counter shared by the indexes of a store
+
+
+def _next_stem(prefix: str, counter: list[int]) -> str:
+    with _STEMS:
+        counter[0] += 1
+        return f"{prefix}-{counter[0]:08d}"
+
+
+_ARRAYS = ("keys", "docs", "bloom", "fences")
+
+
 @lru_cache(maxsize=1)
 def _merger() -> ThreadPoolExecutor:
     """The one thread that merges segments in the background, for every index of the process."""
@@ -122,6 +134,18 @@ class Segment:
         return (mapped(self.folder / f"{self.stem}.keys.npy", self.offsets[0], np.uint64, (self.size,)),
                 mapped(self.folder / f"{self.stem}.docs.npy", self.offsets[1], np.int64, (self.size,)))
 
+    def write(self, folder: Path, stem: str, temporary: bool = False) -> None:
+        """Its arrays as folder/stem.*.npy (temporary: as .stem.*.npy.tmp, for `publish` to rename)."""
+        for part, a in zip(_ARRAYS, (self.keys, self.docs, self.bloom, self.fences), strict=True):
+            with open(folder / (f".{stem}.{part}.npy.tmp" if temporary else f"{stem}.{part}.npy"), "wb") as f:
+                np.save(f, a)
+
+    def publish(self, folder: Path, stem: str) -> None:
+        """The temporary files of `write` renamed into place, and read from there from now on."""
+        for part in _ARRAYS:
+            (folder / f".{stem}.{part}.npy.tmp").replace(folder / f"{stem}.{part}.npy")
+        self.place(folder, stem)
+
     def place(self, folder: Path, stem: str) -> None:
         """Now read from folder/stem.*.npy."""
         self.folder, self.stem, self.keys, self.docs = folder, stem, None, None
@@ -171,6 +195,7 @@ class KeyIndex:
         self._lock = threading.Lock()  # guards `segments`, `_merging` and `_error` against the merge thread
         self._merging = False
         self._error: BaseException | None = None
+        self._disk: tuple[Path, str, list[int]] | None = None  # (folder, prefix, counter) once saved or loaded
 
     def __len__(self) -> int:
         return sum(s.size for s in self.segments)
@@ -229,9 +254,18 @@ class KeyIndex:
                     bloom = build_bloom(np.sort(np.concatenate([k for k, _ in arrays[1:]]), kind="stable"),  # runs: timsort
                                         group[0].bloom.copy())
                 merged = Segment.of(keys, docs, bloom)
+                # on the thread, the merged segment (up to 256 MB) is written here, not by the caller's
+                # save: measured at 100x the example, those writes were most of the in-order process's
+                # 20 s of saves. Temporary names until it is swapped in (remove_unlisted leaves it alone).
+                disk = self._disk if self.background else None
+                stem = _next_stem(disk[1], disk[2]) if disk else None
+                if disk:
+                    merged.write(disk[0], stem, temporary=True)
                 with self._lock:  # only this loop removes segments, so the group is still adjacent
                     i = next(k for k, s in enumerate(self.segments) if s is group[0])
                     self.segments[i : i + len(group)] = [merged]
+                    if disk:
+                        merged.publish(disk[0], stem)
         except BaseException as e:
             with self._lock:  # in place, the caller gets the error now; on the thread, at its next call
                 self._error, self._merging = (e if self.background else None), False
@@ -291,18 +325,27 @@ class KeyIndex:
 
     # persistence: keys, docs, filter and fences .npy per segment, listed in the caller's manifest
     def save(self, folder: Path, prefix: str, counter: list[int]) -> list[str]:
-        """Write the segments not yet on disk; the stems of the layout saved (a merge waits meanwhile)."""
+        """Write the segments not yet on disk; the stems of the layout saved (a merge waits meanwhile). From
+        then on, merges on the thread write their own segments there."""
         self._raise()
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
+            self._disk = (folder, prefix, counter)
             for seg in self.segments:
                 if seg.stem is None:
-                    counter[0] += 1
-                    stem = f"{prefix}-{counter[0]:08d}"
-                    for part, a in (("keys", seg.keys), ("docs", seg.docs), ("bloom", seg.bloom), ("fences", seg.fences)):
-                        np.save(folder / f"{stem}.{part}.npy", a)
+                    stem = _next_stem(prefix, counter)
+                    seg.write(folder, stem)
                     seg.place(folder, stem)  # read from disk from now on: the run's memory stays bounded
             return [s.stem for s in self.segments]
+
+    def remove_unlisted(self, folder: Path, listed: list[str]) -> None:
+        """Delete the segment files of `folder` that neither `listed` (the manifest just committed) nor the
+        current layout names: what merges replaced. A merge swapped in since the manifest is kept."""
+        with self._lock:
+            keep = set(listed) | {s.stem for s in self.segments}
+            for f in folder.glob("*.npy"):
+                if f.name.split(".")[0] not in keep:
+                    f.unlink()
 
     @classmethod
     def load(cls, folder: Path, stems: list[str], background: bool = False) -> KeyIndex:
