@@ -82,6 +82,20 @@ def test_assign_column_is_assign_for_every_key(fractions):
     assert [SPLITS[c] for c in got.tolist()] == [assign(SEED, k, fractions) for k in keys]
 
 
+def test_assign_column_hashed_in_chunks_on_a_pool_of_workers_is_the_same(monkeypatch):
+    from vertical_dag.stages.executor import LocalPool
+    from vertical_dag.text import splitting
+
+    keys = pa.array([f"k{i}" for i in range(3000)] + ["law_name=民法典"] * 5)
+    here = assign_column(SEED, keys, FRACTIONS)
+    monkeypatch.setattr(splitting, "HASH_CHUNK", 700)  # five chunks, the last one short
+    pool = LocalPool(2)
+    try:
+        assert (assign_column(SEED, keys, FRACTIONS, pool.map) == here).all()
+    finally:
+        pool.close()
+
+
 def test_distinct_count_counts_values_not_nulls_across_chunks():
     keys = pa.chunked_array([pa.array(["a", "b", None]), pa.array(["b", "民法典", None]), pa.array([], pa.string())])
     assert distinct_count(keys) == 3 == pc.count_distinct(keys).as_py()

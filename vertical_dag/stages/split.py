@@ -325,7 +325,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     keys = group_key_column(ids, cols["cluster_id"], cols.get("meta"), sp.group_by, cols["family_id"])
     if not sp.enabled:  # no held-out data: everything trains, nothing is decontaminated
         fractions = (1.0, 0.0, 0.0)
-    split = assign_column(seed, keys, fractions)
+    split = assign_column(seed, keys, fractions, executor.map)  # the keys hashed on the workers
     families = family_column(ids, cols["cluster_id"], cols["family_id"])
     with HashSpill(ctx.out.parent) as spill, ThreadPoolExecutor(2) as writer:
         try:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -44,15 +45,34 @@ def assign(seed: int, key: str, fractions: Sequence[float]) -> str:
     return SPLITS[_fallback(fractions)]
 
 
-def assign_column(seed: int, keys: pa.Array | pa.ChunkedArray, fractions: Sequence[float]) -> np.ndarray:
+@dataclass(frozen=True)
+class _UnitHashes:
+    """unit_hash of every key of a chunk, as float64 (blake2b of seed and key read big-endian, over 2**64)."""
+
+    seed: int
+
+    def __call__(self, keys: pa.Array) -> np.ndarray:
+        prefix, blake2b = f"{self.seed}\x00".encode(), hashlib.blake2b
+        digests = b"".join([blake2b(prefix + k.encode(), digest_size=8).digest() for k in keys.to_pylist()])
+        return np.frombuffer(digests, ">u8").astype(np.float64) / 2**64
+
+
+HASH_CHUNK = 1 << 18  # keys per task of assign_column's map
+
+
+def assign_column(seed: int, keys: pa.Array | pa.ChunkedArray, fractions: Sequence[float],
+                  map_fn: Callable[..., Iterable[np.ndarray]] = map) -> np.ndarray:
     """The split of every key as an index into SPLITS (int8), hashing each distinct key once: the same as
-    `assign` (the digests read as big-endian integers, divided by 2**64, against the same running sums)."""
+    `assign` (the digests read as big-endian integers, divided by 2**64, against the same running sums).
+    map_fn: how the chunks of distinct keys are hashed, in order (an executor's map: 2.6M keys took 3.4 s
+    on one core)."""
     if not len(keys):
         return np.zeros(0, np.int8)
     encoded = pc.dictionary_encode(keys).combine_chunks() if isinstance(keys, pa.ChunkedArray) else pc.dictionary_encode(keys)
-    prefix, blake2b = f"{seed}\x00".encode(), hashlib.blake2b
-    digests = b"".join([blake2b(prefix + k.encode(), digest_size=8).digest() for k in encoded.dictionary.to_pylist()])
-    u = np.frombuffer(digests, ">u8").astype(np.float64) / 2**64
+    distinct_keys = encoded.dictionary
+    # each chunk copied out of the dictionary: a pickled slice would carry the whole dictionary's buffers
+    chunks = [pa.concat_arrays([distinct_keys.slice(a, HASH_CHUNK)]) for a in range(0, len(distinct_keys), HASH_CHUNK)]
+    u = np.concatenate([np.zeros(0), *map_fn(_UnitHashes(seed), chunks)])
     bounds, acc = [], 0.0
     for frac in fractions:
         acc += frac
