@@ -195,7 +195,7 @@ class KeyIndex:
         self._lock = threading.Lock()  # guards `segments`, `_merging` and `_error` against the merge thread
         self._merging = False
         self._error: BaseException | None = None
-        self._disk: tuple[Path, str, list[int]] | None = None  # (folder, prefix, counter) once saved or loaded
+        self._disk: tuple[Path, str, list[int]] | None = None  # (folder, prefix, counter) once saved
 
     def __len__(self) -> int:
         return sum(s.size for s in self.segments)
@@ -315,8 +315,8 @@ class KeyIndex:
         q, d = np.concatenate(qs), np.concatenate(ds)
         if order is not None:
             q = order[q].astype(np.int64)
-        order = np.argsort(q * np.int64(d.max() + 1) + d)  # by query position, then document number
-        q, d = q[order], d[order]
+        by_query = np.argsort(q * np.int64(d.max() + 1) + d)  # by query position, then document number
+        q, d = q[by_query], d[by_query]
         if len(qs) > 1:  # keep the max_hits lowest per query across segments
             first = np.searchsorted(q, q, side="left")
             keep = np.arange(len(q)) - first < max_hits
